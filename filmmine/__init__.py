@@ -1,0 +1,3 @@
+"""filmmine: mine monocular-depth training data (relative disparity) from stereo films."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,27 @@
+"""A small exception family. Stages raise these; the runner decides the error policy."""
+
+from __future__ import annotations
+
+
+class FilmmineError(Exception):
+    """Base class: the message is the one-line reason shown to the user."""
+
+
+class FFmpegNotFound(FilmmineError):
+    """No usable ffmpeg/ffprobe binary: fail fast before any work starts."""
+
+
+class InputError(FilmmineError):
+    """An input cannot be mined (not a video, unreadable, mono, missing view...)."""
+
+
+class DecodeError(FilmmineError):
+    """ffmpeg failed or timed out while decoding."""
+
+
+class RecipeError(FilmmineError):
+    """A recipe file is missing, malformed or names an unknown option."""
+
+
+class MonoInput(InputError):
+    """The input is a 2D video: skipped, not failed."""

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Set up filmmine on a fresh machine: ffmpeg (Debian package where missing), a virtualenv in
+# .venv with the CPU build of torch and the project with its test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; then
+  if [ -z "${FILMMINE_FFMPEG:-}" ]; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+      echo "installing ffmpeg (apt-get)..."
+      apt-get update -qq >/dev/null
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null
+    else
+      echo "ffmpeg/ffprobe not found: install them (e.g. 'sudo apt-get install ffmpeg') or set" \
+           "FILMMINE_FFMPEG and FILMMINE_FFPROBE to their paths" >&2
+      exit 1
+    fi
+  fi
+fi
+
+PY="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+# torch is pinned only here: this wheel is the CPU build; an unpinned torch pulls a CUDA build
+# of several GB. The project itself asks for a range (pyproject.toml).
+pip_install() {  # quiet, minus the noise of this machine's unused local indexes
+  .venv/bin/pip install -q --disable-pip-version-check "$@" 2> >(grep -v "^WARNING: Location" >&2)
+}
+pip_install "torch==2.13.0"
+pip_install -e ".[test]"
+.venv/bin/python - <<'PY'
+import cv2
+missing = [m for m in ("ximgproc", "optflow") if not hasattr(cv2, m)]
+if missing:
+    raise SystemExit(f"cv2 lacks contrib modules {missing}: another opencv package shadows "
+                     "opencv-contrib-python-headless; uninstall opencv-python(-headless)")
+PY
