@@ -1,0 +1,67 @@
+"""Sample encoding: JPEG for the image, 16-bit PNG for disparity (lossless, compact).
+
+Disparity PNG: ``d = value * disp_scale + disp_offset``; value 0 = invalid.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import cv2
+import numpy as np
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError("not a JPEG image")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def disparity_scale_offset(disparity: np.ndarray, step_px: float) -> tuple[float, float]:
+    """(scale, offset) so that every finite value maps into 1..65535 with step >= step_px."""
+    finite = disparity[np.isfinite(disparity)]
+    if finite.size == 0:
+        return step_px, 0.0
+    lo, hi = float(finite.min()), float(finite.max())
+    scale = step_px
+    while (hi - lo) / scale > 65000:
+        scale *= 2.0
+    offset = (math.floor(lo / scale) - 1) * scale
+    return scale, offset
+
+
+def encode_disparity(disparity: np.ndarray, step_px: float) -> tuple[bytes, float, float]:
+    """[H, W] float disparity (NaN invalid) -> (uint16 PNG bytes, scale, offset)."""
+    scale, offset = disparity_scale_offset(disparity, step_px)
+    finite = np.isfinite(disparity)
+    q = np.zeros(disparity.shape, np.uint16)
+    q[finite] = np.clip(np.rint((disparity[finite] - offset) / scale), 1, 65535).astype(np.uint16)
+    ok, buf = cv2.imencode(".png", q, [cv2.IMWRITE_PNG_COMPRESSION, 6])
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes(), scale, offset
+
+
+def decode_disparity(data: bytes, scale: float, offset: float) -> np.ndarray:
+    """uint16 PNG bytes -> [H, W] float32 disparity, NaN where the value is 0."""
+    q = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if q is None or q.dtype != np.uint16 or q.ndim != 2:
+        raise ValueError("not a 16-bit single-channel PNG")
+    d = q.astype(np.float32) * np.float32(scale) + np.float32(offset)
+    d[q == 0] = np.nan
+    return d
+
+
+def dumps(obj) -> bytes:
+    """Canonical JSON (sorted keys, no spaces): byte-identical across runs."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()

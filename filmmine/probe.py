@@ -1,0 +1,221 @@
+"""Probe stage: what a film is (streams, size, fps, duration) and which stereo layout it has.
+
+ffprobe (through ffmpeg-python) at the edge; the layout decision is a pure function of the probe
+result and, when the container says nothing, of how alike the two halves of a few frames are.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import ffmpeg
+import numpy as np
+
+from .errors import InputError, MonoInput
+from .ffmpeg_bin import find_binary
+from .layout import LAYOUTS, half_similarity
+
+# A full side-by-side frame is two views wide: 2 x 4:3 = 2.67 and up. Top-bottom full frames are
+# at most 2 x 16:9 / 2... i.e. narrower than 1.2. Between the two the views are squeezed.
+FULL_SBS_MIN_ASPECT = 2.4
+FULL_TAB_MAX_ASPECT = 1.2
+MIN_HALF_CORRELATION = 0.5  # below this the halves are not two views of one scene
+# A stereo packing makes one split (left|right or top/bottom) alike and the other not; a 2D
+# pattern alike both ways (tiling, test cards, flat colour) says nothing about stereo.
+MIN_PACKING_MARGIN = 0.15
+STEREO3D_TYPES = {"side by side": "sbs", "top and bottom": "tab", "2D": "mono"}
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    path: str
+    width: int
+    height: int
+    fps: float
+    n_frames: int
+    duration_s: float
+    codec: str
+    pix_fmt: str
+    stereo3d: str | None  # container side data, e.g. "top and bottom"
+    spherical: str | None
+    has_audio: bool
+
+
+@dataclass
+class ProbeResult:
+    """Everything extract needs to know about one input before decoding it."""
+
+    name: str
+    paths: tuple[str, ...]
+    streams: tuple[StreamInfo, ...]
+    layout: str
+    layout_reason: str
+    frame_size: tuple[int, int]  # decoded packed frame (w, h); separate views are hstacked
+    fps: float
+    n_frames: int
+    duration_s: float
+    similarity: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["paths"] = list(self.paths)
+        d["frame_size"] = list(self.frame_size)
+        return d
+
+
+def _rate(s: str | None) -> float:
+    try:
+        f = Fraction(s) if s else Fraction(0)
+    except (ValueError, ZeroDivisionError):
+        return 0.0
+    return float(f)
+
+
+def probe_stream(path: str | Path) -> StreamInfo:
+    """ffprobe one file; InputError with a one-line reason when it holds no decodable video."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"missing file: {p}")
+    if not p.is_file():
+        raise InputError(f"not a file: {p}")
+    if p.stat().st_size == 0:
+        raise InputError("empty file (0 bytes)")
+    try:
+        with p.open("rb"):
+            pass
+    except OSError as e:
+        raise InputError(f"unreadable file: {e.strerror}") from e
+    try:
+        meta = ffmpeg.probe(str(p), cmd=find_binary("ffprobe"))
+    except ffmpeg.Error as e:
+        last = (e.stderr or b"").decode(errors="replace").strip().splitlines()
+        msg = last[-1] if last else "ffprobe failed"
+        raise InputError(f"not a readable video: {msg.removeprefix(str(p) + ': ')}") from e
+    streams = meta.get("streams", [])
+    video = [s for s in streams if s.get("codec_type") == "video"
+             and not s.get("disposition", {}).get("attached_pic")]
+    if not video:
+        kinds = sorted({s.get("codec_type", "?") for s in streams}) or ["none"]
+        raise InputError(f"no video stream (streams: {', '.join(kinds)})")
+    v = video[0]
+    width, height = int(v.get("width", 0)), int(v.get("height", 0))
+    if width < 16 or height < 16:
+        raise InputError(f"video too small: {width}x{height}")
+    fps = _rate(v.get("avg_frame_rate")) or _rate(v.get("r_frame_rate"))
+    duration = float(v.get("duration") or meta.get("format", {}).get("duration") or 0.0)
+    n_frames = int(v.get("nb_frames") or 0) or round(duration * fps)
+    if fps <= 0 or n_frames <= 0:
+        raise InputError("video stream has no frame rate or no frames")
+    stereo3d = spherical = None
+    for sd in v.get("side_data_list", []) or []:
+        if sd.get("side_data_type") == "Stereo 3D":
+            stereo3d = sd.get("type")
+        elif sd.get("side_data_type") == "Spherical Mapping":
+            spherical = sd.get("projection")
+    return StreamInfo(
+        path=str(p), width=width, height=height, fps=fps, n_frames=n_frames,
+        duration_s=duration, codec=v.get("codec_name", "?"), pix_fmt=v.get("pix_fmt", "?"),
+        stereo3d=stereo3d, spherical=spherical,
+        has_audio=any(s.get("codec_type") == "audio" for s in streams),
+    )
+
+
+def grey_thumbnails(path: str, duration_s: float, n: int = 5, width: int = 320) -> list[np.ndarray]:
+    """A few grey frames spread over the film (seeking, so cheap on long films)."""
+    thumbs = []
+    for i in range(n):
+        t = duration_s * (0.1 + 0.8 * i / max(n - 1, 1))
+        cmd = [find_binary("ffmpeg"), "-nostdin", "-v", "error", "-ss", f"{t:.3f}", "-i", path,
+               "-frames:v", "1", "-vf", f"scale={width}:-2,format=gray", "-f", "rawvideo", "pipe:1"]
+        out = subprocess.run(cmd, capture_output=True, check=False, timeout=120).stdout
+        if out and len(out) % width == 0:
+            thumbs.append(np.frombuffer(out, np.uint8).reshape(-1, width))
+    return thumbs
+
+
+def decide_layout(info: StreamInfo, requested: str, thumbs: list[np.ndarray] | None,
+                  requested_from: str = "--layout") -> tuple[str, str, dict[str, float]]:
+    """(layout, why, similarity). Pure: raises InputError for mono input."""
+    aspect = info.width / info.height
+    if requested != "auto":
+        if requested not in LAYOUTS or requested == "separate":
+            raise InputError(f"unknown layout {requested!r} for a single file")
+        return requested, f"from {requested_from}", {}
+    if info.stereo3d is not None:
+        packing = STEREO3D_TYPES.get(info.stereo3d)
+        if packing == "mono":
+            raise MonoInput("mono: container marks the video as 2D")
+        if packing == "sbs":
+            layout = "sbs" if aspect >= FULL_SBS_MIN_ASPECT else "half-sbs"
+            return layout, f"container metadata (stereo3d: {info.stereo3d})", {}
+        if packing == "tab":
+            layout = "tab" if aspect < FULL_TAB_MAX_ASPECT else "half-tab"
+            return layout, f"container metadata (stereo3d: {info.stereo3d})", {}
+    sims = [half_similarity(t) for t in thumbs or []]
+    sim = {k: float(np.median([s[k] for s in sims])) for k in ("sbs", "tab")} if sims else {}
+    if aspect >= FULL_SBS_MIN_ASPECT:
+        packing, why = "sbs", f"aspect {aspect:.2f} (two views side by side)"
+    elif aspect < FULL_TAB_MAX_ASPECT:
+        packing, why = "tab", f"aspect {aspect:.2f} (two views stacked)"
+    else:
+        if not sim:
+            raise InputError("cannot tell the layout: no frame could be decoded")
+        packing = "sbs" if sim["sbs"] >= sim["tab"] else "tab"
+        other = "tab" if packing == "sbs" else "sbs"
+        alike_both = sim[packing] - sim[other] < MIN_PACKING_MARGIN
+        if alike_both and sim[packing] >= MIN_HALF_CORRELATION:
+            raise MonoInput(
+                f"mono or undecidable: halves alike both side by side (r={sim['sbs']:.2f}) and "
+                f"top-bottom (r={sim['tab']:.2f}); pass --layout to force"
+            )
+        why = f"aspect {aspect:.2f} and halves alike {packing} (r={sim[packing]:.2f})"
+        packing = "half-" + packing
+    key = "sbs" if packing.endswith("sbs") else "tab"
+    if sim and sim[key] < MIN_HALF_CORRELATION:
+        raise MonoInput(
+            f"mono: the two halves are not a stereo pair ({key} correlation {sim[key]:.2f} "
+            f"< {MIN_HALF_CORRELATION}); pass --layout to force"
+        )
+    return packing, why, sim
+
+
+def probe_film(name: str, paths: tuple[str, ...], requested: str = "auto",
+               requested_from: str = "--layout") -> ProbeResult:
+    """Probe one film (one packed file, or separate left and right files)."""
+    if len(paths) == 2:
+        left, right = probe_stream(paths[0]), probe_stream(paths[1])
+        if (left.width, left.height) != (right.width, right.height):
+            raise InputError(
+                f"left and right views differ in size: {left.width}x{left.height} "
+                f"vs {right.width}x{right.height}"
+            )
+        if abs(left.fps - right.fps) > 1e-3:
+            raise InputError(
+                f"left and right views differ in frame rate: {left.fps} vs {right.fps}"
+            )
+        return ProbeResult(
+            name=name, paths=paths, streams=(left, right), layout="separate",
+            layout_reason=f"separate left/right files (from {requested_from})",
+            frame_size=(2 * left.width, left.height), fps=left.fps,
+            n_frames=min(left.n_frames, right.n_frames),
+            duration_s=min(left.duration_s, right.duration_s),
+        )
+    info = probe_stream(paths[0])
+    thumbs = None
+    if requested == "auto" and info.stereo3d is None:
+        thumbs = grey_thumbnails(paths[0], info.duration_s)
+    layout, why, sim = decide_layout(info, requested, thumbs, requested_from)
+    w, h = info.width, info.height
+    # Odd sizes: the packed halves must split evenly.
+    if layout in ("sbs", "half-sbs") and w % 2:
+        w -= 1
+    if layout in ("tab", "half-tab") and h % 2:
+        h -= 1
+    return ProbeResult(
+        name=name, paths=paths, streams=(info,), layout=layout, layout_reason=why,
+        frame_size=(w, h), fps=info.fps, n_frames=info.n_frames, duration_s=info.duration_s,
+        similarity=sim,
+    )
