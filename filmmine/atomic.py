@@ -1,0 +1,77 @@
+"""Atomic file output: write a temp file beside the target, fsync, rename.
+
+A reader (or a resumed run) never sees a half-written file under its final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+TMP_PREFIX = ".tmp-"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class AtomicFile:
+    """A temp file that becomes ``path`` on :meth:`commit` and vanishes on :meth:`abort`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(prefix=TMP_PREFIX + self.path.name + ".",
+                                        dir=self.path.parent)
+        os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are shared data
+        self.file: BinaryIO = os.fdopen(fd, "wb")
+
+    def commit(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
+    """Open a temp file for binary writing; on success it replaces ``path`` atomically."""
+    af = AtomicFile(path)
+    try:
+        yield af.file
+    except BaseException:
+        af.abort()
+        raise
+    af.commit()
+
+
+def write_bytes(path: str | Path, data: bytes, *, keep_if_same: bool = True) -> bool:
+    """Write ``data`` atomically; leave an identical existing file untouched. True if written."""
+    path = Path(path)
+    if (keep_if_same and path.is_file() and path.stat().st_size == len(data)
+            and path.read_bytes() == data):
+        return False
+    with atomic_open(path) as f:
+        f.write(data)
+    return True
+
+
+def remove_stale_temps(root: str | Path) -> int:
+    """Delete temp files a killed run left behind. Returns how many."""
+    n = 0
+    for p in Path(root).rglob(TMP_PREFIX + "*"):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            n += 1
+    return n

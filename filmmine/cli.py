@@ -1,0 +1,91 @@
+"""Command line: a thin layer over the library functions."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import FilmmineError
+from .layout import PACKED_LAYOUTS
+
+log = logging.getLogger("filmmine")
+
+
+def _add_extract_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", default="default",
+                   help="recipe name in pipelines/ or a TOML file (default: default)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local Dask worker processes (default: CPU count, max 8; 0 = in-process)")
+    p.add_argument("--scheduler", default=None,
+                   help="address of an existing Dask scheduler, e.g. tcp://host:8786")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="torch device for the flow backend")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="filmmine", description=__doc__)
+    ap.add_argument("--version", action="version", version=f"filmmine {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    ex = sub.add_parser("extract", help="mine a film library into a corpus of shards")
+    ex.add_argument("inputs", nargs="+", metavar="INPUT",
+                    help="video file, directory of videos, or library manifest (.json)")
+    ex.add_argument("--out", required=True, help="corpus directory")
+    ex.add_argument("--layout", default="auto", choices=["auto", *PACKED_LAYOUTS])
+    _add_extract_args(ex)
+
+    demo = sub.add_parser("demo", help="generate a small stereo film library and mine it")
+    demo.add_argument("--out", default="demo-corpus",
+                      help="corpus directory (default: demo-corpus)")
+    demo.add_argument("--library", default=None,
+                      help="where to write the generated films (default: OUT/library)")
+    _add_extract_args(demo)
+    return ap
+
+
+def _extract(inputs: list[str], args: argparse.Namespace, layout: str = "auto") -> int:
+    from .runner import extract
+
+    report = extract(inputs, args.out, layout=layout, recipe=args.recipe, workers=args.workers,
+                     scheduler=args.scheduler, device=args.device, progress=not args.quiet,
+                     debug=args.debug)
+    print(report.summary())
+    return report.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.debug:
+        for name in ("distributed", "dask"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        if args.command == "extract":
+            return _extract(args.inputs, args, args.layout)
+        if args.command == "demo":
+            from .synth import write_library
+
+            lib = Path(args.library) if args.library else Path(args.out) / "library"
+            if not (lib / "library.json").is_file():
+                print(f"writing a demo library of synthetic stereo films to {lib} ...")
+                write_library(lib)
+            return _extract([str(lib / "library.json")], args)
+    except FilmmineError as e:
+        if args.debug:
+            raise
+        print(f"filmmine: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("filmmine: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Corpus assembly: staged work units -> a film's shards, tables and record -> the manifest.
+
+Layout of a corpus directory (documented in ``manifests/CORPUS.md``)::
+
+    manifest.json  recipe.toml  samples.parquet  frames.parquet
+    shards/<film>-<n>.tar
+    films/<film>.json                 per-film record, written after all its shards (resume marker)
+    films/<film>.samples.parquet  films/<film>.frames.parquet
+    .work/<film>/unit-<n>.tar|json    staging, removed once the film is assembled
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from . import __version__
+from .atomic import write_bytes
+from .encode import dumps
+from .pipeline import WorkUnit, unit_paths
+from .probe import ProbeResult
+from .schema import FRAMES_SCHEMA, SAMPLES_SCHEMA, parquet_bytes, table
+from .shards import ShardSink, read_samples
+
+FORMAT = "filmmine-corpus/1"
+
+
+def film_record_path(out: Path, film: str) -> Path:
+    return out / "films" / f"{film}.json"
+
+
+def shot_indexer(cuts: list[int], transitions: list[list[int]]):
+    """frame -> shot index: boundaries are cuts and transition ends; -1 inside a transition."""
+    bounds = sorted({*cuts, *(e for _, e in transitions)} - {0})
+
+    def index(frame: int) -> int:
+        if any(s <= frame < e for s, e in transitions):
+            return -1
+        return bisect.bisect_right(bounds, frame)
+
+    return index, len(bounds) + 1
+
+
+def assemble_film(out: Path, probe: ProbeResult, units: list[WorkUnit], recipe: dict,
+                  digest: str, source: dict) -> dict:
+    """Turn a film's staged units into shards + tables + record. Idempotent."""
+    record_path = film_record_path(out, probe.name)
+    if record_path.is_file():
+        return json.loads(record_path.read_text())
+    work = out / ".work" / probe.name
+    markers = [json.loads(unit_paths(work, u)[1].read_text()) for u in units]
+    cuts = sorted({c for m in markers for c in m["cuts"]})
+    transitions = sorted(t for m in markers for t in m["transitions"])
+    shot_of, n_shots = shot_indexer(cuts, transitions)
+
+    o = recipe["output"]
+    sink = ShardSink(out / "shards", probe.name, o["shard_max_samples"], o["shard_max_bytes"])
+    sample_rows = []
+    for u in units:
+        for s in read_samples(unit_paths(work, u)[0]):
+            meta = json.loads(s["json"])
+            meta["shot_index"] = shot_of(meta["frame_index"])
+            s["json"] = dumps(meta)
+            sample_rows.append(_sample_row(meta, sink.write(s)))
+    shards = sink.close()
+
+    frame_rows = []
+    for m in markers:
+        for r in m["frames"]:
+            frame_rows.append({"film": probe.name, "shot_index": shot_of(r["frame_index"]), **r})
+    frame_rows.sort(key=lambda r: r["frame_index"])
+    films_dir = out / "films"
+    write_bytes(films_dir / f"{probe.name}.samples.parquet",
+                parquet_bytes(table(sample_rows, SAMPLES_SCHEMA)))
+    write_bytes(films_dir / f"{probe.name}.frames.parquet",
+                parquet_bytes(table(frame_rows, FRAMES_SCHEMA)))
+
+    counts = Counter(r["reason"] or "accepted" for r in frame_rows)
+    by_stage = Counter(r["stage"] for r in frame_rows)
+    decoded = sum(m["decoded"] for m in markers)
+    stopped = [m["stopped_early"] for m in markers if m["stopped_early"]]
+    record = {
+        "film": probe.name,
+        "status": "ok",
+        "reason": stopped[0] if stopped else None,
+        "source": source,
+        "probe": probe.to_json(),
+        "recipe_digest": digest,
+        "units": len(units),
+        "counts": {
+            "frames": probe.n_frames,
+            "decoded": decoded,
+            "shots": n_shots,
+            "cuts": len(cuts),
+            "transitions": len(transitions),
+            "candidates": len(frame_rows),
+            "sampled": len(frame_rows) - by_stage.get("sampling", 0),
+            "filtered": by_stage.get("filter", 0),
+            "disparity_rejected": by_stage.get("disparity", 0),
+            "accepted": counts.get("accepted", 0),
+        },
+        "rejections": {k: v for k, v in sorted(counts.items()) if k != "accepted"},
+        "cuts": cuts,
+        "transitions": transitions,
+        "shards": [s.to_json() for s in shards],
+    }
+    # the record is the resume marker: written only once every shard is in place
+    write_bytes(record_path, json.dumps(record, indent=1, sort_keys=True).encode())
+    shutil.rmtree(work, ignore_errors=True)
+    return record
+
+
+def _sample_row(meta: dict, shard: str) -> dict:
+    x, y, w, h = meta["crop"]
+    return {
+        "film": meta["film"], "key": meta["key"], "shard": shard,
+        "frame_index": meta["frame_index"], "pts_s": meta["pts_s"],
+        "shot_index": meta["shot_index"], "layout": meta["layout"],
+        "view_w": meta["view_size"][0], "view_h": meta["view_size"][1],
+        "crop_x": x, "crop_y": y, "crop_w": w, "crop_h": h,
+        "width": meta["size"][0], "height": meta["size"][1],
+        "disp_scale": meta["disp_scale"], "disp_offset": meta["disp_offset"],
+        "backend": meta["backend"], "valid_fraction": meta["valid_fraction"],
+        "lr_pass_fraction": meta["lr_pass_fraction"],
+        "vertical_fail_fraction": meta["vertical"]["fail_fraction"],
+        "vertical_median_px": meta["vertical"]["median_px"],
+        "vertical_abs_p95_px": meta["vertical"]["abs_p95_px"],
+        "disp_p1_px": meta["disp_percentiles_px"]["p1"],
+        "disp_p50_px": meta["disp_percentiles_px"]["p50"],
+        "disp_p99_px": meta["disp_percentiles_px"]["p99"],
+        "range_px": meta["range_px"],
+    }
+
+
+def write_corpus_tables(out: Path, films: list[str]) -> None:
+    """Concatenate per-film tables (in film order) into the corpus-level Parquet files."""
+    import pyarrow as pa
+
+    for name, schema in (("samples", SAMPLES_SCHEMA), ("frames", FRAMES_SCHEMA)):
+        parts = [pq.read_table(p) for f in films
+                 if (p := out / "films" / f"{f}.{name}.parquet").is_file()]
+        tbl = pa.concat_tables(parts) if parts else schema.empty_table()
+        write_bytes(out / f"{name}.parquet", parquet_bytes(tbl.cast(schema)))
+
+
+def manifest(recipe: dict, digest: str, inputs: list[dict], records: dict[str, dict],
+             versions: dict[str, str]) -> dict:
+    """The corpus manifest: deterministic (no timestamps), so a rerun changes no byte."""
+    shards = [dict(s, film=f) for f in sorted(records) for s in records[f]["shards"]]
+    return {
+        "format": FORMAT,
+        "filmmine_version": __version__,
+        "versions": versions,
+        "recipe": recipe,
+        "recipe_digest": digest,
+        "inputs": inputs,
+        "films": {f: {"counts": r["counts"], "rejections": r["rejections"],
+                      "layout": r["probe"]["layout"],
+                      "layout_reason": r["probe"]["layout_reason"],
+                      "note": r["reason"]} for f, r in sorted(records.items())},
+        "totals": {
+            "films_ok": len(records),
+            "samples": sum(r["counts"]["accepted"] for r in records.values()),
+            "candidates": sum(r["counts"]["candidates"] for r in records.values()),
+            "shards": len(shards),
+            "bytes": sum(s["bytes"] for s in shards),
+        },
+        "shards": shards,
+    }

@@ -1,0 +1,112 @@
+"""Resolve what the user named (files, directories, library manifests) into films."""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+VIDEO_EXTS = {".mp4", ".mkv", ".mov", ".avi", ".m2ts", ".mts", ".ts", ".webm", ".m4v", ".mpg",
+              ".mpeg", ".wmv", ".flv", ".3d", ".y4m"}
+LIBRARY_FILE = "library.json"
+LIBRARY_FORMAT = "filmmine-library/1"
+
+
+@dataclass(frozen=True)
+class FilmInput:
+    name: str                  # film id: used in shard names and sample keys (no dots)
+    paths: tuple[str, ...]     # one packed file, or (left, right)
+    layout: str                # "auto" or a layout
+    layout_from: str           # where the layout came from, for the report
+    source: str                # what the user named, for the report
+
+
+@dataclass(frozen=True)
+class InputIssue:
+    source: str
+    status: str                # "failed" | "skipped"
+    reason: str
+
+
+def slug(text: str) -> str:
+    """A film id: ASCII letters, digits, '-' and '_' only (keys must have no dots)."""
+    t = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    t = re.sub(r"[^A-Za-z0-9_-]+", "_", t).strip("_")
+    return t or "film"
+
+
+def _from_manifest(path: Path, layout: str) -> tuple[list[FilmInput], list[InputIssue]]:
+    try:
+        data = json.loads(path.read_text())
+        films = data["films"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return [], [InputIssue(str(path), "failed", f"unreadable library manifest: {e}")]
+    out, issues = [], []
+    for i, f in enumerate(films):
+        src = f"{path}#{f.get('name', i) if isinstance(f, dict) else i}"
+        if not isinstance(f, dict):
+            issues.append(InputIssue(src, "failed", "library entry is not an object"))
+            continue
+        lay = f.get("layout", "auto")
+        if "left" in f or "right" in f:
+            if "left" not in f or "right" not in f:
+                issues.append(InputIssue(src, "failed", "separate views need both left and right"))
+                continue
+            paths = (str(path.parent / f["left"]), str(path.parent / f["right"]))
+            lay = "separate"
+        elif "path" in f:
+            paths = (str(path.parent / f["path"]),)
+        else:
+            issues.append(InputIssue(src, "failed", "library entry names no path"))
+            continue
+        if layout != "auto" and lay == "auto":
+            lay, lay_from = layout, "--layout"
+        else:
+            lay_from = "library manifest"
+        name = f.get("name") or Path(paths[0]).stem
+        out.append(FilmInput(slug(name), paths, lay, lay_from, src))
+    return out, issues
+
+
+def resolve_inputs(inputs: list[str], layout: str = "auto"
+                   ) -> tuple[list[FilmInput], list[InputIssue]]:
+    """Films to mine and the inputs that cannot be (each with a one-line reason)."""
+    films: list[FilmInput] = []
+    issues: list[InputIssue] = []
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            lib = p / LIBRARY_FILE
+            if lib.is_file():
+                f, i = _from_manifest(lib, layout)
+                films += f
+                issues += i
+                continue
+            for q in sorted(x for x in p.rglob("*") if x.is_file()):
+                if any(part.startswith(".") for part in q.relative_to(p).parts):
+                    continue
+                if q.suffix.lower() in VIDEO_EXTS:
+                    name = slug(str(q.relative_to(p).with_suffix("")))
+                    films.append(FilmInput(name, (str(q),), layout, "--layout", str(q)))
+                else:
+                    issues.append(InputIssue(str(q), "skipped",
+                                             f"not a video file ({q.suffix or 'no extension'})"))
+        elif p.suffix.lower() == ".json" and p.is_file():
+            f, i = _from_manifest(p, layout)
+            films += f
+            issues += i
+        elif p.exists() or p.is_symlink():
+            films.append(FilmInput(slug(p.stem), (str(p),), layout, "--layout", str(p)))
+        else:
+            issues.append(InputIssue(str(p), "failed", "no such file or directory"))
+    # distinct ids, deterministic: the later duplicates get a numeric suffix
+    seen: dict[str, int] = {}
+    unique = []
+    for f in films:
+        n = seen.get(f.name, 0)
+        seen[f.name] = n + 1
+        unique.append(f if n == 0 else FilmInput(f"{f.name}-{n + 1}", f.paths, f.layout,
+                                                 f.layout_from, f.source))
+    return unique, issues

@@ -1,0 +1,260 @@
+"""One work unit of extraction: a frame range of one film, streamed through every stage.
+
+decode (one ffmpeg pass) -> shots (every low-res frame) -> sampling (grid candidates, decided
+once the boundaries around them are final) -> views and crop -> filters -> disparity ->
+encoded samples in a staging tar. The unit ends with a JSON marker naming its outcome; the
+film is assembled into shards from the staged units afterwards (see ``assemble``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import filters
+from .atomic import write_bytes
+from .crop import detect_crop
+from .decode import DecodeStats, Frame, iter_frames
+from .disparity import compute_disparity
+from .encode import dumps, encode_disparity, encode_jpeg
+from .flow import FlowBackend, get_backend
+from .layout import views
+from .probe import ProbeResult
+from .sampling import SamplingPlan, sampling_reason
+from .shards import StagingWriter
+from .shots import ShotTracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    film: str
+    index: int
+    start: int   # first frame owned by the unit
+    end: int     # exclusive
+
+    @property
+    def stem(self) -> str:
+        return f"unit-{self.index:05d}"
+
+
+def plan_units(probe: ProbeResult, chunk_s: float) -> list[WorkUnit]:
+    n = probe.n_frames
+    size = n if chunk_s <= 0 else max(1, round(chunk_s * probe.fps))
+    return [WorkUnit(probe.name, i, s, min(n, s + size)) for i, s in enumerate(range(0, n, size))]
+
+
+def stored_size(crop_w: int, crop_h: int, max_width: int) -> tuple[int, int]:
+    if crop_w <= max_width:
+        return crop_w, crop_h
+    s = max_width / crop_w
+    return max_width // 2 * 2, max(2, round(crop_h * s / 2) * 2)
+
+
+def sample_key(film: str, frame_index: int) -> str:
+    return f"{film}_{frame_index:08d}"
+
+
+def prepare_views(full_rgb: np.ndarray, layout: str, recipe: dict):
+    """Packed frame -> (left, right) cropped and resized for storage, crop box, view size."""
+    left, right = views(full_rgb, layout)
+    c = recipe["crop"]
+    crop = detect_crop(filters.luma(left), max_luma=c["letterbox_max_luma"],
+                       max_std=c["letterbox_max_std"], min_content_frac=c["min_content_frac"],
+                       side_frac=c["side_frac"])
+    x, y, w, h = crop
+    size = stored_size(w, h, recipe["output"]["max_width"])
+    out = []
+    for v in (left, right):
+        v = v[y : y + h, x : x + w]
+        if (w, h) != size:
+            v = cv2.resize(v, size, interpolation=cv2.INTER_AREA)
+        out.append(np.ascontiguousarray(v))
+    return out[0], out[1], crop, (left.shape[1], left.shape[0])
+
+
+@dataclass
+class UnitResult:
+    unit: WorkUnit
+    frames: list[dict] = field(default_factory=list)   # a row per candidate (no shot_index yet)
+    cuts: list[int] = field(default_factory=list)
+    transitions: list[list[int]] = field(default_factory=list)
+    decoded: int = 0
+    stopped_early: str | None = None
+    samples: int = 0
+
+    def to_json(self) -> dict:
+        return {"unit": self.unit.__dict__, "frames": self.frames, "cuts": self.cuts,
+                "transitions": self.transitions, "decoded": self.decoded,
+                "stopped_early": self.stopped_early, "samples": self.samples}
+
+
+class UnitMiner:
+    """Holds the per-unit state of the streaming stages."""
+
+    def __init__(self, probe: ProbeResult, unit: WorkUnit, recipe: dict, backend: FlowBackend,
+                 staging: StagingWriter) -> None:
+        self.probe, self.unit, self.recipe, self.backend = probe, unit, recipe, backend
+        self.staging = staging
+        sh = recipe["shots"]
+        self.tracker = ShotTracker(
+            probe.fps, content_threshold=sh["content_threshold"],
+            fade_threshold=sh["fade_threshold"], dissolve_window_s=sh["dissolve_window_s"],
+            dissolve_threshold=sh["dissolve_threshold"],
+        )
+        self.plan = SamplingPlan.from_recipe(probe.fps, recipe, self.tracker.window)
+        self.pending: deque[Frame] = deque()
+        self.taken: dict[int, int] = {}           # shot start -> samples taken from it
+        self.prev_grey: dict[int, np.ndarray] = {}  # shot start -> last candidate's grey view
+        self.result = UnitResult(unit)
+
+    def push(self, frame: Frame) -> None:
+        self.tracker.push(frame.index, frame.lowres)
+        if frame.full is not None and self.unit.start <= frame.index < self.unit.end:
+            self.pending.append(frame)
+        while self.pending and (
+            self.pending[0].index + self.plan.lookahead <= self.tracker.known_until
+        ):
+            self._decide(self.pending.popleft())
+
+    def finish(self, last_index: int) -> UnitResult:
+        self.tracker.finish(last_index)
+        while self.pending:
+            self._decide(self.pending.popleft())
+        b = self.tracker.boundaries
+        u = self.unit
+        self.result.cuts = [c for c in b.cuts if u.start <= c < u.end]
+        self.result.transitions = [[s, e] for s, e in b.transitions if u.start <= s < u.end]
+        return self.result
+
+    def _row(self, frame: int, stage: str, reason: str | None, **scores) -> dict:
+        row = {"frame_index": frame, "pts_s": frame / self.probe.fps, "accepted": reason is None,
+               "stage": stage, "reason": reason, "key": None}
+        # NaN scores (e.g. no previous frame) are stored as nulls
+        row.update({k: (v if v == v else None) for k, v in scores.items()})
+        self.result.frames.append(row)
+        return row
+
+    def _decide(self, frame: Frame) -> None:
+        b = self.tracker.boundaries
+        start = max(b.shot_start(frame.index, 0), 0)
+        reason = sampling_reason(frame.index, b, self.plan, film_start=0,
+                                 film_end=self.probe.n_frames,
+                                 taken_in_shot=self.taken.get(start, 0))
+        if reason is not None:
+            self._row(frame.index, "sampling", reason)
+            return
+        self.taken[start] = self.taken.get(start, 0) + 1
+        assert frame.full is not None
+        left, right, crop, view_wh = prepare_views(frame.full, self.probe.layout, self.recipe)
+        gl, gr = filters.luma(left), filters.luma(right)
+        prev = self.prev_grey.get(start)
+        self.prev_grey = {start: gl.astype(np.float32)}
+        scores = filters.score_frame(left, right, prev)
+        reason = filters.decide(scores, self.recipe["filters"])
+        if reason is not None:
+            self._row(frame.index, "filter", reason, **scores)
+            return
+        res = compute_disparity([gl], [gr], self.backend, self.recipe["disparity"])[0]
+        dstats = {k: res.stats[k] for k in ("valid_fraction", "vertical_fail_fraction",
+                                             "range_px")}
+        if res.reason is not None:
+            self._row(frame.index, "disparity", res.reason, **scores, **dstats)
+            return
+        key = sample_key(self.probe.name, frame.index)
+        row = self._row(frame.index, "accepted", None, **scores, **dstats)
+        row["key"] = key
+        self._stage_sample(key, frame.index, left, res, crop, view_wh)
+
+    def _stage_sample(self, key, frame_index, left, res, crop, view_wh) -> None:
+        out = self.recipe["output"]
+        png, scale, offset = encode_disparity(res.disparity, out["disp_step_px"])
+        h, w = left.shape[:2]
+        meta = {
+            "film": self.probe.name,
+            "key": key,
+            "frame_index": frame_index,
+            "pts_s": round(frame_index / self.probe.fps, 6),
+            "layout": self.probe.layout,
+            "view_size": list(view_wh),
+            "crop": list(crop),
+            "size": [w, h],
+            "disp_scale": scale,
+            "disp_offset": offset,
+            "disparity": "d = x_left - x_right in px of the stored image, up to scale and shift",
+            "backend": self.backend.name,
+            "valid_fraction": round(res.stats["valid_fraction"], 6),
+            "lr_pass_fraction": round(res.stats["lr_pass_fraction"], 6),
+            "vertical": {
+                "fail_fraction": round(res.stats["vertical_fail_fraction"], 6),
+                "median_px": round(res.stats["vertical_median_px"], 4),
+                "abs_p95_px": round(res.stats["vertical_abs_p95_px"], 4),
+            },
+            "disp_percentiles_px": {
+                "p1": round(res.stats["disp_p1_px"], 4),
+                "p50": round(res.stats["disp_p50_px"], 4),
+                "p99": round(res.stats["disp_p99_px"], 4),
+            },
+            "range_px": round(res.stats["range_px"], 4),
+        }
+        self.staging.write({"__key__": key, "jpg": encode_jpeg(left, out["jpeg_quality"]),
+                            "disp.png": png, "json": dumps(meta)})
+        self.result.samples += 1
+
+
+_BACKENDS: dict[tuple, FlowBackend] = {}
+
+
+def backend_for(recipe: dict, device: str) -> FlowBackend:
+    """One flow backend per worker process and configuration (models are built once)."""
+    d = recipe["disparity"]
+    key = (d["backend"], d["preset"], d["dis_finest_scale"], device)
+    if key not in _BACKENDS:
+        _BACKENDS[key] = get_backend(d["backend"], preset=d["preset"], device=device,
+                                     finest_scale=d["dis_finest_scale"])
+    return _BACKENDS[key]
+
+
+def unit_paths(work_dir: Path, unit: WorkUnit) -> tuple[Path, Path]:
+    return work_dir / f"{unit.stem}.tar", work_dir / f"{unit.stem}.json"
+
+
+def mine_unit(probe: ProbeResult, unit: WorkUnit, recipe: dict, work_dir: Path,
+              device: str = "cpu") -> dict:
+    """Run one work unit; writes its staging tar, then its JSON marker. Returns the marker."""
+    tar_path, marker = unit_paths(work_dir, unit)
+    if marker.is_file():
+        return json.loads(marker.read_text())
+    backend = backend_for(recipe, device)
+    staging = StagingWriter(tar_path)
+    miner = UnitMiner(probe, unit, recipe, backend, staging)
+    # context before the unit lets the shot detector see cuts that shape its first samples
+    ctx = miner.plan.lookahead if unit.start > 0 else 0
+    start = unit.start - ctx
+    stop = min(probe.n_frames, unit.end + miner.plan.lookahead)
+    stats = DecodeStats()
+    last = start - 1
+    try:
+        for frame in iter_frames(probe, start_frame=start, n_frames=stop - start,
+                                 grid_step=miner.plan.grid_step,
+                                 lowres_width=recipe["decode"]["lowres_width"],
+                                 timeout_s=recipe["decode"]["timeout_s"], stats=stats):
+            miner.push(frame)
+            last = frame.index
+        result = miner.finish(last)
+    except BaseException:
+        staging.abort()
+        raise
+    staging.close()
+    result.decoded = max(0, min(last + 1, unit.end) - unit.start)
+    result.stopped_early = stats.stopped_early if last + 1 < unit.end else None
+    data = result.to_json()
+    write_bytes(marker, dumps(data))
+    return data

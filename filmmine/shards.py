@@ -1,0 +1,125 @@
+"""WebDataset shard writing: tar files written atomically, rolled over by count and bytes.
+
+Members per sample: ``KEY.jpg`` (left view), ``KEY.disp.png`` (16-bit disparity) and
+``KEY.json``. Tar headers carry fixed mtime/owner so the same samples give the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import webdataset as wds
+
+from .atomic import AtomicFile
+
+MEMBERS = ("jpg", "disp.png", "json")
+
+
+@dataclass
+class ShardInfo:
+    name: str
+    samples: int
+    bytes: int
+    sha256: str
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "samples": self.samples, "bytes": self.bytes,
+                "sha256": self.sha256}
+
+
+def _tar_writer(f) -> wds.TarWriter:
+    return wds.TarWriter(f, user="filmmine", group="filmmine", mode=0o444, encoder=False, mtime=0)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class StagingWriter:
+    """One tar of encoded samples for a work unit, renamed into place on close."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = AtomicFile(path)
+        self._tw = _tar_writer(self._file.file)
+        self.count = 0
+
+    def write(self, sample: dict[str, bytes | str]) -> None:
+        self._tw.write(sample)
+        self.count += 1
+
+    def close(self) -> None:
+        self._tw.tarstream.close()  # ends the tar; the file itself stays open for commit
+        self._file.commit()
+
+    def abort(self) -> None:
+        self._file.abort()
+
+
+def read_samples(path: Path) -> Iterator[dict[str, bytes | str]]:
+    """Samples of a tar in order (members grouped by key, as webdataset groups them)."""
+    current: dict[str, bytes | str] = {}
+    with tarfile.open(path, "r") as tf:
+        for m in tf:
+            if not m.isfile():
+                continue
+            key, _, ext = m.name.partition(".")
+            if "/" in key or key.startswith(".") or not ext:
+                raise ValueError(f"unexpected tar member {m.name!r} in {path.name}")
+            if current and current["__key__"] != key:
+                yield current
+                current = {}
+            current["__key__"] = key
+            f = tf.extractfile(m)
+            current[ext] = f.read() if f else b""
+    if current:
+        yield current
+
+
+@dataclass
+class ShardSink:
+    """Writes samples into ``{prefix}-{n:05d}.tar`` shards of at most max_samples / max_bytes."""
+
+    directory: Path
+    prefix: str
+    max_samples: int
+    max_bytes: int
+    shards: list[ShardInfo] = field(default_factory=list)
+    _writer: StagingWriter | None = None
+    _bytes: int = 0
+
+    def write(self, sample: dict[str, bytes | str]) -> str:
+        """Write one sample; returns the name of the shard it went into."""
+        size = sum(len(v) + 1024 for k, v in sample.items() if k != "__key__")
+        if self._writer is not None and (
+            self._writer.count >= self.max_samples or self._bytes + size > self.max_bytes
+        ):
+            self._finish()
+        if self._writer is None:
+            name = f"{self.prefix}-{len(self.shards):05d}.tar"
+            self._writer = StagingWriter(self.directory / name)
+            self._bytes = 0
+        self._writer.write(sample)
+        self._bytes += size
+        return self._writer.path.name
+
+    def _finish(self) -> None:
+        w = self._writer
+        assert w is not None
+        w.close()
+        self.shards.append(ShardInfo(w.path.name, w.count, w.path.stat().st_size,
+                                     sha256_file(w.path)))
+        self._writer = None
+
+    def close(self) -> list[ShardInfo]:
+        if self._writer is not None:
+            self._finish()
+        return self.shards

@@ -1,0 +1,44 @@
+"""Shared fixtures: a generated film library with ground truth and a corpus mined from it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from filmmine import synth
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL_CLIPS = SHARED / "real_cut_clips"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "real" in item.keywords and not SHARED.is_dir():
+            item.add_marker(pytest.mark.skip(reason=f"shared data not found at {SHARED}"))
+
+
+@pytest.fixture(scope="session")
+def library(tmp_path_factory) -> Path:
+    """One film per layout (different scenes, default spec: every shot kind, one dissolve)."""
+    root = tmp_path_factory.mktemp("library")
+    return synth.write_library(root).parent
+
+
+def truth_of(library: Path, film: str) -> dict:
+    lib = json.loads((library / "library.json").read_text())
+    entry = next(f for f in lib["films"] if f["name"] == film)
+    side = library / (entry["path"] + ".truth.json" if "path" in entry else film + ".truth.json")
+    return json.loads(side.read_text())
+
+
+@pytest.fixture(scope="session")
+def corpus(library, tmp_path_factory) -> Path:
+    """The library mined by a real LocalCluster with 2 worker processes."""
+    from filmmine.runner import extract
+
+    out = tmp_path_factory.mktemp("corpus")
+    report = extract([str(library / "library.json")], out, workers=2, progress=False)
+    assert report.exit_code == 0, report.summary()
+    return out

@@ -1,0 +1,267 @@
+"""End to end: a generated library -> corpus, checked against the films' ground truth."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from conftest import truth_of
+
+from filmmine import synth
+from filmmine.encode import decode_disparity, decode_jpeg
+from filmmine.runner import extract
+from filmmine.synth import FilmSpec, ShotSpec
+
+FILMS = ["film_sbs", "film_half-sbs", "film_tab", "film_half-tab", "film_separate"]
+DEFECT_REASON = {"vertical": "vertical_misaligned", "mono": "mono", "dark": "dark",
+                 "lowtex": "low_texture", "credits": "credits"}
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def samples_of(corpus: Path, film: str) -> list[dict]:
+    shards = sorted(str(p) for p in (corpus / "shards").glob(f"{film}-*.tar"))
+    return list(wds.WebDataset(shards, shardshuffle=False, empty_check=False))
+
+
+def gt_for(spec: FilmSpec, meta: dict) -> np.ndarray:
+    """Ground truth in pixels of the stored image (crop, then resize)."""
+    x, y, w, h = meta["crop"]
+    gt = synth.true_disparity(spec, meta["frame_index"])[y : y + h, x : x + w]
+    if [w, h] != meta["size"]:
+        s = meta["size"][0] / w
+        gt = cv2.resize(gt, tuple(meta["size"]), interpolation=cv2.INTER_NEAREST) * s
+    return gt
+
+
+def test_shards_read_back_with_webdataset(corpus):
+    man = json.loads((corpus / "manifest.json").read_text())
+    samples = pq.read_table(corpus / "samples.parquet").to_pylist()
+    n = 0
+    for shard in man["shards"]:
+        path = corpus / "shards" / shard["name"]
+        assert path.stat().st_size == shard["bytes"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == shard["sha256"]
+        got = list(wds.WebDataset(str(path), shardshuffle=False, empty_check=False))
+        assert len(got) == shard["samples"]
+        for s in got:
+            assert "." not in s["__key__"]
+            assert {"jpg", "disp.png", "json"} <= set(s)
+            meta = json.loads(s["json"])
+            img = decode_jpeg(s["jpg"])
+            d = decode_disparity(s["disp.png"], meta["disp_scale"], meta["disp_offset"])
+            assert img.shape[:2] == d.shape == (meta["size"][1], meta["size"][0])
+            for field in ("film", "frame_index", "pts_s", "shot_index", "layout", "view_size",
+                          "crop", "size", "disp_scale", "disp_offset", "backend",
+                          "valid_fraction", "vertical"):
+                assert field in meta, field
+            assert np.isfinite(d).mean() == pytest.approx(meta["valid_fraction"], abs=1e-3)
+        n += len(got)
+    assert n == len(samples) == man["totals"]["samples"] > 0
+    frames = pq.read_table(corpus / "frames.parquet")
+    accepted = [r for r in frames.to_pylist() if r["accepted"]]
+    assert sorted(r["key"] for r in accepted) == sorted(r["key"] for r in samples)
+
+
+@pytest.mark.parametrize("film", FILMS)
+def test_disparity_matches_ground_truth(corpus, library, film):
+    spec = FilmSpec.from_json(truth_of(library, film)["spec"])
+    got = samples_of(corpus, film)
+    assert len(got) >= 15
+    for s in got:
+        meta = json.loads(s["json"])
+        assert synth.shot_kind_at(spec, meta["frame_index"]) == "textured"
+        d = decode_disparity(s["disp.png"], meta["disp_scale"], meta["disp_offset"])
+        gt = gt_for(spec, meta)
+        both = np.isfinite(d) & np.isfinite(gt)
+        epe = float(np.abs(d - gt)[both].mean())
+        assert epe <= 0.5, (meta["key"], epe)
+        assert np.isfinite(d).mean() >= 0.8, meta["key"]
+
+
+@pytest.mark.parametrize("film", FILMS)
+def test_defect_shots_yield_nothing_with_reason(corpus, library, film):
+    truth = truth_of(library, film)
+    spec = FilmSpec.from_json(truth["spec"])
+    rows = [r for r in pq.read_table(corpus / "frames.parquet").to_pylist() if r["film"] == film]
+    assert len(rows) == len(range(0, truth["n_frames"], 6))
+    for shot in truth["shots"]:
+        inside = [r for r in rows if shot["start"] <= r["frame_index"] < shot["end"]]
+        if shot["kind"] == "textured":
+            assert any(r["accepted"] for r in inside)
+            continue
+        assert not any(r["accepted"] for r in inside), shot
+        examined = [r for r in inside if r["stage"] != "sampling"]
+        assert examined, shot  # the shot was looked at, not just skipped
+        assert {r["reason"] for r in examined} == {DEFECT_REASON[shot["kind"]]}, shot
+    # the dissolve yields no sample, and no accepted frame has a cut within the margin
+    s, e = truth["dissolve"]
+    assert not any(r["accepted"] for r in rows if s - 3 <= r["frame_index"] < e + 3)
+    for r in rows:
+        if r["accepted"]:
+            assert min(abs(r["frame_index"] - c) for c in truth["cuts"]) >= 6
+            assert synth.shot_kind_at(spec, r["frame_index"]) == "textured"
+
+
+def test_film_records_and_manifest(corpus, library):
+    man = json.loads((corpus / "manifest.json").read_text())
+    assert {i["film"] for i in man["inputs"]} == set(FILMS)
+    assert all(i["status"] == "ok" for i in man["inputs"])
+    for film in FILMS:
+        rec = json.loads((corpus / "films" / f"{film}.json").read_text())
+        truth = truth_of(library, film)
+        assert rec["cuts"] == pytest.approx(truth["cuts"], abs=1)
+        assert rec["counts"]["shots"] == len(truth["shots"])
+        assert rec["probe"]["layout"] == truth["layout"]
+        assert sum(rec["rejections"].values()) + rec["counts"]["accepted"] == \
+            rec["counts"]["candidates"]
+        assert man["films"][film]["counts"] == rec["counts"]
+    assert not (corpus / ".work").exists()
+    assert not list(corpus.rglob(".tmp-*"))
+
+
+def test_letterbox_is_cropped(corpus, library):
+    lb = truth_of(library, "film_tab")["letterbox_px"]
+    assert lb > 0
+    for s in samples_of(corpus, "film_tab"):
+        meta = json.loads(s["json"])
+        _, y, _, h = meta["crop"]
+        assert lb <= y <= lb + 2 and y + h >= meta["view_size"][1] - lb - 2
+        assert decode_jpeg(s["jpg"])[:2].mean() > 30  # no black rows left at the top
+
+
+def test_rerun_changes_no_byte(corpus, library):
+    before = tree_digest(corpus)
+    mtimes = {p: p.stat().st_mtime_ns for p in corpus.rglob("*") if p.is_file()}
+    report = extract([str(library / "library.json")], corpus, workers=0, progress=False)
+    assert report.exit_code == 0
+    assert tree_digest(corpus) == before
+    assert {p: p.stat().st_mtime_ns for p in corpus.rglob("*") if p.is_file()} == mtimes
+
+
+def test_resume_after_a_lost_film_gives_identical_corpus(corpus, library, tmp_path):
+    """Simulate a crash mid-run: one film unassembled, one unit staged, a stray temp file."""
+    import shutil
+
+    copy = tmp_path / "c"
+    shutil.copytree(corpus, copy)
+    for p in copy.glob("films/film_tab*"):
+        p.unlink()
+    for p in copy.glob("shards/film_tab-*"):
+        p.unlink()
+    (copy / "shards" / ".tmp-film_tab-00000.tar.x").write_bytes(b"half a shard")
+    (copy / "manifest.json").unlink()
+    report = extract([str(library / "library.json")], copy, workers=0, progress=False)
+    assert report.exit_code == 0
+    assert tree_digest(copy) == tree_digest(corpus)
+
+
+def test_layouts_give_the_same_disparity(tmp_path):
+    """One scene written in every layout: the labels agree (half layouts within resolution)."""
+    spec = FilmSpec(shots=(ShotSpec("textured", 30, seed=5),), seed=11)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    films = []
+    for layout in synth.LAYOUTS:
+        synth.write_film(spec, lib / (f"same_{layout}" + ("" if layout == "separate" else ".mp4")),
+                         layout)
+        entry = {"name": f"same_{layout}", "layout": layout}
+        if layout == "separate":
+            entry.update(left=f"same_{layout}_left.mp4", right=f"same_{layout}_right.mp4")
+        else:
+            entry["path"] = f"same_{layout}.mp4"
+        films.append(entry)
+    (lib / "library.json").write_text(json.dumps({"format": "filmmine-library/1",
+                                                  "films": films}))
+    out = tmp_path / "out"
+    report = extract([str(lib / "library.json")], out, workers=0, progress=False)
+    assert report.exit_code == 0, report.summary()
+    disp = {}
+    for layout in synth.LAYOUTS:
+        for s in samples_of(out, f"same_{layout}"):
+            meta = json.loads(s["json"])
+            disp[layout, meta["frame_index"]] = decode_disparity(
+                s["disp.png"], meta["disp_scale"], meta["disp_offset"])
+    frames = sorted({f for (lay, f) in disp if lay == "sbs"})
+    assert len(frames) >= 3
+    for layout in synth.LAYOUTS:
+        for f in frames:
+            a, b = disp["sbs", f], disp[layout, f]
+            both = np.isfinite(a) & np.isfinite(b)
+            assert both.mean() > 0.75
+            tol = 0.25 if layout in ("sbs", "tab", "separate") else 0.5
+            assert float(np.median(np.abs(a - b)[both])) <= tol, (layout, f)
+
+
+def test_bad_inputs_get_one_line_reasons_and_the_rest_is_mined(library, tmp_path):
+    lib = tmp_path / "mixed lib é"
+    lib.mkdir()
+    good = lib / "good film.mp4"
+    spec = FilmSpec(shots=(ShotSpec("textured", 30, seed=2),), seed=3)
+    synth.write_film(spec, good, "sbs")
+    (lib / "good film.mp4.truth.json").unlink()
+    (lib / "empty.mp4").write_bytes(b"")
+    (lib / "noise.mkv").write_bytes(np.random.default_rng(0).bytes(50_000))
+    (lib / "notes.txt").write_text("not a film")
+    # a single view: a 2D video
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=320x180:rate=24:duration=2", "-pix_fmt", "yuv420p",
+                    str(lib / "mono.mp4")], check=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=duration=1",
+                    str(lib / "audio_only.mp4")], check=True)
+    manifest = tmp_path / "lib.json"
+    manifest.write_text(json.dumps({"films": [
+        {"name": "lonely", "left": str(good), "right": str(lib / "missing_right.mp4")}]}))
+    out = tmp_path / "out"
+    report = extract([str(lib), str(manifest), str(tmp_path / "nope.mp4")], out, workers=0,
+                     progress=False)
+    by_src = {Path(i["source"].split("#")[0]).name + ("#" + i["source"].split("#")[1]
+              if "#" in i["source"] else ""): i for i in report.inputs}
+    assert by_src["good film.mp4"]["status"] == "ok"
+    assert report.records["good_film"]["counts"]["accepted"] > 0
+    expect = {
+        "empty.mp4": ("failed", "empty file"),
+        "noise.mkv": ("failed", "not a readable video"),
+        "notes.txt": ("skipped", "not a video file"),
+        "mono.mp4": ("skipped", "mono"),
+        "audio_only.mp4": ("failed", "no video stream"),
+        "lib.json#lonely": ("failed", "missing file"),
+        "nope.mp4": ("failed", "no such file"),
+    }
+    for src, (status, text) in expect.items():
+        got = by_src[src]
+        assert got["status"] == status, (src, got)
+        assert text in got["reason"] and "\n" not in got["reason"], (src, got)
+    assert report.exit_code == 1
+    man = json.loads((out / "manifest.json").read_text())
+    assert len(man["inputs"]) == len(report.inputs)
+
+
+def test_cli_extract_exit_codes_and_missing_ffmpeg(tmp_path):
+    spec = FilmSpec(shots=(ShotSpec("textured", 24, seed=1),), seed=1)
+    film = tmp_path / "f.mp4"
+    synth.write_film(spec, film, "half-sbs")
+    cmd = [sys.executable, "-m", "filmmine.cli", "extract", str(film), "--out",
+           str(tmp_path / "o"), "--workers", "0", "--quiet"]
+    ok = subprocess.run(cmd, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "1 film(s) mined" in ok.stdout
+    env = dict(os.environ, FILMMINE_FFMPEG=str(tmp_path / "no-ffmpeg"))
+    bad = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "FILMMINE_FFMPEG" in bad.stderr
+    failed = subprocess.run([*cmd[:4], str(tmp_path / "missing.mp4"), *cmd[5:]],
+                            capture_output=True, text=True)
+    assert failed.returncode == 1 and "no such file" in failed.stdout
