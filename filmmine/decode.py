@@ -106,23 +106,47 @@ def iter_frames(probe: ProbeResult, *, start_frame: int = 0, n_frames: int | Non
     finally:
         os.close(w_fd)
     hi_reader = os.fdopen(r_fd, "rb", buffering=0)
-    hi_q: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+    hi_q: queue.Queue[bytearray | None] = queue.Queue(maxsize=8)
+    lo_q: queue.Queue[bytes | None] = queue.Queue()  # small frames: never let ffmpeg block on them
     timed_out = threading.Event()
+    stop = threading.Event()  # the consumer went away: readers must not block on a full queue
+
+    def put(q: queue.Queue, item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def read_hi() -> None:
+        # the thread owns the read end: it closes it only when it stops reading
+        with hi_reader:
+            while True:
+                buf = bytearray(hi_bytes)
+                view = memoryview(buf)
+                got = 0
+                while got < hi_bytes:
+                    n = hi_reader.readinto(view[got:])
+                    if not n:
+                        break
+                    got += n
+                if got < hi_bytes:
+                    put(hi_q, None)
+                    return
+                if not put(hi_q, buf):
+                    return
+
+    def read_lo() -> None:
+        assert proc.stdout is not None
         while True:
-            buf = bytearray(hi_bytes)
-            view = memoryview(buf)
-            got = 0
-            while got < hi_bytes:
-                n = hi_reader.readinto(view[got:])
-                if not n:
-                    break
-                got += n
-            if got < hi_bytes:
-                hi_q.put(None)
+            buf = proc.stdout.read(lo_bytes)
+            if len(buf) < lo_bytes:
+                put(lo_q, None)
                 return
-            hi_q.put(bytes(buf))
+            if not put(lo_q, buf):
+                return
 
     def watchdog() -> None:
         while proc.poll() is None:
@@ -132,19 +156,10 @@ def iter_frames(probe: ProbeResult, *, start_frame: int = 0, n_frames: int | Non
                 return
             time.sleep(0.2)
 
-    lo_q: queue.Queue[bytes | None] = queue.Queue()  # small frames: never let ffmpeg block on them
-
-    def read_lo() -> None:
-        assert proc.stdout is not None
-        while True:
-            buf = proc.stdout.read(lo_bytes)
-            if len(buf) < lo_bytes:
-                lo_q.put(None)
-                return
-            lo_q.put(buf)
-
-    threading.Thread(target=read_lo, daemon=True).start()
-    threading.Thread(target=read_hi, daemon=True).start()
+    readers = [threading.Thread(target=read_lo, daemon=True),
+               threading.Thread(target=read_hi, daemon=True)]
+    for t in readers:
+        t.start()
     threading.Thread(target=watchdog, daemon=True).start()
     hi_done = False
     try:
@@ -169,7 +184,11 @@ def iter_frames(probe: ProbeResult, *, start_frame: int = 0, n_frames: int | Non
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-        hi_reader.close()
+        stop.set()  # a dead ffmpeg gives the readers EOF; the flag frees a blocked put
+        for t in readers:
+            t.join(timeout=10)
+        assert proc.stdout is not None
+        proc.stdout.close()
         stats.wall_s = time.monotonic() - t0
         err_file.seek(0)
         err = err_file.read().decode(errors="replace").strip().splitlines()

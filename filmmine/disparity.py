@@ -25,8 +25,11 @@ class DisparityResult:
 
 def sample_at(field_hw: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
     """Bilinear lookup of a [H, W] or [H, W, C] float field at (map_x, map_y); NaN outside."""
-    out = cv2.remap(field_hw, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                    borderValue=np.nan)
+    h, w = field_hw.shape[:2]
+    # replicate, not NaN, at the border: a match exactly on the last row/column is inside
+    out = cv2.remap(field_hw, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    outside = (map_x < 0) | (map_x > w - 1) | (map_y < 0) | (map_y > h - 1)
+    out[outside] = np.nan
     return out
 
 

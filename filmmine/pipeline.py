@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,11 +90,13 @@ class UnitResult:
     decoded: int = 0
     stopped_early: str | None = None
     samples: int = 0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (profiling)
 
     def to_json(self) -> dict:
         return {"unit": self.unit.__dict__, "frames": self.frames, "cuts": self.cuts,
                 "transitions": self.transitions, "decoded": self.decoded,
-                "stopped_early": self.stopped_early, "samples": self.samples}
+                "stopped_early": self.stopped_early, "samples": self.samples,
+                "timings": {k: round(v, 4) for k, v in sorted(self.timings.items())}}
 
 
 class UnitMiner:
@@ -109,14 +112,23 @@ class UnitMiner:
             fade_threshold=sh["fade_threshold"], dissolve_window_s=sh["dissolve_window_s"],
             dissolve_threshold=sh["dissolve_threshold"],
         )
-        self.plan = SamplingPlan.from_recipe(probe.fps, recipe, self.tracker.window)
+        self.plan = SamplingPlan.from_recipe(probe.fps, recipe)
+        # frames decoded on either side of the unit: enough for every decision near its seams
+        self.context = self.plan.lookahead + 2 * self.tracker.window + 1
         self.pending: deque[Frame] = deque()
         self.taken: dict[int, int] = {}           # shot start -> samples taken from it
         self.prev_grey: dict[int, np.ndarray] = {}  # shot start -> last candidate's grey view
         self.result = UnitResult(unit)
 
+    def _tick(self, stage: str, t0: float) -> float:
+        now = time.perf_counter()
+        self.result.timings[stage] = self.result.timings.get(stage, 0.0) + now - t0
+        return now
+
     def push(self, frame: Frame) -> None:
+        t0 = time.perf_counter()
         self.tracker.push(frame.index, frame.lowres)
+        self._tick("shots", t0)
         if frame.full is not None and self.unit.start <= frame.index < self.unit.end:
             self.pending.append(frame)
         while self.pending and (
@@ -153,16 +165,20 @@ class UnitMiner:
             return
         self.taken[start] = self.taken.get(start, 0) + 1
         assert frame.full is not None
+        t0 = time.perf_counter()
         left, right, crop, view_wh = prepare_views(frame.full, self.probe.layout, self.recipe)
+        t0 = self._tick("views", t0)
         gl, gr = filters.luma(left), filters.luma(right)
         prev = self.prev_grey.get(start)
         self.prev_grey = {start: gl.astype(np.float32)}
         scores = filters.score_frame(left, right, prev)
         reason = filters.decide(scores, self.recipe["filters"])
+        t0 = self._tick("filters", t0)
         if reason is not None:
             self._row(frame.index, "filter", reason, **scores)
             return
         res = compute_disparity([gl], [gr], self.backend, self.recipe["disparity"])[0]
+        t0 = self._tick("disparity", t0)
         dstats = {k: res.stats[k] for k in ("valid_fraction", "vertical_fail_fraction",
                                              "range_px")}
         if res.reason is not None:
@@ -172,6 +188,7 @@ class UnitMiner:
         row = self._row(frame.index, "accepted", None, **scores, **dstats)
         row["key"] = key
         self._stage_sample(key, frame.index, left, res, crop, view_wh)
+        self._tick("encode_write", t0)
 
     def _stage_sample(self, key, frame_index, left, res, crop, view_wh) -> None:
         out = self.recipe["output"]
@@ -236,18 +253,20 @@ def mine_unit(probe: ProbeResult, unit: WorkUnit, recipe: dict, work_dir: Path,
     staging = StagingWriter(tar_path)
     miner = UnitMiner(probe, unit, recipe, backend, staging)
     # context before the unit lets the shot detector see cuts that shape its first samples
-    ctx = miner.plan.lookahead if unit.start > 0 else 0
-    start = unit.start - ctx
-    stop = min(probe.n_frames, unit.end + miner.plan.lookahead)
+    start = max(0, unit.start - miner.context)
+    stop = min(probe.n_frames, unit.end + miner.context)
     stats = DecodeStats()
     last = start - 1
+    t_wait = time.perf_counter()
     try:
         for frame in iter_frames(probe, start_frame=start, n_frames=stop - start,
                                  grid_step=miner.plan.grid_step,
                                  lowres_width=recipe["decode"]["lowres_width"],
                                  timeout_s=recipe["decode"]["timeout_s"], stats=stats):
+            miner._tick("decode_wait", t_wait)
             miner.push(frame)
             last = frame.index
+            t_wait = time.perf_counter()
         result = miner.finish(last)
     except BaseException:
         staging.abort()

@@ -80,7 +80,7 @@ def dump_toml(recipe: dict[str, Any]) -> str:
         if isinstance(v, (int, float)):
             return repr(v)
         if isinstance(v, str):
-            return json.dumps(v)
+            return json.dumps(v, ensure_ascii=False)  # TOML takes any Unicode, not \ud83c pairs
         if isinstance(v, list):
             return "[" + ", ".join(fmt(x) for x in v) + "]"
         raise RecipeError(f"cannot serialise {v!r}")

@@ -22,13 +22,12 @@ class SamplingPlan:
     lookahead: int       # frames of boundary knowledge needed after a candidate to decide it
 
     @classmethod
-    def from_recipe(cls, fps: float, recipe: dict, dissolve_window: int = 0) -> SamplingPlan:
+    def from_recipe(cls, fps: float, recipe: dict) -> SamplingPlan:
         s, sh = recipe["sampling"], recipe["shots"]
         step = max(1, round(fps / s["fps"]))
         margin = max(0, round(s["margin_s"] * fps))
         min_shot = max(1, round(sh["min_shot_s"] * fps))
-        return cls(step, margin, min_shot, int(s["max_per_shot"]),
-                   max(margin, min_shot) + dissolve_window + 1)
+        return cls(step, margin, min_shot, int(s["max_per_shot"]), max(margin, min_shot) + 1)
 
 
 def sampling_reason(frame: int, bounds: ShotBoundaries, plan: SamplingPlan, *,

@@ -55,8 +55,8 @@ def dissolve_score(before: np.ndarray, middle: np.ndarray,
 class ShotTracker:
     """Streaming shot detector: push low-res BGR frames in order, read boundaries any time.
 
-    Boundaries up to ``known_until`` are final: cuts need one frame, dissolve flags W frames
-    of look-ahead.
+    Boundaries up to ``known_until`` are final: cuts need one frame, a dissolve flag 2W frames
+    of look-ahead (it is set at the middle of a 2W window and reaches back W more).
     """
 
     def __init__(self, fps: float, *, content_threshold: float = 27.0,
@@ -92,7 +92,8 @@ class ShotTracker:
                 i0 < c <= index for c in self.boundaries.cuts
             ):
                 self._flag(im)
-        self.known_until = index - self.window
+        # a flag at the window's middle (index - W) marks frames back to index - 2W
+        self.known_until = index - 2 * self.window - 1
 
     def _flag(self, frame: int) -> None:
         w = self.window
