@@ -62,9 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    if not args.debug:
-        for name in ("distributed", "dask"):
-            logging.getLogger(name).setLevel(logging.ERROR)
     try:
         if args.command == "extract":
             return _extract(args.inputs, args, args.layout)
@@ -75,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             if not (lib / "library.json").is_file():
                 print(f"writing a demo library of synthetic stereo films to {lib} ...")
                 write_library(lib)
-            return _extract([str(lib / "library.json")], args)
+            code = _extract([str(lib / "library.json")], args)
+            print(f"look at {args.out}/manifest.json (counts and reasons), "
+                  f"{args.out}/frames.parquet and the shards in {args.out}/shards/")
+            return code
     except FilmmineError as e:
         if args.debug:
             raise

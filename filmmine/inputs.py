@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -101,6 +102,9 @@ def resolve_inputs(inputs: list[str], layout: str = "auto"
             films.append(FilmInput(slug(p.stem), (str(p),), layout, "--layout", str(p)))
         else:
             issues.append(InputIssue(str(p), "failed", "no such file or directory"))
+    # absolute paths: records compare them on resume, whatever the working directory
+    films = [FilmInput(f.name, tuple(os.path.abspath(p) for p in f.paths), f.layout,
+                       f.layout_from, f.source) for f in films]
     # distinct ids, deterministic: the later duplicates get a numeric suffix
     seen: dict[str, int] = {}
     unique = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -136,6 +137,9 @@ def extract(inputs: list[str], out: str | Path, *, layout: str = "auto",
             debug: bool = False) -> RunReport:
     """Mine ``inputs`` into the corpus directory ``out``; see the module docstring."""
     require_ffmpeg()
+    if not debug:  # distributed sets its loggers up on import; keep the run's output readable
+        for name in ("distributed", "dask"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     rec = load_recipe(recipe)
     digest = recipe_digest(rec)
     d = rec["disparity"]
@@ -159,13 +163,19 @@ def extract(inputs: list[str], out: str | Path, *, layout: str = "auto",
     todo = []
     for f in films:
         rp = film_record_path(out, f.name)
-        if rp.is_file():
-            record = json.loads(rp.read_text())
-            if record.get("recipe_digest") == digest and record["probe"]["paths"] == list(f.paths):
-                report.records[f.name] = record
-                statuses[f.name]["status"] = "ok"
-                continue
-        todo.append(f)
+        if not rp.is_file():
+            todo.append(f)
+            continue
+        record = json.loads(rp.read_text())
+        if record["source"]["paths"] == list(f.paths):
+            report.records[f.name] = record  # mined by an earlier run
+            statuses[f.name].update(status="ok", reason=record.get("reason"))
+            shutil.rmtree(out / ".work" / f.name, ignore_errors=True)
+        else:
+            statuses[f.name].update(
+                status="failed",
+                reason=f"film id {f.name!r} is already in {out} from "
+                       f"{', '.join(record['source']['paths'])}; give it another name")
 
     if todo:
         _run_tasks(todo, out, rec, digest, device, workers, scheduler, progress, debug,

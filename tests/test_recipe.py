@@ -1,0 +1,128 @@
+"""filmmine.recipe: inheritance, strict keys, TOML round trip and the recipe digest."""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from filmmine.errors import RecipeError
+from filmmine.recipe import PIPELINES_DIR, dump_toml, load_recipe, recipe_digest
+
+
+@pytest.fixture(scope="module")
+def default() -> dict:
+    return load_recipe()
+
+
+def test_default_is_the_default_file(default: dict) -> None:
+    """load_recipe() is exactly pipelines/default.toml."""
+    raw = tomllib.loads((PIPELINES_DIR / "default.toml").read_text())
+    assert default == raw
+    assert default["name"] == "default"
+    assert load_recipe("default") == load_recipe(PIPELINES_DIR / "default.toml") == default
+
+
+def test_preview_inherits_default_and_overrides(default: dict) -> None:
+    """preview = default with exactly the keys preview.toml sets replaced."""
+    preview = load_recipe("preview")
+    over = tomllib.loads((PIPELINES_DIR / "preview.toml").read_text())
+    over.pop("base")
+    assert preview.keys() == default.keys()
+    for table, value in default.items():
+        if not isinstance(value, dict):
+            assert preview[table] == over.get(table, value)
+            continue
+        assert preview[table].keys() == value.keys(), table
+        for key, v in value.items():
+            assert preview[table][key] == over.get(table, {}).get(key, v), (table, key)
+    assert preview["name"] == "preview"
+    assert preview["sampling"]["fps"] == 1.0 and preview["disparity"]["preset"] == "fast"
+    assert preview["shots"] == default["shots"]
+    assert preview["sampling"]["margin_s"] == default["sampling"]["margin_s"]
+
+
+def test_chain_of_bases(tmp_path: Path, default: dict) -> None:
+    """A recipe based on preview gets preview's overrides, then its own."""
+    p = tmp_path / "mine.toml"
+    p.write_text('base = "preview"\nname = "mine"\n[sampling]\nfps = 2.0\n')
+    r = load_recipe(p)
+    assert r["name"] == "mine"
+    assert r["sampling"] == {"fps": 2.0, "margin_s": 0.25, "max_per_shot": 4}
+    assert r["disparity"]["preset"] == "fast"
+    assert r["crop"] == default["crop"]
+
+
+@pytest.mark.parametrize("text", [
+    'base = "default"\nbogus = 1\n',
+    'base = "default"\n[shots]\ncontent_treshold = 20.0\n',
+    'base = "default"\n[nosuchtable]\nx = 1\n',
+    '[decode]\nlowres_widht = 10\n',  # no base: still checked against default
+])
+def test_unknown_key_raises(tmp_path: Path, text: str) -> None:
+    p = tmp_path / "typo.toml"
+    p.write_text(text)
+    with pytest.raises(RecipeError, match="unknown recipe key"):
+        load_recipe(p)
+
+
+def test_scalar_for_table_and_bad_files_raise(tmp_path: Path) -> None:
+    p = tmp_path / "bad.toml"
+    p.write_text('base = "default"\nshots = 3\n')
+    with pytest.raises(RecipeError, match="must be a table"):
+        load_recipe(p)
+    p.write_text("this is = = not toml")
+    with pytest.raises(RecipeError, match="cannot read recipe"):
+        load_recipe(p)
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(tmp_path / "missing.toml")
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe("no-such-recipe")
+
+
+@pytest.mark.parametrize("name", ["default", "preview"])
+def test_dump_toml_round_trips(name: str) -> None:
+    """tomllib reads back exactly the resolved recipe (types included)."""
+    r = load_recipe(name)
+    back = tomllib.loads(dump_toml(r))
+    assert back == r
+    assert type(back["sampling"]["max_per_shot"]) is int
+    assert type(back["sampling"]["fps"]) is float
+
+
+def test_dump_toml_round_trips_awkward_scalars(default: dict) -> None:
+    r = copy.deepcopy(default)
+    r["name"] = 'quote " back\\slash tab\t é'
+    r["crop"]["side_frac"] = 1e-7
+    r["output"]["shard_max_bytes"] = 10**15
+    r["disparity"]["range_percentiles"] = [0.5, 99.5]
+    assert tomllib.loads(dump_toml(r)) == r
+
+
+def test_dump_toml_round_trips_non_bmp_text(default: dict) -> None:
+    r = copy.deepcopy(default)
+    r["name"] = "film \N{CLAPPER BOARD}"
+    assert tomllib.loads(dump_toml(r)) == r
+
+
+def test_dumped_recipe_loads_as_a_recipe(tmp_path: Path) -> None:
+    """What the runner writes into a corpus (dump_toml) reads back with load_recipe."""
+    r = load_recipe("preview")
+    p = tmp_path / "recipe.toml"
+    p.write_text(dump_toml(r))
+    assert load_recipe(p) == r
+
+
+def test_recipe_digest_stable_and_sensitive(default: dict) -> None:
+    d = recipe_digest(default)
+    assert len(d) == 16 and int(d, 16) >= 0
+    assert recipe_digest(load_recipe()) == d
+    reordered = {k: (dict(reversed(list(v.items()))) if isinstance(v, dict) else v)
+                 for k, v in reversed(list(default.items()))}
+    assert recipe_digest(reordered) == d
+    assert recipe_digest(load_recipe("preview")) != d
+    changed = copy.deepcopy(default)
+    changed["filters"]["dark_max_luma"] += 1.0
+    assert recipe_digest(changed) != d
