@@ -27,10 +27,19 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+# Other commands live in their own modules: each has ``add_parser(subparsers)`` which
+# registers its subcommand with ``set_defaults(handler=fn)``; ``fn(args) -> int``.
+COMMAND_MODULES: list[str] = []
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
     ap = argparse.ArgumentParser(prog="filmmine", description=__doc__)
     ap.add_argument("--version", action="version", version=f"filmmine {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
 
     ex = sub.add_parser("extract", help="mine a film library into a corpus of shards")
     ex.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -63,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        if getattr(args, "handler", None) is not None:
+            return int(args.handler(args))
         if args.command == "extract":
             return _extract(args.inputs, args, args.layout)
         if args.command == "demo":

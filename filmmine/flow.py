@@ -34,7 +34,9 @@ class DisFlow(FlowBackend):
         "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
     }
 
-    def __init__(self, preset: str = "medium", device: str = "cpu", finest_scale: int = -1) -> None:
+    def __init__(self, preset: str = "medium", device: str = "cpu", finest_scale: int = -1,
+                 patch_size: int = 0, patch_stride: int = 0, gd_iterations: int = -1,
+                 vr_iterations: int = -1) -> None:
         if preset not in self.PRESETS:
             raise ValueError(f"unknown DIS preset {preset!r}; choose from {sorted(self.PRESETS)}")
         if device != "cpu":
@@ -45,6 +47,15 @@ class DisFlow(FlowBackend):
             # the presets stop at half resolution (scale 1); 0 refines at full resolution:
             # on the Middlebury motorcycle pair bad-2px 10.9 % -> 6.9 %, about 3x the time
             self._dis.setFinestScale(finest_scale)
+        # 0 / -1 keep the preset's value
+        if patch_size > 0:
+            self._dis.setPatchSize(patch_size)
+        if patch_stride > 0:
+            self._dis.setPatchStride(patch_stride)
+        if gd_iterations >= 0:
+            self._dis.setGradientDescentIterations(gd_iterations)
+        if vr_iterations >= 0:
+            self._dis.setVariationalRefinementIterations(vr_iterations)
 
     def flow(self, src: Sequence[np.ndarray], dst: Sequence[np.ndarray]) -> list[np.ndarray]:
         return [self._dis.calc(a, b, None) for a, b in zip(src, dst, strict=True)]

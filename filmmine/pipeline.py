@@ -232,11 +232,18 @@ _BACKENDS: dict[tuple, FlowBackend] = {}
 def backend_for(recipe: dict, device: str) -> FlowBackend:
     """One flow backend per worker process and configuration (models are built once)."""
     d = recipe["disparity"]
-    key = (d["backend"], d["preset"], d["dis_finest_scale"], device)
+    options = backend_options(recipe)
+    key = (d["backend"], device, *sorted(options.items()))
     if key not in _BACKENDS:
-        _BACKENDS[key] = get_backend(d["backend"], preset=d["preset"], device=device,
-                                     finest_scale=d["dis_finest_scale"])
+        _BACKENDS[key] = get_backend(d["backend"], device=device, **options)
     return _BACKENDS[key]
+
+
+def backend_options(recipe: dict) -> dict:
+    d = recipe["disparity"]
+    return {"preset": d["preset"], "finest_scale": d["dis_finest_scale"],
+            "patch_size": d["dis_patch_size"], "patch_stride": d["dis_patch_stride"],
+            "gd_iterations": d["dis_gd_iterations"], "vr_iterations": d["dis_vr_iterations"]}
 
 
 def unit_paths(work_dir: Path, unit: WorkUnit) -> tuple[Path, Path]:

@@ -27,7 +27,7 @@ from .errors import FilmmineError, MonoInput, RecipeError
 from .ffmpeg_bin import ffmpeg_version, require_ffmpeg
 from .flow import get_backend
 from .inputs import FilmInput, resolve_inputs
-from .pipeline import mine_unit, plan_units
+from .pipeline import backend_options, mine_unit, plan_units
 from .probe import ProbeResult, probe_film
 from .recipe import dump_toml, load_recipe, recipe_digest
 
@@ -144,8 +144,7 @@ def extract(inputs: list[str], out: str | Path, *, layout: str = "auto",
     digest = recipe_digest(rec)
     d = rec["disparity"]
     # fail fast on a backend/device that cannot work, before any task starts
-    get_backend(d["backend"], preset=d["preset"], device=device,
-                finest_scale=d["dis_finest_scale"])
+    get_backend(d["backend"], device=device, **backend_options(rec))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_recipe(out, rec, digest)
