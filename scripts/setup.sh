@@ -20,12 +20,13 @@ fi
 
 PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-# torch is pinned only here: this wheel is the CPU build; an unpinned torch pulls a CUDA build
-# of several GB. The project itself asks for a range (pyproject.toml).
+# torch/torchvision are pinned only here, to the builds that lie on this kind of machine's disk
+# (an unpinned torch downloads a CUDA build of several GB; PyPI's torchvision does not load
+# beside the torch 2.13 CPU wheel). The project itself asks for ranges (pyproject.toml).
 pip_install() {  # quiet, minus the noise of this machine's unused local indexes
   .venv/bin/pip install -q --disable-pip-version-check "$@" 2> >(grep -v "^WARNING: Location" >&2)
 }
-pip_install "torch==2.13.0"
+pip_install "torch==2.14.1" "torchvision==0.29.1"
 pip_install -e ".[test]"
 .venv/bin/python - <<'PY'
 import cv2
