@@ -24,6 +24,8 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="torch device for the flow backend")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--log-jsonl", default=None, metavar="FILE",
+                   help="append a JSON-lines log of the run's events to FILE")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -62,7 +64,7 @@ def _extract(inputs: list[str], args: argparse.Namespace, layout: str = "auto") 
 
     report = extract(inputs, args.out, layout=layout, recipe=args.recipe, workers=args.workers,
                      scheduler=args.scheduler, device=args.device, progress=not args.quiet,
-                     debug=args.debug)
+                     debug=args.debug, log_jsonl=args.log_jsonl)
     print(report.summary())
     return report.exit_code
 

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -250,9 +251,16 @@ def unit_paths(work_dir: Path, unit: WorkUnit) -> tuple[Path, Path]:
     return work_dir / f"{unit.stem}.tar", work_dir / f"{unit.stem}.json"
 
 
+PROGRESS_EVERY = 48  # frames between progress reports
+
+
 def mine_unit(probe: ProbeResult, unit: WorkUnit, recipe: dict, work_dir: Path,
-              device: str = "cpu") -> dict:
-    """Run one work unit; writes its staging tar, then its JSON marker. Returns the marker."""
+              device: str = "cpu", progress: Callable[[int], None] | None = None) -> dict:
+    """Run one work unit; writes its staging tar, then its JSON marker. Returns the marker.
+
+    ``progress(n)`` is called now and then with the number of the unit's own frames decoded
+    since the last call.
+    """
     tar_path, marker = unit_paths(work_dir, unit)
     if marker.is_file():
         return json.loads(marker.read_text())
@@ -265,6 +273,7 @@ def mine_unit(probe: ProbeResult, unit: WorkUnit, recipe: dict, work_dir: Path,
     stats = DecodeStats()
     last = start - 1
     t_wait = time.perf_counter()
+    reported = 0
     try:
         for frame in iter_frames(probe, start_frame=start, n_frames=stop - start,
                                  grid_step=miner.plan.grid_step,
@@ -273,6 +282,10 @@ def mine_unit(probe: ProbeResult, unit: WorkUnit, recipe: dict, work_dir: Path,
             miner._tick("decode_wait", t_wait)
             miner.push(frame)
             last = frame.index
+            done = max(0, min(last + 1, unit.end) - unit.start)
+            if progress is not None and done - reported >= PROGRESS_EVERY:
+                progress(done - reported)
+                reported = done
             t_wait = time.perf_counter()
         result = miner.finish(last)
     except BaseException:

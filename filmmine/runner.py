@@ -13,6 +13,8 @@ import logging
 import os
 import shutil
 import sys
+import threading
+import time
 import traceback
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -106,8 +108,43 @@ def _probe_task(film: FilmInput) -> ProbeResult | TaskError:
     return _as_data(probe_film, film.name, film.paths, film.layout, film.layout_from)
 
 
-def _unit_task(*args) -> dict | TaskError:
-    return _as_data(mine_unit, *args)
+PROGRESS_TOPIC = "filmmine-progress"
+
+
+def _unit_task(probe, unit, recipe, work_dir, device) -> dict | TaskError:
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except ValueError:  # not inside a Dask worker
+        worker = None
+
+    def progress(frames: int) -> None:
+        if worker is not None:
+            worker.log_event(PROGRESS_TOPIC, {"film": probe.name, "unit": unit.index,
+                                              "frames": frames})
+
+    return _as_data(mine_unit, probe, unit, recipe, work_dir, device, progress)
+
+
+class EventLog:
+    """Optional JSON-lines log of the run, for machines (one object per line, with ``t``)."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self._f = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+        self._lock = threading.Lock()
+
+    def __call__(self, event: str, **fields) -> None:
+        if self._f is None:
+            return
+        with self._lock:
+            self._f.write(json.dumps({"t": round(time.time(), 3), "event": event, **fields},
+                                     sort_keys=True, default=str) + "\n")
+            self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
 
 
 def _describe(exc: BaseException) -> str:
@@ -134,7 +171,7 @@ def _check_recipe(out: Path, recipe: dict, digest: str) -> None:
 def extract(inputs: list[str], out: str | Path, *, layout: str = "auto",
             recipe: str | Path = "default", workers: int | None = None,
             scheduler: str | None = None, device: str = "cpu", progress: bool = True,
-            debug: bool = False) -> RunReport:
+            debug: bool = False, log_jsonl: str | Path | None = None) -> RunReport:
     """Mine ``inputs`` into the corpus directory ``out``; see the module docstring."""
     require_ffmpeg()
     if not debug:  # distributed sets its loggers up on import; keep the run's output readable
@@ -151,6 +188,11 @@ def extract(inputs: list[str], out: str | Path, *, layout: str = "auto",
     remove_stale_temps(out)
     films, issues = resolve_inputs(inputs, layout)
     report = RunReport(out)
+    events = EventLog(log_jsonl)
+    events("start", inputs=inputs, out=str(out), recipe=digest, films=len(films),
+           workers=workers, scheduler=scheduler, device=device)
+    for i in issues:
+        events("input", source=i.source, status=i.status, reason=i.reason)
     statuses: dict[str, dict] = {}
     for f in films:
         statuses[f.name] = {"source": f.source, "film": f.name, "paths": list(f.paths),
@@ -176,9 +218,13 @@ def extract(inputs: list[str], out: str | Path, *, layout: str = "auto",
                 reason=f"film id {f.name!r} is already in {out} from "
                        f"{', '.join(record['source']['paths'])}; give it another name")
 
-    if todo:
-        _run_tasks(todo, out, rec, digest, device, workers, scheduler, progress, debug,
-                   statuses, report)
+    try:
+        if todo:
+            _run_tasks(todo, out, rec, digest, device, workers, scheduler, progress, debug,
+                       statuses, report, events)
+    except BaseException:
+        events.close()
+        raise
 
     for f in films:
         report.inputs.append(statuses[f.name])
@@ -195,6 +241,8 @@ def extract(inputs: list[str], out: str | Path, *, layout: str = "auto",
     write_corpus_tables(out, names)
     man = manifest(rec, digest, report.inputs, report.records, versions())
     write_bytes(out / "manifest.json", json.dumps(man, indent=1, sort_keys=True).encode())
+    events("end", totals=man["totals"], failed=len(report.failed))
+    events.close()
     return report
 
 
@@ -215,72 +263,122 @@ def _client(workers: int | None, scheduler: str | None) -> tuple[Client, LocalCl
     return client, cluster
 
 
-def _run_tasks(films, out, rec, digest, device, workers, scheduler, progress, debug,
-               statuses, report) -> None:
-    client, cluster = _client(workers, scheduler)
-    if progress and client.dashboard_link:
-        print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr)
-    by_name = {f.name: f for f in films}
-    pending_units: dict[str, int] = {}
-    probes: dict[str, ProbeResult] = {}
-    units_of: dict[str, list] = {}
-    bar = tqdm(total=0, unit="frame", desc="extract", disable=not progress, smoothing=0.1,
-               dynamic_ncols=True)
-    meta: dict[str, tuple] = {}
-    try:
+class _Run:
+    """Submits and follows the tasks of one extract run (driver side)."""
+
+    def __init__(self, out: Path, rec: dict, digest: str, device: str, statuses: dict,
+                 report: RunReport, events: EventLog, progress: bool, debug: bool) -> None:
+        self.out, self.rec, self.digest, self.device = out, rec, digest, device
+        self.statuses, self.report, self.events, self.debug = statuses, report, events, debug
+        self.meta: dict[str, tuple] = {}
+        self.pending_units: dict[str, int] = {}
+        self.probes: dict[str, ProbeResult] = {}
+        self.units_of: dict[str, list] = {}
+        self.reported: dict[tuple[str, int], int] = {}  # frames reported per unit
+        self.shots = self.samples = 0
+        self.lock = threading.Lock()
+        self.bar = tqdm(total=0, unit="frame", desc="extract", disable=not progress,
+                        smoothing=0.05, dynamic_ncols=True, file=sys.stderr)
+
+    def on_progress(self, event) -> None:
+        """Worker progress events (frames decoded within a unit), on the client's thread."""
+        _, msg = event
+        with self.lock:
+            key = (msg["film"], msg["unit"])
+            self.reported[key] = self.reported.get(key, 0) + msg["frames"]
+            self.bar.update(msg["frames"])
+
+    def postfix(self, films_total: int) -> None:
+        done = len(self.report.records)
+        self.bar.set_postfix_str(f"films {done}/{films_total} cuts {self.shots} "
+                                 f"samples {self.samples}", refresh=True)
+
+    def submit(self, client: Client, kind: str, name: str, unit, fn, *args):
+        key = f"{kind}-{name}-{unit.index if unit is not None else 0}-{self.digest}"
+        fut = client.submit(fn, *args, key=key, pure=False)
+        self.meta[fut.key] = (kind, name, unit)
+        return fut
+
+    def fail(self, name: str, status: str, reason: str) -> None:
+        self.statuses[name].update(status=status, reason=reason)
+        self.pending_units[name] = -1
+        self.events("film", film=name, status=status, reason=reason)
+
+    def run(self, client: Client, films: list[FilmInput]) -> None:
+        by_name = {f.name: f for f in films}
         ac = as_completed()
         for f in films:
-            fut = client.submit(_probe_task, f, key=f"probe-{f.name}-{digest}", pure=False)
-            meta[fut.key] = ("probe", f.name, None)
-            ac.add(fut)
+            ac.add(self.submit(client, "probe", f.name, None, _probe_task, f))
         for fut in ac:
-            kind, name, unit = meta.pop(fut.key)
+            kind, name, unit = self.meta.pop(fut.key)
             if fut.status == "error":
                 exc = fut.exception()
-                if debug:
+                if self.debug:
                     log.error("".join(traceback.format_exception(exc)))
-                statuses[name].update(status="failed", reason=_describe(exc))
-                pending_units[name] = -1
+                self.fail(name, "failed", _describe(exc))
                 continue
             result = fut.result()
             if isinstance(result, TaskError):
-                statuses[name].update(status=result.status, reason=result.reason)
-                pending_units[name] = -1
+                self.fail(name, result.status, result.reason)
                 continue
-            if pending_units.get(name) == -1:
+            if self.pending_units.get(name) == -1:
                 continue  # another unit of this film failed already
             if kind == "probe":
-                probe = result
-                probes[name] = probe
-                units = plan_units(probe, rec["decode"]["chunk_s"])
-                units_of[name] = units
-                pending_units[name] = len(units)
-                bar.total += probe.n_frames
-                bar.refresh()
-                work_dir = out / ".work" / name
-                for u in units:
-                    uf = client.submit(_unit_task, probe, u, rec, work_dir, device,
-                                       key=f"unit-{name}-{u.index}-{digest}", pure=False)
-                    meta[uf.key] = ("unit", name, u)
-                    ac.add(uf)
+                self.on_probe(client, ac, result)
             elif kind == "unit":
-                bar.update(unit.end - unit.start)
-                pending_units[name] -= 1
-                if pending_units[name] == 0:
-                    f = by_name[name]
-                    source = {"input": f.source, "paths": list(f.paths)}
-                    af = client.submit(assemble_film, out, probes[name], units_of[name], rec,
-                                       digest, source, key=f"assemble-{name}-{digest}",
-                                       pure=False)
-                    meta[af.key] = ("assemble", name, None)
-                    ac.add(af)
-            elif kind == "assemble":
-                record = result
-                report.records[name] = record
-                statuses[name].update(status="ok", reason=record.get("reason"))
-                bar.set_postfix_str(f"{len(report.records)}/{len(films)} films")
+                self.on_unit(client, ac, by_name[name], unit, result)
+            else:
+                self.report.records[name] = result
+                self.statuses[name].update(status="ok", reason=result.get("reason"))
+                self.events("film", film=name, status="ok", reason=result.get("reason"),
+                            counts=result["counts"])
+            self.postfix(len(films))
+
+    def on_probe(self, client: Client, ac, probe: ProbeResult) -> None:
+        name = probe.name
+        self.probes[name] = probe
+        units = plan_units(probe, self.rec["decode"]["chunk_s"])
+        self.units_of[name] = units
+        self.pending_units[name] = len(units)
+        with self.lock:
+            self.bar.total += probe.n_frames
+            self.bar.refresh()
+        self.events("probed", film=name, layout=probe.layout, why=probe.layout_reason,
+                    frames=probe.n_frames, fps=probe.fps, units=len(units))
+        work_dir = self.out / ".work" / name
+        for u in units:
+            ac.add(self.submit(client, "unit", name, u, _unit_task, probe, u, self.rec,
+                               work_dir, self.device))
+
+    def on_unit(self, client: Client, ac, film: FilmInput, unit, marker: dict) -> None:
+        name = film.name
+        with self.lock:  # the rest of the unit's frames, whatever progress events said
+            rest = (unit.end - unit.start) - self.reported.pop((name, unit.index), 0)
+            self.bar.update(max(0, rest))
+        self.shots += len(marker["cuts"]) + len(marker["transitions"])
+        self.samples += marker["samples"]
+        self.events("unit", film=name, unit=unit.index, start=unit.start, end=unit.end,
+                    samples=marker["samples"], stopped_early=marker["stopped_early"])
+        self.pending_units[name] -= 1
+        if self.pending_units[name] == 0:
+            source = {"input": film.source, "paths": list(film.paths)}
+            ac.add(self.submit(client, "assemble", name, None, assemble_film, self.out,
+                               self.probes[name], self.units_of[name], self.rec, self.digest,
+                               source))
+
+
+def _run_tasks(films, out, rec, digest, device, workers, scheduler, progress, debug,
+               statuses, report, events) -> None:
+    client, cluster = _client(workers, scheduler)
+    if progress and client.dashboard_link:
+        print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr)
+    run = _Run(out, rec, digest, device, statuses, report, events, progress, debug)
+    client.subscribe_topic(PROGRESS_TOPIC, run.on_progress)
+    try:
+        run.run(client, films)
     finally:
-        bar.close()
+        run.bar.close()
+        client.unsubscribe_topic(PROGRESS_TOPIC)
         client.close()
         if cluster is not None:
             cluster.close()

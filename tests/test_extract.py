@@ -253,11 +253,16 @@ def test_cli_extract_exit_codes_and_missing_ffmpeg(tmp_path):
     spec = FilmSpec(shots=(ShotSpec("textured", 24, seed=1),), seed=1)
     film = tmp_path / "f.mp4"
     synth.write_film(spec, film, "half-sbs")
+    log = tmp_path / "run.jsonl"
     cmd = [sys.executable, "-m", "filmmine.cli", "extract", str(film), "--out",
-           str(tmp_path / "o"), "--workers", "0", "--quiet"]
+           str(tmp_path / "o"), "--workers", "0", "--quiet", "--log-jsonl", str(log)]
     ok = subprocess.run(cmd, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "1 film(s) mined" in ok.stdout
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["event"] for e in events] == ["start", "probed", "unit", "film", "end"]
+    assert events[1]["layout"] == "half-sbs" and events[1]["frames"] == 24
+    assert events[-1]["totals"]["samples"] == events[3]["counts"]["accepted"]
     env = dict(os.environ, FILMMINE_FFMPEG=str(tmp_path / "no-ffmpeg"))
     bad = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert bad.returncode == 2
