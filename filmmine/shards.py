@@ -7,6 +7,7 @@ Members per sample: ``KEY.jpg`` (left view), ``KEY.disp.png`` (16-bit disparity)
 from __future__ import annotations
 
 import hashlib
+import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -64,6 +65,21 @@ class StagingWriter:
         self._file.abort()
 
 
+KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+EXT_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def split_member(name: str) -> tuple[str, str]:
+    """(key, extension) of a shard member; ValueError for anything but ``KEY.ext``.
+
+    Shards may come from elsewhere: no absolute paths, no directories, no ``..``.
+    """
+    key, _, ext = name.partition(".")
+    if not KEY_RE.match(key) or not ext or not EXT_RE.match(ext) or ".." in ext:
+        raise ValueError(f"unexpected tar member {name!r}")
+    return key, ext
+
+
 def read_samples(path: Path) -> Iterator[dict[str, bytes | str]]:
     """Samples of a tar in order (members grouped by key, as webdataset groups them)."""
     current: dict[str, bytes | str] = {}
@@ -71,9 +87,7 @@ def read_samples(path: Path) -> Iterator[dict[str, bytes | str]]:
         for m in tf:
             if not m.isfile():
                 continue
-            key, _, ext = m.name.partition(".")
-            if "/" in key or key.startswith(".") or not ext:
-                raise ValueError(f"unexpected tar member {m.name!r} in {path.name}")
+            key, ext = split_member(m.name)
             if current and current["__key__"] != key:
                 yield current
                 current = {}

@@ -1,0 +1,136 @@
+"""Scale and reliability: an existing Dask cluster, kill -9 and resume, untrusted shards."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+from test_extract import tree_digest
+
+from filmmine.runner import extract
+from filmmine.shards import read_samples
+
+DASK = Path(sys.executable).parent / "dask"
+
+
+def _wait_for(path: Path, timeout_s: float = 60) -> None:
+    t0 = time.monotonic()
+    while not path.is_file():
+        if time.monotonic() - t0 > timeout_s:
+            raise TimeoutError(path)
+        time.sleep(0.1)
+
+
+def test_existing_scheduler_gives_the_same_corpus(library, corpus, tmp_path):
+    """`dask scheduler` + two `dask worker` processes on loopback, then --scheduler."""
+    from distributed import Client
+
+    sched_file = tmp_path / "scheduler.json"
+    procs = [subprocess.Popen([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--dashboard-address", ":0", "--scheduler-file",
+                               str(sched_file)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)]
+    try:
+        _wait_for(sched_file)
+        for _ in range(2):
+            procs.append(subprocess.Popen(
+                [str(DASK), "worker", "--scheduler-file", str(sched_file), "--nworkers", "1",
+                 "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        address = json.loads(sched_file.read_text())["address"]
+        with Client(address, timeout=30) as c:
+            c.wait_for_workers(2, timeout=60)
+            assert len(c.scheduler_info()["workers"]) == 2
+        out = tmp_path / "remote"
+        report = extract([str(library / "library.json")], out, scheduler=address,
+                         progress=False)
+        assert report.exit_code == 0, report.summary()
+        assert tree_digest(out) == tree_digest(corpus)
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+
+
+def _records_consistent(out: Path) -> None:
+    """No film record names a shard that is missing or differs from what it says."""
+    for rec_path in (out / "films").glob("*.json"):
+        rec = json.loads(rec_path.read_text())
+        for s in rec["shards"]:
+            path = out / "shards" / s["name"]
+            assert path.is_file(), s["name"]
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == s["sha256"], s["name"]
+
+
+def test_kill_9_at_several_points_then_rerun_is_byte_identical(library, corpus, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "filmmine.cli", "extract", str(library / "library.json"),
+           "--out", str(out), "--workers", "2", "--quiet"]
+    for delay_s in (3.0, 5.5, 8.0, 10.5):
+        # a new session: the kill takes the driver, the scheduler and every worker at once
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        time.sleep(delay_s)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if out.exists():
+            _records_consistent(out)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert not list(out.rglob(".tmp-*"))
+    assert tree_digest(out) == tree_digest(corpus)
+
+
+@pytest.mark.parametrize("name", ["../../etc/key.json", "/abs/key.json", "dir/key.json",
+                                  "key", ".hidden.json", "key.../x", "ke y.jpg"])
+def test_shard_member_names_are_validated(tmp_path, name):
+    """A shard from elsewhere with an unsafe member name is refused, not extracted."""
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(evil, "w") as tf:
+        data = tmp_path / "x"
+        data.write_bytes(b"{}")
+        tf.add(data, arcname=name)
+    with pytest.raises(ValueError, match="unexpected tar member"):
+        list(read_samples(evil))
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *args], check=True)
+
+
+def test_awkward_but_valid_films_are_mined(library, tmp_path):
+    """Odd frame size, a variable frame rate (a dropped frame), a truncated mkv."""
+    src = library / "film_sbs.mp4"
+    lib = tmp_path / "awkward"
+    lib.mkdir()
+    # odd size: 641x181 (4:4:4 allows odd sizes); the split keeps 2 x 320 columns
+    _ffmpeg("-i", str(src), "-vf", "format=yuv444p,pad=641:181", "-c:v", "libx264",
+            "-pix_fmt", "yuv444p", "-crf", "12", str(lib / "odd.mp4"))
+    # variable frame rate: frame 50 dropped, timestamps keep the gap
+    _ffmpeg("-i", str(src), "-vf", "select='not(eq(n\\,50))'", "-fps_mode", "vfr",
+            "-c:v", "libx264", "-crf", "12", str(lib / "vfr.mp4"))
+    # truncated mkv: the end of the file is lost
+    _ffmpeg("-i", str(src), "-c", "copy", str(tmp_path / "full.mkv"))
+    data = (tmp_path / "full.mkv").read_bytes()
+    (lib / "cut.mkv").write_bytes(data[: int(len(data) * 0.6)])
+    out = tmp_path / "out"
+    report = extract([str(lib)], out, layout="sbs", workers=0, progress=False)
+    by_film = {i["film"]: i for i in report.inputs}
+    assert {f: i["status"] for f, i in by_film.items()} == {"odd": "ok", "vfr": "ok", "cut": "ok"}
+    for film in ("odd", "vfr", "cut"):
+        assert report.records[film]["counts"]["accepted"] >= 5, film
+    cut = report.records["cut"]
+    assert cut["counts"]["decoded"] < cut["counts"]["frames"]
+    assert by_film["cut"]["reason"].startswith(f"decoded {cut['counts']['decoded']} of ")
+    odd = report.records["odd"]["probe"]
+    assert odd["frame_size"] == [640, 181] and odd["layout"] == "sbs"
