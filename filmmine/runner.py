@@ -246,16 +246,43 @@ def extract(inputs: list[str], out: str | Path, *, layout: str = "auto",
     return report
 
 
-def _client(workers: int | None, scheduler: str | None) -> tuple[Client, LocalCluster | None]:
+def unit_resources(device: str) -> dict[str, int] | None:
+    """Dask resources a work unit needs: one GPU when its flow runs on one.
+
+    Given to ``client.submit(resources=...)`` directly: resources set with ``dask.annotate``
+    are dropped when a graph is optimised.
+    """
+    return {"GPU": 1} if device.startswith("cuda") else None
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except ImportError:
+        return 0
+
+
+def _client(workers: int | None, scheduler: str | None,
+            device: str = "cpu") -> tuple[Client, LocalCluster | None]:
     if scheduler:
         client = Client(scheduler)
         client.register_worker_callbacks(_worker_setup)
         return client, None
     n = workers if workers is not None else max(1, min(os.cpu_count() or 1, 8))
-    if n == 0:  # in-process threads: for debugging
+    if unit_resources(device):
+        # one worker process per GPU, each holding GPU=1: one flow model per GPU
+        gpus = _gpu_count()
+        if gpus == 0:
+            raise FilmmineError(f"--device {device}: no CUDA device visible to torch")
+        cluster = LocalCluster(n_workers=gpus, threads_per_worker=1, processes=True,
+                               resources={"GPU": 1}, dashboard_address=":0",
+                               silence_logs=logging.ERROR)
+    elif n == 0:  # in-process threads: for debugging
         cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                                dashboard_address=":0", silence_logs=logging.ERROR)
-    else:
+    else:  # CPU: one single-threaded worker process per core
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                dashboard_address=":0", silence_logs=logging.ERROR)
     client = Client(cluster)
@@ -295,7 +322,8 @@ class _Run:
 
     def submit(self, client: Client, kind: str, name: str, unit, fn, *args):
         key = f"{kind}-{name}-{unit.index if unit is not None else 0}-{self.digest}"
-        fut = client.submit(fn, *args, key=key, pure=False)
+        resources = unit_resources(self.device) if kind == "unit" else None
+        fut = client.submit(fn, *args, key=key, pure=False, resources=resources)
         self.meta[fut.key] = (kind, name, unit)
         return fut
 
@@ -369,7 +397,7 @@ class _Run:
 
 def _run_tasks(films, out, rec, digest, device, workers, scheduler, progress, debug,
                statuses, report, events) -> None:
-    client, cluster = _client(workers, scheduler)
+    client, cluster = _client(workers, scheduler, device)
     if progress and client.dashboard_link:
         print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr)
     run = _Run(out, rec, digest, device, statuses, report, events, progress, debug)

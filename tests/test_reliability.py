@@ -134,3 +134,29 @@ def test_awkward_but_valid_films_are_mined(library, tmp_path):
     assert by_film["cut"]["reason"].startswith(f"decoded {cut['counts']['decoded']} of ")
     odd = report.records["odd"]["probe"]
     assert odd["frame_size"] == [640, 181] and odd["layout"] == "sbs"
+
+
+def _where() -> str:
+    from distributed import get_worker
+
+    return get_worker().name
+
+
+def test_gpu_units_are_placed_on_workers_with_the_gpu_resource():
+    """Work units for a GPU device carry GPU=1 and run only where a worker offers it."""
+    from distributed import Client, Scheduler, SpecCluster, Worker
+
+    from filmmine.runner import unit_resources
+
+    assert unit_resources("cpu") is None
+    assert unit_resources("cuda") == {"GPU": 1}
+    workers = {"gpu": {"cls": Worker, "options": {"nthreads": 1, "resources": {"GPU": 1}}},
+               "cpu": {"cls": Worker, "options": {"nthreads": 1}}}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": None}}
+    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2)
+        gpu = [client.submit(_where, pure=False, resources=unit_resources("cuda"))
+               for _ in range(12)]
+        assert {f.result() for f in gpu} == {"gpu"}
+        anywhere = [client.submit(_where, pure=False) for _ in range(24)]
+        assert set(client.gather(anywhere)) <= {"gpu", "cpu"}
