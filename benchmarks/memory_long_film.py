@@ -1,7 +1,7 @@
 """Peak memory of one worker vs film length: streaming decode must keep it flat.
 
 Generates 720p side-by-side films (2 x 1280x720, 24 fps) of 1 and 10 minutes with ffmpeg's
-test source (the right view is the left shifted by 6 px, with a cut every 20 s), then mines
+test source (the right view is the left stretched by 1.5 %, a scene change every 20 s), then mines
 each as ONE work unit (decode.chunk_s = 0: the whole film through one decoder) in a fresh
 process and reports that process's peak RSS. Goal: within 20 % of each other.
 
@@ -19,16 +19,17 @@ from pathlib import Path
 
 
 def make_film(cache: Path, minutes: float) -> Path:
-    film = cache / f"mem_sbs_720p_{minutes:g}min.mp4"
+    film = cache / f"mem2_sbs_720p_{minutes:g}min.mp4"
     if film.is_file():
         return film
     cache.mkdir(parents=True, exist_ok=True)
     dur = minutes * 60
-    # scenes change every 20 s (different test patterns), right view = left shifted by 6 px
-    src = (f"testsrc2=size=1286x720:rate=24:duration={dur},"
+    # scenes change every 20 s (hue), the right view is the left stretched by 1.5 %: disparity
+    # grows linearly across the frame (0..19 px), so frames pass the checks and get stored
+    src = (f"testsrc2=size=1280x720:rate=24:duration={dur},"
            "hue=H=2*PI*floor(t/20)/5:s=1")
-    graph = ("[0:v]split[a][b];[a]crop=1280:720:6:0[l];[b]crop=1280:720:0:0[r];"
-             "[l][r]hstack=inputs=2[v]")
+    graph = ("[0:v]split[a][b];[a]crop=1280:720:0:0[l];[b]crop=1280:720:0:0,"
+             "scale=1299:720,crop=1280:720:0:0[r];[l][r]hstack=inputs=2[v]")
     subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", src,
                     "-filter_complex", graph, "-map", "[v]", "-c:v", "libx264", "-preset",
                     "ultrafast", "-crf", "23", "-pix_fmt", "yuv420p", str(film)], check=True)

@@ -39,7 +39,8 @@ class AtomicFile:
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
-        self.file.close()
+        with contextlib.suppress(OSError):  # closing flushes: it may fail on a full disk
+            self.file.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.tmp)
 

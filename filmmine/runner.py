@@ -8,6 +8,7 @@ skipped, so rerunning after a crash repeats only unfinished work.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -147,6 +148,17 @@ class EventLog:
             self._f.close()
 
 
+OUTPUT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM}
+
+
+class OutputError(FilmmineError):
+    """The corpus directory cannot be written (disk full, read-only, permissions)."""
+
+
+def _is_output_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in OUTPUT_ERRNOS
+
+
 def _describe(exc: BaseException) -> str:
     """One-line reason for an unexpected exception raised by a task."""
     text = f"internal error: {type(exc).__name__}: {exc}"
@@ -174,18 +186,21 @@ def extract(inputs: list[str], out: str | Path, *, layout: str = "auto",
             debug: bool = False, log_jsonl: str | Path | None = None) -> RunReport:
     """Mine ``inputs`` into the corpus directory ``out``; see the module docstring."""
     require_ffmpeg()
-    if not debug:  # distributed sets its loggers up on import; keep the run's output readable
-        for name in ("distributed", "dask"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+    if not debug:  # distributed sets its loggers up on import; task failures are reported
+        for name in ("distributed", "dask"):  # by the run itself, in one line each
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     rec = load_recipe(recipe)
     digest = recipe_digest(rec)
     d = rec["disparity"]
     # fail fast on a backend/device that cannot work, before any task starts
     get_backend(d["backend"], device=device, **backend_options(rec))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_recipe(out, rec, digest)
-    remove_stale_temps(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _check_recipe(out, rec, digest)
+        remove_stale_temps(out)
+    except OSError as e:
+        raise OutputError(f"cannot write to {out}: {e.strerror}") from e
     films, issues = resolve_inputs(inputs, layout)
     report = RunReport(out)
     events = EventLog(log_jsonl)
@@ -238,9 +253,12 @@ def extract(inputs: list[str], out: str | Path, *, layout: str = "auto",
     if work.is_dir() and not any(work.iterdir()):
         work.rmdir()
     names = sorted(report.records)
-    write_corpus_tables(out, names)
     man = manifest(rec, digest, report.inputs, report.records, versions())
-    write_bytes(out / "manifest.json", json.dumps(man, indent=1, sort_keys=True).encode())
+    try:
+        write_corpus_tables(out, names)
+        write_bytes(out / "manifest.json", json.dumps(man, indent=1, sort_keys=True).encode())
+    except OSError as e:
+        raise OutputError(f"cannot write to {out}: {e.strerror}") from e
     events("end", totals=man["totals"], failed=len(report.failed))
     events.close()
     return report
@@ -278,13 +296,13 @@ def _client(workers: int | None, scheduler: str | None,
             raise FilmmineError(f"--device {device}: no CUDA device visible to torch")
         cluster = LocalCluster(n_workers=gpus, threads_per_worker=1, processes=True,
                                resources={"GPU": 1}, dashboard_address=":0",
-                               silence_logs=logging.ERROR)
+                               silence_logs=logging.CRITICAL)
     elif n == 0:  # in-process threads: for debugging
         cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                               dashboard_address=":0", silence_logs=logging.ERROR)
+                               dashboard_address=":0", silence_logs=logging.CRITICAL)
     else:  # CPU: one single-threaded worker process per core
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                               dashboard_address=":0", silence_logs=logging.ERROR)
+                               dashboard_address=":0", silence_logs=logging.CRITICAL)
     client = Client(cluster)
     client.register_worker_callbacks(_worker_setup)
     return client, cluster
@@ -343,6 +361,9 @@ class _Run:
                 exc = fut.exception()
                 if self.debug:
                     log.error("".join(traceback.format_exception(exc)))
+                if _is_output_error(exc):
+                    # the corpus cannot be written: stop; atomic writes left nothing half done
+                    raise OutputError(f"cannot write to {self.out}: {exc.strerror}") from exc
                 self.fail(name, "failed", _describe(exc))
                 continue
             result = fut.result()

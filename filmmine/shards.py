@@ -6,6 +6,7 @@ Members per sample: ``KEY.jpg`` (left view), ``KEY.disp.png`` (16-bit disparity)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import tarfile
@@ -63,6 +64,9 @@ class StagingWriter:
 
     def abort(self) -> None:
         self._file.abort()
+        # mark the tar stream closed too, or its finaliser writes to the closed file
+        with contextlib.suppress(OSError, ValueError):
+            self._tw.tarstream.close()
 
 
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")

@@ -160,3 +160,34 @@ def test_gpu_units_are_placed_on_workers_with_the_gpu_resource():
         assert {f.result() for f in gpu} == {"gpu"}
         anywhere = [client.submit(_where, pure=False) for _ in range(24)]
         assert set(client.gather(anywhere)) <= {"gpu", "cpu"}
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 400 KiB tmpfs (root only): a disk that fills up in the middle of a run."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)],
+                          capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("mode", ["full", "read-only"])
+def test_write_errors_stop_cleanly(library, tiny_fs, mode):
+    if mode == "read-only":
+        subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], check=True)
+    out = tiny_fs / "corpus"
+    cmd = [sys.executable, "-m", "filmmine.cli", "extract", str(library / "library.json"),
+           "--out", str(out), "--workers", "0", "--quiet"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 2
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and "cannot write to" in err[0], done.stderr
+    assert ("No space left on device" if mode == "full" else "Read-only file system") in err[0]
+    assert "Traceback" not in done.stderr
+    if out.exists():
+        _records_consistent(out)
+        assert not list(out.rglob(".tmp-*"))
