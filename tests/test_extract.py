@@ -46,6 +46,18 @@ def gt_for(spec: FilmSpec, meta: dict) -> np.ndarray:
     return gt
 
 
+def assert_label_matches_truth(spec: FilmSpec, sample: dict) -> None:
+    """A textured-shot sample: EPE <= 0.5 px against the truth, >= 80 % of pixels valid."""
+    meta = json.loads(sample["json"])
+    assert synth.shot_kind_at(spec, meta["frame_index"]) == "textured"
+    d = decode_disparity(sample["disp.png"], meta["disp_scale"], meta["disp_offset"])
+    gt = gt_for(spec, meta)
+    both = np.isfinite(d) & np.isfinite(gt)
+    epe = float(np.abs(d - gt)[both].mean())
+    assert epe <= 0.5, (meta["key"], epe)
+    assert np.isfinite(d).mean() >= 0.8, meta["key"]
+
+
 def test_shards_read_back_with_webdataset(corpus):
     man = json.loads((corpus / "manifest.json").read_text())
     samples = pq.read_table(corpus / "samples.parquet").to_pylist()
@@ -81,14 +93,7 @@ def test_disparity_matches_ground_truth(corpus, library, film):
     got = samples_of(corpus, film)
     assert len(got) >= 15
     for s in got:
-        meta = json.loads(s["json"])
-        assert synth.shot_kind_at(spec, meta["frame_index"]) == "textured"
-        d = decode_disparity(s["disp.png"], meta["disp_scale"], meta["disp_offset"])
-        gt = gt_for(spec, meta)
-        both = np.isfinite(d) & np.isfinite(gt)
-        epe = float(np.abs(d - gt)[both].mean())
-        assert epe <= 0.5, (meta["key"], epe)
-        assert np.isfinite(d).mean() >= 0.8, meta["key"]
+        assert_label_matches_truth(spec, s)
 
 
 @pytest.mark.parametrize("film", FILMS)
@@ -312,9 +317,4 @@ def test_films_split_into_work_units_lose_and_repeat_nothing(library, tmp_path):
     keys = [s["__key__"] for s in got]
     assert len(keys) == len(set(keys)) == rec["counts"]["accepted"] >= 15
     for s in got:
-        meta = json.loads(s["json"])
-        assert synth.shot_kind_at(spec, meta["frame_index"]) == "textured"
-        d = decode_disparity(s["disp.png"], meta["disp_scale"], meta["disp_offset"])
-        gt = gt_for(spec, meta)
-        both = np.isfinite(d) & np.isfinite(gt)
-        assert float(np.abs(d - gt)[both].mean()) <= 0.5
+        assert_label_matches_truth(spec, s)
