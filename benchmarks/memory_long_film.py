@@ -27,7 +27,7 @@ def make_film(cache: Path, minutes: float) -> Path:
     # scenes change every 20 s (hue), the right view is the left stretched by 1.5 %: disparity
     # grows linearly across the frame (0..19 px), so frames pass the checks and get stored
     src = (f"testsrc2=size=1280x720:rate=24:duration={dur},"
-           "hue=H=2*PI*floor(t/20)/5:s=1")
+           "hue=H=2*PI*floor(t/20)/5:s=1,noise=alls=60:allf=p,boxblur=1")
     graph = ("[0:v]split[a][b];[a]crop=1280:720:0:0[l];[b]crop=1280:720:0:0,"
              "scale=1299:720,crop=1280:720:0:0[r];[l][r]hstack=inputs=2[v]")
     subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", src,
