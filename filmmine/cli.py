@@ -31,7 +31,7 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
 
 # Other commands live in their own modules: each has ``add_parser(subparsers)`` which
 # registers its subcommand with ``set_defaults(handler=fn)``; ``fn(args) -> int``.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["filmmine.inspect_cli", "trainer.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +71,8 @@ def _extract(inputs: list[str], args: argparse.Namespace, layout: str = "auto") 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+    debug = getattr(args, "debug", False)
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         if getattr(args, "handler", None) is not None:
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.out}/frames.parquet and the shards in {args.out}/shards/")
             return code
     except FilmmineError as e:
-        if args.debug:
+        if debug:
             raise
         print(f"filmmine: error: {e}", file=sys.stderr)
         return 2

@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import webdataset as wds
-
 from .atomic import AtomicFile
 
 MEMBERS = ("jpg", "disp.png", "json")
@@ -33,7 +31,9 @@ class ShardInfo:
                 "sha256": self.sha256}
 
 
-def _tar_writer(f) -> wds.TarWriter:
+def _tar_writer(f):
+    import webdataset as wds  # imported here: it imports torch, seconds that readers don't need
+
     return wds.TarWriter(f, user="filmmine", group="filmmine", mode=0o444, encoder=False, mtime=0)
 
 

@@ -1,0 +1,435 @@
+"""Check a corpus against its manifest: every shard hashed, read and decoded, counts agreed.
+
+Each shard is read once, as a stream: the bytes go through sha256 while ``tarfile`` parses them
+(``r|`` mode), so a shard is never held in memory and never read twice. Shards are checked in
+parallel worker processes. Per sample: safe member names, the three members, JSON that parses
+and names the right key and film, a JPEG that decodes, a uint16 disparity PNG whose valid
+fraction is the JSON's ``valid_fraction``, both of the JSON's ``size``. Then the counts: per
+shard (manifest, ``samples.parquet``'s ``shard`` column, the tar), and in total (accepted rows
+of ``frames.parquet``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+import sys
+import tarfile
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import FilmmineError
+from .inspect import human_bytes, read_manifest, read_table
+from .schema import FRAMES_SCHEMA, SAMPLES_SCHEMA
+
+# = filmmine.shards.MEMBERS, not imported from there: shards imports webdataset, which imports
+# torch (seconds in every worker process)
+MEMBERS = ("jpg", "disp.png", "json")
+SHARD_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+-[0-9]{5}\.tar$")
+KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+# valid_fraction is stored rounded to 6 decimals: 1e-5 still catches a few changed pixels
+VALID_FRACTION_TOL = 1e-5
+MAX_PROBLEMS_PER_SHARD = 20
+READ_BLOCK = 1 << 20
+PARALLEL_MIN_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class Problem:
+    where: str      # shard name, or a corpus file (manifest.json, samples.parquet...)
+    kind: str       # missing | corrupt | mismatch | unlisted | table
+    message: str
+
+    def line(self) -> str:
+        return f"{self.kind.upper():9s}{self.where}: {self.message}"
+
+
+@dataclass
+class ShardCheck:
+    """What one shard turned out to hold (filled in by :func:`check_shard`)."""
+
+    name: str
+    exists: bool = True
+    bytes: int = 0
+    sha256: str | None = None
+    keys: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)   # messages about this shard
+    kinds: set[str] = field(default_factory=set)
+
+    def add(self, kind: str, message: str) -> None:
+        self.kinds.add(kind)
+        self.problems.append(message)
+
+
+@dataclass
+class VerifyReport:
+    corpus: str
+    shards: int = 0
+    samples: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    decoded: bool = True
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def bad_shards(self) -> list[str]:
+        return sorted({p.where for p in self.problems if p.where.endswith(".tar")})
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+    def summary(self) -> str:
+        what = "hashed, read and decoded" if self.decoded else "hashed and read (--quick)"
+        head = (f"{self.shards} shard(s), {self.samples} samples, {human_bytes(self.bytes)} "
+                f"{what} in {self.seconds:.1f} s")
+        if self.ok:
+            return f"verify OK: {head}"
+        bad = self.bad_shards
+        kinds = Counter(p.kind for p in self.problems)
+        return (f"verify FAILED: {len(self.problems)} problem(s) "
+                f"({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}); "
+                f"{len(bad)} bad shard(s){': ' + ', '.join(bad) if bad else ''}; {head}")
+
+    def to_json(self) -> dict:
+        return {"corpus": self.corpus, "ok": self.ok, "shards": self.shards,
+                "samples": self.samples, "bytes": self.bytes, "decoded": self.decoded,
+                "seconds": round(self.seconds, 3), "bad_shards": self.bad_shards,
+                "problems": [p.__dict__ for p in self.problems]}
+
+
+class _HashingReader:
+    """A file wrapper that hashes and counts every byte read through it."""
+
+    def __init__(self, f) -> None:
+        self.f = f
+        self.h = hashlib.sha256()
+        self.n = 0
+
+    def read(self, size: int = -1) -> bytes:
+        b = self.f.read(size)
+        self.h.update(b)
+        self.n += len(b)
+        return b
+
+    def drain(self) -> None:
+        while self.read(READ_BLOCK):
+            pass
+
+
+class _DecoderMessages:
+    """Captures what libjpeg / libpng write to fd 2 while decoding (a corrupt-data warning).
+
+    So a damaged image is reported against its sample instead of as stray lines on stderr.
+    Redirects this process's fd 2 for the duration of one decode call.
+    """
+
+    text = ""
+
+    def __enter__(self) -> _DecoderMessages:
+        sys.stderr.flush()
+        self._tmp = tempfile.TemporaryFile()
+        self._saved = os.dup(2)
+        os.dup2(self._tmp.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._tmp.seek(0)
+        self.text = self._tmp.read().decode(errors="replace").strip()
+        self._tmp.close()
+
+
+def member_problem(name: str) -> str | None:
+    """Why a tar member name is unsafe or malformed (None when it is a sample member)."""
+    if name.startswith("/") or "\\" in name:
+        return "absolute or Windows path"
+    if ".." in name.split("/") or name.startswith(".."):
+        return "'..' in path"
+    if "/" in name:
+        return "member in a subdirectory"
+    key, _, ext = name.partition(".")
+    if not KEY_RE.match(key):
+        return "key is not [A-Za-z0-9_-]+"
+    if ext not in MEMBERS and any(ext.endswith("." + m) for m in MEMBERS):
+        return "a dot in the key (WebDataset splits member names at the first dot)"
+    if ext not in MEMBERS:
+        return f"unknown member extension .{ext}" if ext else "no extension"
+    return None
+
+
+def _iter_samples(tf: tarfile.TarFile, check: ShardCheck) -> Iterator[tuple[str, dict]]:
+    """(key, {ext: bytes}) per sample, from a streaming tar; member problems go to ``check``."""
+    current: dict[str, bytes] = {}
+    key = None
+    seen: set[str] = set()
+    for m in tf:
+        why = member_problem(m.name)
+        if why is None and not m.isfile():
+            why = "not a regular file"
+        if why is not None:
+            check.add("corrupt", f"member {m.name!r}: {why}")
+            continue
+        k, _, ext = m.name.partition(".")
+        if k != key:
+            if key is not None:
+                yield key, current
+            if k in seen:
+                check.add("corrupt", f"sample {k}: members not contiguous")
+            seen.add(k)
+            key, current = k, {}
+        if ext in current:
+            check.add("corrupt", f"sample {k}: duplicate member .{ext}")
+        f = tf.extractfile(m)
+        current[ext] = f.read() if f is not None else b""
+    if key is not None:
+        yield key, current
+
+
+def check_sample(key: str, members: dict[str, bytes], film: str | None,
+                 decode: bool = True) -> list[str]:
+    """Problems of one sample (empty when it is sound)."""
+    missing = [e for e in MEMBERS if e not in members]
+    if missing:
+        return [f"sample {key}: missing member(s) {', '.join('.' + e for e in missing)}"]
+    try:
+        meta = json.loads(members["json"])
+    except ValueError as e:
+        return [f"sample {key}: JSON does not parse ({e})"]
+    if not isinstance(meta, dict):
+        return [f"sample {key}: JSON is not an object"]
+    out = []
+    if meta.get("key") != key:
+        out.append(f"sample {key}: JSON key is {meta.get('key')!r}")
+    if film is not None and meta.get("film") != film:
+        out.append(f"sample {key}: JSON film is {meta.get('film')!r}, shard is {film!r}")
+    if not decode:
+        return out
+    size = meta.get("size")
+    want = (size[1], size[0]) if isinstance(size, list) and len(size) == 2 else None
+    with _DecoderMessages() as jpeg_msgs:
+        img = cv2.imdecode(np.frombuffer(members["jpg"], np.uint8), cv2.IMREAD_COLOR)
+    with _DecoderMessages() as png_msgs:
+        q = cv2.imdecode(np.frombuffer(members["disp.png"], np.uint8), cv2.IMREAD_UNCHANGED)
+    for what, msgs, decoded in (("JPEG", jpeg_msgs, img), ("disparity PNG", png_msgs, q)):
+        said = f": {msgs.text.splitlines()[0]}" if msgs.text else ""
+        if decoded is None:
+            out.append(f"sample {key}: {what} does not decode{said}")
+        elif said:
+            out.append(f"sample {key}: {what} decoder{said}")
+    if img is not None and want is not None and img.shape[:2] != want:
+        out.append(f"sample {key}: JPEG is {img.shape[1]}x{img.shape[0]}, JSON size {size}")
+    if q is None:
+        return out
+    if q.dtype != np.uint16 or q.ndim != 2:
+        out.append(f"sample {key}: disparity PNG is {q.dtype} with {q.ndim} dims, not uint16 "
+                   "single-channel")
+        return out
+    if want is not None and q.shape != want:
+        out.append(f"sample {key}: disparity is {q.shape[1]}x{q.shape[0]}, JSON size {size}")
+    vf = float(np.count_nonzero(q)) / q.size
+    stored = meta.get("valid_fraction")
+    if not isinstance(stored, (int, float)) or abs(vf - stored) > VALID_FRACTION_TOL:
+        out.append(f"sample {key}: disparity PNG valid fraction {vf:.6f}, JSON says {stored}")
+    return out
+
+
+def check_shard(path: str, expected_sha256: str | None, expected_bytes: int | None,
+                film: str | None, decode: bool = True) -> ShardCheck:
+    """Hash, stream-read and (optionally) decode one shard. Runs in a worker process."""
+    p = Path(path)
+    check = ShardCheck(p.name)
+    try:
+        f = p.open("rb")
+    except FileNotFoundError:
+        check.exists = False
+        check.add("missing", "shard file not found")
+        return check
+    except OSError as e:
+        check.add("corrupt", f"unreadable: {e.strerror}")
+        return check
+    with f:
+        reader = _HashingReader(f)
+        try:
+            with tarfile.open(fileobj=reader, mode="r|", bufsize=READ_BLOCK) as tf:
+                for key, members in _iter_samples(tf, check):
+                    check.keys.append(key)
+                    for msg in check_sample(key, members, film, decode):
+                        check.add("corrupt", msg)
+        except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+            after = f" after sample {check.keys[-1]}" if check.keys else ""
+            check.add("corrupt", f"tar unreadable{after}: {e}")
+        reader.drain()
+    check.bytes, check.sha256 = reader.n, reader.h.hexdigest()
+    if expected_bytes is not None and check.bytes != expected_bytes:
+        what = "truncated" if check.bytes < expected_bytes else "size differs"
+        check.problems.insert(0, f"{what}: {check.bytes} bytes, manifest says {expected_bytes}")
+        check.kinds.add("corrupt")
+    if expected_sha256 is not None and check.sha256 != expected_sha256:
+        check.problems.insert(0, f"sha256 {check.sha256[:16]}... differs from the manifest's "
+                                 f"{expected_sha256[:16]}...")
+        check.kinds.add("corrupt")
+    return check
+
+
+def _worker_init() -> None:
+    cv2.setNumThreads(1)  # one worker process per core already
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    # forkserver: safe from a parent that runs threads (fork would copy their locks)
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else None
+    return ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
+                               mp_context=multiprocessing.get_context(method))
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def verify_corpus(corpus: str | Path, *, workers: int | None = None,
+                  decode: bool = True) -> VerifyReport:
+    """Every check above; problems come back as data, one per finding, naming the shard."""
+    t0 = time.monotonic()
+    root = Path(corpus)
+    man = read_manifest(root)
+    report = VerifyReport(str(root), decoded=decode)
+    problems = report.problems
+    listed = []
+    for s in man.get("shards", []):
+        if isinstance(s, dict) and SHARD_NAME_RE.match(str(s.get("name", ""))):
+            listed.append(s)
+        else:  # never open a path a manifest made up (../../x)
+            name = s.get("name") if isinstance(s, dict) else s
+            problems.append(Problem("manifest.json", "mismatch",
+                                    f"shard entry {name!r} is not a shard name"))
+    tables = {}
+    for name, schema in (("samples", SAMPLES_SCHEMA), ("frames", FRAMES_SCHEMA)):
+        try:
+            tables[name] = read_table(root / f"{name}.parquet", schema)
+        except FilmmineError as e:
+            problems.append(Problem(f"{name}.parquet", "table", str(e)))
+    keys_by_shard: dict[str, list[str]] = {}
+    if "samples" in tables:
+        cols = tables["samples"].select(["key", "shard"]).to_pydict()
+        for k, s in zip(cols["key"], cols["shard"], strict=True):
+            keys_by_shard.setdefault(s, []).append(k)
+
+    if workers is None:
+        # worker processes take about a second to start: not worth it for a small corpus
+        total = sum(s.get("bytes") or 0 for s in listed)
+        workers = default_workers() if total >= PARALLEL_MIN_BYTES else 1
+    n = max(1, min(workers, len(listed) or 1))
+    jobs = {s["name"]: (str(root / "shards" / s["name"]), s.get("sha256"), s.get("bytes"),
+                        s.get("film"), decode) for s in listed}
+    if n == 1:
+        checks = {name: check_shard(*job) for name, job in jobs.items()}
+    else:
+        with _pool(n) as pool:
+            futures = {name: pool.submit(check_shard, *job) for name, job in jobs.items()}
+            checks = {name: fut.result() for name, fut in futures.items()}
+
+    for s in listed:
+        c = checks[s["name"]]
+        kind = "missing" if not c.exists else "corrupt"
+        shown = c.problems[:MAX_PROBLEMS_PER_SHARD]
+        for msg in shown:
+            problems.append(Problem(s["name"], kind, msg))
+        if len(c.problems) > len(shown):
+            problems.append(Problem(s["name"], kind,
+                                    f"... and {len(c.problems) - len(shown)} more problem(s)"))
+        if not c.exists:
+            continue
+        report.bytes += c.bytes
+        report.samples += len(c.keys)
+        if len(c.keys) != s.get("samples"):
+            problems.append(Problem(s["name"], "mismatch", f"holds {len(c.keys)} samples, "
+                                    f"manifest says {s.get('samples')}"))
+        if "samples" in tables:
+            want = keys_by_shard.get(s["name"], [])
+            if sorted(want) != sorted(c.keys):
+                extra = sorted(set(c.keys) - set(want))
+                lost = sorted(set(want) - set(c.keys))
+                problems.append(Problem(s["name"], "mismatch",
+                                        f"samples.parquet lists {len(want)} samples, the shard "
+                                        f"holds {len(c.keys)}" + _some(" not in the table", extra)
+                                        + _some(" not in the shard", lost)))
+    report.shards = len(listed)
+    _check_totals(root, man, listed, tables, keys_by_shard, problems)
+    report.seconds = time.monotonic() - t0
+    return report
+
+
+def _some(label: str, keys: list[str], k: int = 3) -> str:
+    if not keys:
+        return ""
+    more = f" (+{len(keys) - k})" if len(keys) > k else ""
+    return f";{label}: {', '.join(keys[:k])}{more}"
+
+
+def _check_totals(root: Path, man: dict, listed: list[dict], tables: dict,
+                  keys_by_shard: dict[str, list[str]], problems: list[Problem]) -> None:
+    names = [s["name"] for s in listed]
+    for name, n in Counter(names).items():
+        if n > 1:
+            problems.append(Problem(name, "mismatch", f"listed {n} times in the manifest"))
+    shard_dir = root / "shards"
+    on_disk = {p.name for p in shard_dir.glob("*.tar")} if shard_dir.is_dir() else set()
+    for name in sorted(on_disk - set(names)):
+        problems.append(Problem(name, "unlisted", "shard file not in the manifest"))
+    total = sum(s.get("samples", 0) for s in listed)
+    declared = man.get("totals", {}).get("samples")
+    if declared is not None and declared != total:
+        problems.append(Problem("manifest.json", "mismatch",
+                                f"totals.samples is {declared}, its shards hold {total}"))
+    if "samples" in tables:
+        n_rows = tables["samples"].num_rows
+        if n_rows != total:
+            problems.append(Problem("samples.parquet", "mismatch",
+                                    f"{n_rows} rows, manifest shards hold {total} samples"))
+        for shard in sorted(set(keys_by_shard) - set(names)):
+            problems.append(Problem("samples.parquet", "mismatch",
+                                    f"{len(keys_by_shard[shard])} rows name shard {shard}, "
+                                    "which the manifest does not list"))
+    if "frames" in tables:
+        accepted = tables["frames"].filter(tables["frames"]["accepted"])
+        if accepted.num_rows != total:
+            problems.append(Problem("frames.parquet", "mismatch",
+                                    f"{accepted.num_rows} accepted rows, manifest shards hold "
+                                    f"{total} samples"))
+        if "samples" in tables:
+            a = set(accepted["key"].to_pylist())
+            b = set(tables["samples"]["key"].to_pylist())
+            if a != b:
+                problems.append(Problem("frames.parquet", "mismatch",
+                                        f"accepted keys differ from samples.parquet: "
+                                        f"{len(a - b)} only in frames, {len(b - a)} only in "
+                                        "samples"))
+    for film, info in man.get("films", {}).items():
+        if not (root / "films" / f"{film}.json").is_file():
+            problems.append(Problem(f"films/{film}.json", "missing", "film record not found"))
+        acc = info.get("counts", {}).get("accepted")
+        have = sum(s.get("samples", 0) for s in listed if s.get("film") == film)
+        if acc is not None and acc != have:
+            problems.append(Problem("manifest.json", "mismatch",
+                                    f"film {film}: {acc} accepted, its shards hold {have}"))
+
+
+def format_report(report: VerifyReport) -> str:
+    return "\n".join([*(p.line() for p in report.problems), report.summary()])

@@ -1,0 +1,163 @@
+"""filmmine verify: a sound corpus passes; each kind of damage is found and named."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from filmmine import cli
+from filmmine.verify import check_shard, member_problem, verify_corpus
+
+DAMAGED = "film_tab-00000.tar"
+
+
+def copy_corpus(corpus: Path, dest: Path) -> Path:
+    shutil.copytree(corpus, dest)
+    return dest
+
+
+def test_sound_corpus_passes_and_counts_match_the_tables(corpus, capsys):
+    man = json.loads((corpus / "manifest.json").read_text())
+    samples = pq.read_table(corpus / "samples.parquet")
+    frames = pq.read_table(corpus / "frames.parquet").to_pylist()
+    report = verify_corpus(corpus, workers=1)
+    assert report.ok, [p.line() for p in report.problems]
+    assert report.shards == len(man["shards"]) == 5
+    assert report.samples == samples.num_rows == sum(r["accepted"] for r in frames) == 95
+    assert report.bytes == sum(s["bytes"] for s in man["shards"])
+    assert cli.main(["verify", str(corpus), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] and data["samples"] == 95 and data["problems"] == []
+    assert cli.main(["verify", str(corpus)]) == 0
+    assert capsys.readouterr().out.startswith("verify OK: 5 shard(s), 95 samples")
+
+
+def _flip(path: Path) -> None:
+    b = bytearray(path.read_bytes())
+    b[len(b) // 2] ^= 0x40
+    path.write_bytes(bytes(b))
+
+
+def _truncate(path: Path) -> None:
+    b = path.read_bytes()
+    path.write_bytes(b[: len(b) * 2 // 5])
+
+
+@pytest.mark.parametrize(("damage", "kind", "words", "workers"), [
+    (_flip, "CORRUPT", "sha256", 2),          # also runs the process pool
+    (_truncate, "CORRUPT", "truncated", 1),
+    (Path.unlink, "MISSING", "shard file not found", 1),
+])
+def test_damaged_shard_is_named(corpus, tmp_path, capsys, damage, kind, words, workers):
+    c = copy_corpus(corpus, tmp_path / "c")
+    damage(c / "shards" / DAMAGED)
+    code = cli.main(["verify", str(c), "--workers", str(workers)])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 1
+    problems, summary = out[:-1], out[-1]
+    assert problems and all(DAMAGED in line for line in problems), out
+    assert any(line.startswith(kind) and words in line for line in problems), out
+    assert summary.startswith("verify FAILED") and summary.count(".tar") == 1
+    assert f"1 bad shard(s): {DAMAGED}" in summary
+    report = verify_corpus(c, workers=1)
+    assert report.bad_shards == [DAMAGED]
+    if damage is _truncate:  # the samples that are still whole are read, the rest counted lost
+        assert 0 < report.samples < 95
+        assert any("holds" in p.message and p.kind == "mismatch" for p in report.problems)
+
+
+def _rewrite_shard(c: Path, name: str, edit) -> None:
+    """Rewrite a shard's members through ``edit(name, bytes) -> (name, bytes)`` and re-sign it in
+    the manifest, so only the content checks (not the hash) can find what changed."""
+    src = c / "shards" / name
+    buf = io.BytesIO()
+    with tarfile.open(src) as tin, tarfile.open(fileobj=buf, mode="w") as tout:
+        for m in tin:
+            data = tin.extractfile(m).read()
+            new_name, data = edit(m.name, data)
+            info = tarfile.TarInfo(new_name)
+            info.size = len(data)
+            tout.addfile(info, io.BytesIO(data))
+    src.write_bytes(buf.getvalue())
+    man = json.loads((c / "manifest.json").read_text())
+    for s in man["shards"]:
+        if s["name"] == name:
+            s["sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
+            s["bytes"] = len(buf.getvalue())
+    (c / "manifest.json").write_text(json.dumps(man))
+
+
+def test_content_checks_find_what_a_rehashed_shard_hides(corpus, tmp_path):
+    c = copy_corpus(corpus, tmp_path / "c")
+    samples = pq.read_table(c / "samples.parquet").to_pylist()
+    keys = [r["key"] for r in samples if r["shard"] == DAMAGED]
+    bad_key, cut_key = keys[2], keys[5]
+
+    def edit(name: str, data: bytes):
+        if name == f"{bad_key}.json":
+            meta = json.loads(data)
+            meta["valid_fraction"] = round(meta["valid_fraction"] - 0.05, 6)
+            data = json.dumps(meta).encode()
+        if name == f"{cut_key}.jpg":
+            data = data[: len(data) // 3]  # a JPEG cut short
+        return name, data
+
+    _rewrite_shard(c, DAMAGED, edit)
+    report = verify_corpus(c, workers=1)
+    msgs = [p.message for p in report.problems]
+    assert {p.where for p in report.problems} == {DAMAGED}, msgs
+    assert any(bad_key in m and "valid fraction" in m for m in msgs), msgs
+    assert any(cut_key in m and "JPEG" in m for m in msgs), msgs
+    assert not any("sha256" in m for m in msgs)
+    # --quick reads and parses but decodes no image: the same shard passes
+    assert verify_corpus(c, workers=1, decode=False).ok
+
+
+def test_unsafe_member_names(tmp_path):
+    assert member_problem("film_00000001.jpg") is None
+    assert member_problem("film_00000001.disp.png") is None
+    assert "absolute" in member_problem("/etc/passwd.jpg")
+    assert "'..'" in member_problem("../film_00000001.jpg")
+    assert "subdirectory" in member_problem("a/film_00000001.jpg")
+    assert "dot in the key" in member_problem("film.v2_00000001.jpg")
+    assert "key" in member_problem("f m_00000001.jpg")
+    assert "extension" in member_problem("film_00000001.exe")
+    shard = tmp_path / "x-00000.tar"
+    with tarfile.open(shard, "w") as tf:
+        for name in ("../evil.json", "/abs.jpg"):
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tf.addfile(info, io.BytesIO(b"{}"))
+    check = check_shard(str(shard), None, None, "x")
+    assert len(check.problems) == 2 and check.keys == []
+    assert all("member" in p for p in check.problems)
+
+
+def test_missing_tables_and_unlisted_shards(corpus, tmp_path):
+    c = copy_corpus(corpus, tmp_path / "c")
+    (c / "frames.parquet").unlink()
+    shutil.copy(c / "shards" / DAMAGED, c / "shards" / "stray-00000.tar")
+    report = verify_corpus(c, workers=1)
+    where = {(p.where, p.kind) for p in report.problems}
+    assert where == {("frames.parquet", "table"), ("stray-00000.tar", "unlisted")}
+    assert report.exit_code == 1
+
+
+def test_a_manifest_cannot_point_outside_the_shards(corpus, tmp_path):
+    c = copy_corpus(corpus, tmp_path / "c")
+    man = json.loads((c / "manifest.json").read_text())
+    real = man["shards"][0]["name"]
+    man["shards"][0]["name"] = "../../manifest.json"
+    (c / "manifest.json").write_text(json.dumps(man))
+    report = verify_corpus(c, workers=1)
+    lines = [p.line() for p in report.problems]
+    assert "MISMATCH manifest.json: shard entry '../../manifest.json' is not a shard name" in lines
+    assert f"UNLISTED {real}: shard file not in the manifest" in lines
+    assert report.shards == 4
