@@ -1,0 +1,197 @@
+"""trainer.train: overfitting, resume, DDP, mixing modes, the CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from filmmine.cli import main as filmmine_main
+from trainer import TrainerError
+from trainer.config import TrainConfig, load_config
+from trainer.model import build_model
+from trainer.sources import DatasetSpec, iter_tar
+from trainer.train import load_checkpoint, train
+
+
+def make_few_corpus(corpus: Path, dst: Path, n: int) -> Path:
+    """The first ``n`` samples of a mined corpus as a corpus of one shard."""
+    src = sorted((corpus / "shards").glob("*.tar"))[0]
+    (dst / "shards").mkdir(parents=True, exist_ok=True)
+    with tarfile.open(dst / "shards" / "few-00000.tar", "w") as tar:
+        for i, (key, rec) in enumerate(iter_tar(str(src))):
+            if i == n:
+                break
+            for ext, data in rec.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def few(corpus, tmp_path_factory) -> Path:
+    return make_few_corpus(corpus, tmp_path_factory.mktemp("few") / "few", 4)
+
+
+def tiny_config(*paths: Path, steps: int, **data) -> TrainConfig:
+    cfg = load_config("tiny")
+    cfg.data.datasets = [DatasetSpec(path=str(p)) for p in paths]
+    cfg.run.steps, cfg.run.log_every = steps, 1
+    for k, v in data.items():
+        k = "mode" if k == "mix" else k
+        obj = cfg.data.augment if hasattr(cfg.data.augment, k) else cfg.data.mix
+        assert hasattr(obj, k), k
+        setattr(obj, k, v)
+    return cfg
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_model_overfits_a_handful_of_mined_samples(few, tmp_path):
+    cfg = tiny_config(few, steps=40, crop_mode="center", zoom=(1.0, 1.0), flip=0.0,
+                      shuffle_buffer=1)
+    cfg.optim.lr = 3e-3
+    res = train(cfg, tmp_path / "run")
+    losses = [m["loss"] for m in metrics(tmp_path / "run")]
+    assert [m["step"] for m in metrics(tmp_path / "run")] == list(range(1, 41))
+    assert np.mean(losses[-5:]) < losses[0] / 5, losses
+    assert res.step == 40
+    rec = metrics(tmp_path / "run")[-1]
+    assert set(rec) >= {"step", "loss", "losses", "lr", "samples_per_s"}
+    assert rec["losses"] == {"few": pytest.approx(rec["loss"])}
+    assert rec["failed"] == {"few": 0}
+    ck = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ck["step"] == 40 and ck["datasets"] == ["few"]
+
+
+def test_resume_continues_step_count_and_loss_curve(corpus, tmp_path):
+    n = 3
+    cfg = tiny_config(corpus, steps=n, jitter=0.2, shuffle_buffer=16)  # every random augmentation
+    cfg.data.workers = 0
+    cfg.optim.schedule, cfg.optim.warmup_steps, cfg.optim.schedule_steps = "cosine", 2, 2 * n
+    train(cfg, tmp_path / "a")
+    with pytest.raises(TrainerError, match="--resume"):
+        train(cfg, tmp_path / "a")
+    with open(tmp_path / "a" / "metrics.jsonl", "a") as f:  # logged after the checkpoint
+        f.write(json.dumps({"step": n + 1, "loss": 99.0}) + "\n")
+    cfg.run.steps = 2 * n
+    resumed = train(cfg, tmp_path / "a", resume=True)
+    whole = train(cfg, tmp_path / "b")
+    got, want = metrics(tmp_path / "a"), metrics(tmp_path / "b")
+    assert [m["step"] for m in got] == list(range(1, 2 * n + 1))
+    np.testing.assert_allclose([m["loss"] for m in got], [m["loss"] for m in want], rtol=1e-5)
+    np.testing.assert_allclose([m["lr"] for m in got], [m["lr"] for m in want])
+    for (k, v), w in zip(resumed.model.state_dict().items(),
+                         whole.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(v, w, rtol=1e-4, atol=1e-6, msg=k)
+
+
+def _ddp_worker(rank: int, world: int, init: str, cfg: dict, out: str, result: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        res = train(TrainConfig.from_dict(cfg), out)
+        # parameters only: BatchNorm statistics are rank 0's from the next forward on (DDP)
+        torch.save(dict(res.model.named_parameters()), f"{result}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("mix", ["naive", "pareto"])
+def test_one_ddp_step_on_two_cpu_processes(corpus, few, tmp_path, mix):
+    cfg = tiny_config(corpus, few, steps=1, mix=mix)
+    torch.manual_seed(cfg.run.seed)
+    init_state = dict(build_model(cfg.model).named_parameters())
+    mp.spawn(_ddp_worker, nprocs=2, join=True,
+             args=(2, f"file://{tmp_path / 'init'}", cfg.to_dict(), str(tmp_path / "run"),
+                   str(tmp_path)))
+    s0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    s1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    changed = 0
+    for k in s0:
+        torch.testing.assert_close(s0[k], s1[k], rtol=0, atol=0, msg=k)
+        changed += not torch.equal(s0[k], init_state[k])
+    assert changed > 10  # the step moved the weights, identically on both ranks
+    ck = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert len(ck["loader"]) == 2  # both ranks' data positions
+    rec = metrics(tmp_path / "run")[0]
+    assert rec["step"] == 1 and np.isfinite(rec["loss"])
+    if mix == "pareto":
+        assert sum(rec["weights"].values()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("mix", ["balanced", "pareto"])
+def test_cli_train_mixes_two_datasets(corpus, few, tmp_path, mix):
+    run = tmp_path / "run"
+    rc = filmmine_main(["train", "--config", "tiny", "--corpus", str(corpus),
+                        "--data", f"corpus:{few},name=handful", "--mix", mix, "--steps", "2",
+                        "--log-every", "1", "--out", str(run), "--quiet", "--tensorboard"])
+    assert rc == 0  # without the tensorboard package: a warning, and the run goes on
+    recs = metrics(run)
+    assert [r["step"] for r in recs] == [1, 2]
+    names = {corpus.name, "handful"}  # a dataset is named after its folder unless named
+    assert set(recs[-1]["losses"]) == names
+    if mix == "pareto":
+        w = recs[-1]["weights"]
+        assert set(w) == names and sum(w.values()) == pytest.approx(1.0)
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["data"]["mix"]["mode"] == mix
+    assert [d["name"] for d in cfg["data"]["datasets"]] == [corpus.name, "handful"]
+
+
+def test_cli_resume_keeps_the_runs_config(few, tmp_path):
+    run = str(tmp_path / "run")
+    assert filmmine_main(["train", "--config", "tiny", "--corpus", str(few), "--steps", "2",
+                          "--log-every", "1", "--out", run, "--quiet"]) == 0
+    # no --config, no --steps: the run's own config (tiny, 2 steps), not default.toml's
+    assert filmmine_main(["train", "--corpus", str(few), "--out", run, "--resume",
+                          "--quiet"]) == 0
+    assert [r["step"] for r in metrics(Path(run))] == [1, 2]
+    assert filmmine_main(["train", "--out", run, "--resume", "--steps", "3", "--quiet"]) == 0
+    assert [r["step"] for r in metrics(Path(run))] == [1, 2, 3]
+    assert load_checkpoint(Path(run) / "checkpoints" / "last.pt")["config"]["model"][
+        "encoder"] == "test_resnet"
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    rc = filmmine_main(["train", "--config", "tiny", "--steps", "1", "--out", str(tmp_path)])
+    assert rc == 2
+    assert "no dataset" in capsys.readouterr().err
+    rc = filmmine_main(["train", "--config", "nope", "--corpus", str(tmp_path), "--steps", "1",
+                        "--out", str(tmp_path)])
+    assert rc == 2
+
+
+def test_configs_load_and_unknown_keys_are_errors(tmp_path):
+    for name in ("default", "small", "tiny"):
+        cfg = load_config(name)
+        assert cfg.loss.alpha == 0.5 and cfg.loss.data == "ssitrim" and cfg.loss.scales == 4
+    d = load_config("default")
+    assert (d.optim.lr, d.optim.lr_pretrained, d.data.augment.crop) == (1e-4, 1e-5, 384)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('base = "tiny"\n[optim]\nlearning_rate = 1.0\n')
+    with pytest.raises(TrainerError, match="learning_rate"):
+        load_config(str(bad))
+    round_trip = TrainConfig.from_dict(load_config("tiny").to_dict())
+    assert round_trip == load_config("tiny")
+
+
+def test_trainer_imports_nothing_of_filmmine():
+    code = ("import sys, trainer.cli, trainer.train, trainer.evaluate, trainer.predict; "
+            "print([m for m in sys.modules if m.split('.')[0] == 'filmmine'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"

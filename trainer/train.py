@@ -1,0 +1,505 @@
+"""The training loop: ``train(cfg, out)`` runs ``cfg.run.steps`` optimizer steps.
+
+Step-based (datasets are endless streams; an "epoch" is per dataset and per slice, see
+``data.py``). One step: a batch mixed from the datasets, a forward pass, the MiDaS loss
+(data + alpha * gradient matching) and an update that is the plain gradient (``naive``,
+``balanced``) or the min-norm combination of the per-dataset gradients (``pareto``). AMP,
+gradient clipping, an LR schedule, ``RUN/metrics.jsonl``, checkpoints in ``RUN/checkpoints/``
+(``last.pt`` and periodic ``step-NNNNNNN.pt``); ``resume=True`` restores model, optimizer,
+scheduler, scaler, step, RNG and the data streams' positions, so the run continues as if it had
+never stopped. DDP: started by ``torchrun`` (env ``WORLD_SIZE`` etc.), or inside a process
+group that the caller initialised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import pickle
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from . import TrainerError
+from .config import TrainConfig
+from .data import LoaderState, MixedStream, build_loader, build_sources
+from .losses import LossTerms, MidasLoss
+from .mixing import combine, min_norm_weights
+from .model import MidasNet, build_model
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "filmmine-trainer/1"
+
+
+# ----------------------------------------------------------------------------- distributed
+
+@dataclass
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    owns_group: bool = False
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> DistEnv:
+    """Join the process group of ``torchrun`` (or the caller's), pick this rank's device."""
+    owns = False
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        backend = "nccl" if device != "cpu" and torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        owns = True
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    local = int(os.environ.get("LOCAL_RANK", rank if world > 1 else 0))
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TrainerError("device cuda requested but torch sees no CUDA device")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(local % torch.cuda.device_count())
+        dev = torch.device("cuda", local % torch.cuda.device_count())
+    else:
+        dev = torch.device("cpu")
+    return DistEnv(rank, world, local, dev, owns)
+
+
+# ----------------------------------------------------------------------------- building
+
+def build_optimizer(model: MidasNet, cfg: TrainConfig) -> torch.optim.Optimizer:
+    o = cfg.optim
+    return torch.optim.Adam(model.param_groups(o.lr, o.lr_pretrained), betas=tuple(o.betas),
+                            weight_decay=o.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig
+                    ) -> torch.optim.lr_scheduler.LambdaLR:
+    o = cfg.optim
+    total = o.schedule_steps or cfg.run.steps
+    if o.schedule not in ("constant", "cosine"):
+        raise TrainerError(f"unknown schedule {o.schedule!r}; choose constant or cosine")
+
+    def factor(step: int) -> float:  # step = optimizer steps taken so far
+        if o.warmup_steps and step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        if o.schedule == "constant":
+            return 1.0
+        t = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    mode = cfg.optim.amp
+    if mode not in ("auto", "off", "fp16", "bf16"):
+        raise TrainerError(f"unknown amp mode {mode!r}; choose auto, off, fp16 or bf16")
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return None
+    if mode == "bf16":
+        return torch.bfloat16
+    if device.type != "cuda":
+        raise TrainerError("fp16 autocast needs CUDA; use amp = \"bf16\" or \"off\" on CPU")
+    return torch.float16
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def checkpoint_dir(out: Path) -> Path:
+    return out / "checkpoints"
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A trainer checkpoint, read with ``weights_only=True`` (never unpickles code)."""
+    p = Path(path)
+    if not p.is_file():
+        raise TrainerError(f"checkpoint not found: {p}")
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:
+        raise TrainerError(f"cannot read checkpoint {p}: {str(e).splitlines()[0]}") from None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise TrainerError(f"{p} is not a {CHECKPOINT_FORMAT} checkpoint")
+    return ck
+
+
+def model_from_checkpoint(ck: dict[str, Any]) -> tuple[MidasNet, TrainConfig]:
+    cfg = TrainConfig.from_dict(ck["config"])
+    cfg.model.weights, cfg.model.pretrained = "", False  # the checkpoint holds every weight
+    model = build_model(cfg.model)
+    model.load_state_dict(ck["model"])
+    model.eval()
+    return model, cfg
+
+
+def _rng_state() -> dict[str, Any]:
+    st: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available() and len(st["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+# ----------------------------------------------------------------------------- metrics
+
+class MetricsLog:
+    """``RUN/metrics.jsonl`` (one JSON object per log step) and optional TensorBoard."""
+
+    def __init__(self, out: Path, start_step: int, enabled: bool, tensorboard: bool):
+        self.path = out / "metrics.jsonl"
+        self.enabled = enabled
+        self.tb = None
+        if not enabled:
+            return
+        if self.path.exists():  # drop lines past the checkpoint we resume from
+            keep = [ln for ln in self.path.read_text().splitlines()
+                    if ln.strip() and json.loads(ln)["step"] <= start_step]
+            tmp = self.path.with_name(".tmp-metrics.jsonl")
+            tmp.write_text("".join(ln + "\n" for ln in keep))
+            os.replace(tmp, self.path)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                log.warning("tensorboard logging off: %s (pip install tensorboard)", e)
+            else:
+                self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start_step + 1)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+        if self.tb is not None:
+            step = record["step"]
+            for k, v in record.items():
+                if isinstance(v, int | float) and k != "step":
+                    self.tb.add_scalar(k, v, step)
+                elif isinstance(v, dict):
+                    for kk, vv in v.items():
+                        if isinstance(vv, int | float):
+                            self.tb.add_scalar(f"{k}/{kk}", vv, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ----------------------------------------------------------------------------- one step
+
+@dataclass
+class StepStats:
+    loss: float
+    per_dataset: dict[int, float]
+    grad_norm: float
+    weights: list[float] | None = None
+
+
+def pareto_backward(params: list[nn.Parameter], terms: LossTerms, dataset: torch.Tensor,
+                    k: int, scale: float, env: DistEnv) -> list[float]:
+    """Per-dataset losses -> their gradients on the shared parameters (``[K, P]``) -> the
+    min-norm convex combination, written to ``p.grad``. Returns the weights."""
+    rows = []
+    for i in range(k):
+        sel = dataset == i
+        if not bool(sel.any()):
+            rows.append(torch.zeros(sum(p.numel() for p in params), device=dataset.device))
+            continue
+        grads = torch.autograd.grad(terms.value(sel) * scale, params, retain_graph=True,
+                                    allow_unused=True)
+        rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                               for g, p in zip(grads, params, strict=True)]))
+    g = torch.stack(rows)  # [K, P]
+    if env.distributed:  # DDP is bypassed in this mode: average the task gradients here
+        dist.all_reduce(g)
+        g /= env.world_size
+    w = min_norm_weights(g)
+    flat = combine(g, w)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).to(p.dtype)
+        offset += n
+    return [float(x) for x in w]
+
+
+def train_one_step(model: nn.Module, raw_model: MidasNet, batch: dict[str, Any],
+                   loss_fn: MidasLoss, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler, cfg: TrainConfig, env: DistEnv,
+                   n_datasets: int) -> StepStats:
+    dev = env.device
+    image = batch["image"].to(dev, non_blocking=True).float().div_(255)  # [B, 3, H, W] RGB 0..1
+    target = batch["disparity"].to(dev, non_blocking=True)  # [B, H, W] disparity in [0, 1]
+    mask = batch["valid_mask"].to(dev, non_blocking=True)  # [B, H, W] bool
+    dataset = batch["dataset"].to(dev, non_blocking=True)  # [B] dataset index
+    dtype = amp_dtype(cfg, dev)
+    pareto = cfg.data.mix.mode == "pareto"
+    if pareto and env.distributed:  # as DDP does before each forward: rank 0's BN statistics
+        for b in raw_model.buffers():
+            dist.broadcast(b.data, 0)
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        pred = model(image)  # [B, H, W] relative disparity
+    terms = loss_fn.terms(pred.float(), target, mask)
+    loss = terms.value()
+    weights = None
+    params = [p for p in raw_model.parameters() if p.requires_grad]
+    if pareto:
+        weights = pareto_backward(params, terms, dataset, n_datasets, scaler.get_scale()
+                                  if scaler.is_enabled() else 1.0, env)
+    else:
+        scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    clip = cfg.optim.clip_grad_norm
+    gn = nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    scaler.step(optimizer)
+    scaler.update()
+    with torch.no_grad():
+        per = {i: float(terms.value(dataset == i)) for i in range(n_datasets)
+               if bool((dataset == i).any())}
+    return StepStats(float(loss.detach()), per, float(gn), weights)
+
+
+# ----------------------------------------------------------------------------- the run
+
+@dataclass
+class TrainResult:
+    model: MidasNet
+    step: int
+    out: Path
+    last: dict[str, Any] = field(default_factory=dict)
+
+
+def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> TrainResult:
+    out = Path(out)
+    env = setup_distributed(cfg.run.device)
+    try:
+        return _train(cfg, out, resume, env)
+    finally:
+        if env.owns_group:
+            dist.destroy_process_group()
+
+
+@dataclass
+class _Run:
+    """What one process trains with: built fresh, then restored from a checkpoint."""
+
+    cfg: TrainConfig
+    model: MidasNet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    step: int = 0
+    loader_state: dict | None = None  # this rank's LoaderState.to_dict()
+
+
+def _open_checkpoint(cfg: TrainConfig, out: Path, resume: bool) -> dict | None:
+    last_ck = checkpoint_dir(out) / "last.pt"
+    if resume and last_ck.is_file():
+        return load_checkpoint(last_ck)
+    if resume:
+        log.warning("no checkpoint in %s: starting from step 0", checkpoint_dir(out))
+    elif last_ck.is_file():
+        raise TrainerError(f"{out} already holds a run (checkpoints/last.pt): pass --resume "
+                           "to continue it, or choose another --out")
+    return None
+
+
+def _build_run(cfg: TrainConfig, ck: dict | None, env: DistEnv) -> _Run:
+    if ck is not None:
+        steps = cfg.run.steps
+        cfg = TrainConfig.from_dict(ck["config"])  # the run's own config; only steps change
+        cfg.run.steps = steps
+    torch.manual_seed(cfg.run.seed)  # same initial weights on every rank
+    # on resume every weight comes from the checkpoint: no weights file, no download
+    mcfg = dataclasses.replace(cfg.model, weights="", pretrained=False) if ck else cfg.model
+    model = build_model(mcfg).to(env.device)
+    optimizer = build_optimizer(model, cfg)
+    run = _Run(cfg, model, optimizer, build_scheduler(optimizer, cfg),
+               torch.amp.GradScaler(env.device.type,
+                                    enabled=amp_dtype(cfg, env.device) == torch.float16))
+    if ck is None:
+        return run
+    model.load_state_dict(ck["model"])
+    optimizer.load_state_dict(ck["optimizer"])
+    run.scheduler.load_state_dict(ck["scheduler"])
+    run.scaler.load_state_dict(ck["scaler"])
+    run.step = int(ck["step"])
+    log.info("resuming at step %d", run.step)
+    ranks, rngs = ck.get("loader") or [], ck.get("rng") or []
+    workers = max(cfg.data.workers, 1)
+    if len(ranks) == env.world_size and ranks[env.rank].get("nworkers") in (None, workers):
+        run.loader_state = ranks[env.rank]
+    else:
+        log.warning("the checkpoint's data positions are for another number of ranks or "
+                    "workers: the data streams restart")
+    if len(rngs) == env.world_size:
+        _set_rng_state(rngs[env.rank])
+    return run
+
+
+def _loader(run: _Run, env: DistEnv) -> tuple[Any, list[str]]:
+    cfg = run.cfg
+    sources = build_sources(cfg.data.datasets)
+    # streams restarted mid-run (no saved positions) take a new seed: no replayed order
+    seed = cfg.run.seed if run.loader_state or run.step == 0 else cfg.run.seed + run.step
+    stream = MixedStream(sources, cfg.data.mix, cfg.data.augment, seed=seed, rank=env.rank,
+                         world_size=env.world_size, resume=run.loader_state)
+    loader = build_loader(stream, cfg.data.workers, pin_memory=env.device.type == "cuda")
+    return loader, [s.name for s in sources]
+
+
+def _train(cfg: TrainConfig, out: Path, resume: bool, env: DistEnv) -> TrainResult:
+    run = _build_run(cfg, _open_checkpoint(cfg, out, resume), env)
+    cfg, model = run.cfg, run.model
+    if not cfg.data.datasets:
+        raise TrainerError("no dataset to train on: give --corpus or --data")
+    wrapped: nn.Module = model
+    if env.distributed:
+        _broadcast_parameters(model)
+        if cfg.data.mix.mode != "pareto":  # pareto all-reduces its [K, P] gradients itself
+            ids = [env.device.index] if env.device.type == "cuda" else None
+            wrapped = DistributedDataParallel(model, device_ids=ids)
+    loader, names = _loader(run, env)
+    state = LoaderState(run.loader_state)
+    loss_fn = MidasLoss(cfg.loss.data, cfg.loss.trim, cfg.loss.alpha, cfg.loss.scales)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    metrics = MetricsLog(out, run.step, env.is_main, cfg.run.tensorboard)
+    acc: dict[str, Any] = defaultdict(list)
+    t_log, n_log = time.perf_counter(), 0
+    last: dict[str, Any] = {}
+    model.train()
+    it = iter(loader)
+    try:
+        while run.step < cfg.run.steps:
+            batch = next(it)
+            state.update(batch["state"])
+            stats = train_one_step(wrapped, model, batch, loss_fn, run.optimizer, run.scaler,
+                                   cfg, env, len(names))
+            run.scheduler.step()
+            run.step += 1
+            n_log += len(batch["key"])
+            _accumulate(acc, stats)
+            step = run.step
+            if step % cfg.run.log_every == 0 or step == cfg.run.steps:
+                last = _log_record(step, acc, names, run.optimizer, state, n_log,
+                                   time.perf_counter() - t_log, env)
+                metrics.write(last)
+                log.info("step %d loss %.4f %s %.1f samples/s", step, last["loss"],
+                         " ".join(f"{k} {v:.4f}" for k, v in last["losses"].items()),
+                         last["samples_per_s"])
+                acc.clear()
+                t_log, n_log = time.perf_counter(), 0
+            keep = bool(cfg.run.keep_every and step % cfg.run.keep_every == 0)
+            if step % cfg.run.ckpt_every == 0 or step == cfg.run.steps or keep:
+                _checkpoint(out, run, state, names, env, keep)
+    finally:
+        metrics.close()
+        del it
+    return TrainResult(model, run.step, out, last)
+
+
+def _accumulate(acc: dict[str, Any], stats: StepStats) -> None:
+    acc["loss"].append(stats.loss)
+    acc["grad_norm"].append(stats.grad_norm)
+    for i, v in stats.per_dataset.items():
+        acc[f"ds{i}"].append(v)
+    if stats.weights is not None:
+        acc["weights"].append(stats.weights)
+
+
+def _broadcast_parameters(model: nn.Module) -> None:
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(t.data, 0)
+
+
+def _log_record(step: int, acc: dict[str, Any], names: list[str],
+                optimizer: torch.optim.Optimizer, state: LoaderState, n: int, dt: float,
+                env: DistEnv) -> dict[str, Any]:
+    vals = [float(np.mean(acc["loss"]))] + [
+        float(np.mean(acc[f"ds{i}"])) if acc.get(f"ds{i}") else float("nan")
+        for i in range(len(names))]
+    if env.distributed:  # mean over ranks (NaN = a dataset absent on a rank: ignored)
+        t = torch.tensor(vals, dtype=torch.float64)
+        ok = (~torch.isnan(t)).double()
+        t = torch.nan_to_num(t)
+        both = torch.stack([t, ok])
+        dist.all_reduce(both)
+        vals = (both[0] / both[1].clamp(min=1)).tolist()
+        vals = [v if c > 0 else float("nan") for v, c in zip(vals, both[1].tolist(), strict=True)]
+    groups = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
+    rec: dict[str, Any] = {
+        "step": step,
+        "loss": vals[0],
+        "losses": {n: v for n, v in zip(names, vals[1:], strict=True) if not math.isnan(v)},
+        "lr": groups.get("decoder"),
+        "lr_pretrained": groups.get("encoder"),
+        "samples_per_s": n * env.world_size / max(dt, 1e-9),
+        "grad_norm": float(np.mean(acc["grad_norm"])),
+        "failed": dict(zip(names, state.failed() or [0] * len(names), strict=True)),
+    }
+    if acc.get("weights"):
+        rec["weights"] = dict(zip(names, np.mean(acc["weights"], 0).tolist(), strict=True))
+    return rec
+
+
+def _checkpoint(out: Path, run: _Run, state: LoaderState, names: list[str], env: DistEnv,
+                keep: bool) -> None:
+    loader = [state.to_dict()]
+    rng = [_rng_state()]
+    if env.distributed:  # every rank's stream positions and RNG go into the one file
+        loader, rng = [None] * env.world_size, [None] * env.world_size
+        dist.all_gather_object(loader, state.to_dict())
+        dist.all_gather_object(rng, _rng_state())
+    if not env.is_main:
+        return
+    ck = {
+        "format": CHECKPOINT_FORMAT,
+        "step": run.step,
+        "config": run.cfg.to_dict(),
+        "datasets": names,
+        "model": run.model.state_dict(),  # unwrapped: loads without DDP
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "rng": rng,
+        "loader": loader,
+    }
+    d = checkpoint_dir(out)
+    save_checkpoint(d / "last.pt", ck)
+    if keep:
+        save_checkpoint(d / f"step-{run.step:07d}.pt", ck)
