@@ -1,27 +1,73 @@
 """Optical-flow backends behind one small interface, chosen by name from a registry.
 
 A backend maps pairs of grey images to dense flow: ``flow[y, x] = (u, v)`` such that
-``src[y, x]`` matches ``dst[y + v, x + u]``. Disparity is derived from it elsewhere.
+``src[y, x]`` matches ``dst[y + v, x + u]``. Disparity is derived from it elsewhere
+(``filmmine.disparity``), which asks for both directions of a batch of stereo pairs at once
+through ``FlowBackend.stereo``.
+
+| name | module | what |
+|---|---|---|
+| `dis` | here | OpenCV DIS optical flow (CPU) |
+| `sgbm` | here | OpenCV StereoSGBM: horizontal disparity only (v = 0), unmatched = NaN (CPU) |
+| `census_sgm` | `flow_torch.py` | PyTorch census + guided filter + SGM, 2-D flow (CPU / CUDA) |
+| `raft` | `flow_raft.py` | torchvision RAFT with a local weights file (CPU / CUDA) |
+
+Every backend takes the keyword options of ``backend_options`` and ignores the ones it does not
+use, so one recipe table configures any of them.
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StereoFlows:
+    """Both flow directions of a batch of same-size stereo pairs, on the backend's device."""
+
+    lr: torch.Tensor                       # [B, 2, H, W] float32 px, left -> right (u, v)
+    rl: torch.Tensor                       # [B, 2, H, W] float32 px, right -> left
+    match_confidence: torch.Tensor | None = None  # [B, H, W] in [0, 1], left view; None = 1
 
 
 class FlowBackend(ABC):
     """Dense optical flow on batches of grey uint8 image pairs."""
 
     name: str = "?"
+    device: str = "cpu"
 
     @abstractmethod
     def flow(self, src: Sequence[np.ndarray], dst: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Flow [H, W, 2] float32 (px) from each ``src[i]`` to ``dst[i]``."""
+
+    def stereo(self, left: Sequence[np.ndarray], right: Sequence[np.ndarray]) -> StereoFlows:
+        """Left->right and right->left flow of same-size pairs (default: one ``flow`` call)."""
+        n = len(left)
+        flows = self.flow([*left, *right], [*right, *left])
+        t = torch.from_numpy(np.stack(flows)).permute(0, 3, 1, 2)  # [2B, 2, H, W]
+        return StereoFlows(t[:n].contiguous(), t[n:].contiguous())
+
+
+def check_device(name: str, device: str) -> torch.device:
+    """A torch device a backend can run on, or a one-line error."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"the {name} backend was asked for {device!r} but CUDA is not "
+                         "available here")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"the {name} backend runs on cpu or cuda, not {device!r}")
+    return dev
 
 
 class DisFlow(FlowBackend):
@@ -36,7 +82,7 @@ class DisFlow(FlowBackend):
 
     def __init__(self, preset: str = "medium", device: str = "cpu", finest_scale: int = -1,
                  patch_size: int = 0, patch_stride: int = 0, gd_iterations: int = -1,
-                 vr_iterations: int = -1) -> None:
+                 vr_iterations: int = -1, **_other: Any) -> None:
         if preset not in self.PRESETS:
             raise ValueError(f"unknown DIS preset {preset!r}; choose from {sorted(self.PRESETS)}")
         if device != "cpu":
@@ -61,7 +107,116 @@ class DisFlow(FlowBackend):
         return [self._dis.calc(a, b, None) for a, b in zip(src, dst, strict=True)]
 
 
-BACKENDS: dict[str, Callable[..., FlowBackend]] = {"dis": DisFlow}
+class SgbmFlow(FlowBackend):
+    """OpenCV StereoSGBM (Hirschmüller 2008) as a flow backend, for rectified pairs only.
+
+    ``src`` is taken as the left view when ``dst`` lies to its left (u < 0) — i.e. the search
+    runs over ``u`` in ``[-max_disp, max_disp]`` by matching both orderings — so it answers
+    ``flow(left, right)`` and ``flow(right, left)`` alike: u = -d and u = +d, v = 0,
+    unmatched pixels NaN.
+    """
+
+    name = "sgbm"
+    MODES: ClassVar[dict[str, int]] = {
+        "sgbm": cv2.STEREO_SGBM_MODE_SGBM,         # 5 paths
+        "hh": cv2.STEREO_SGBM_MODE_HH,             # 8 paths, full-size buffers
+        "3way": cv2.STEREO_SGBM_MODE_SGBM_3WAY,
+    }
+
+    def __init__(self, device: str = "cpu", max_disparity_frac: float = 0.15,
+                 sgbm_block_size: int = 5, sgbm_mode: str = "sgbm", sgbm_uniqueness: int = 10,
+                 sgbm_speckle_window: int = 100, sgbm_speckle_range_px: int = 2,
+                 **_other: Any) -> None:
+        if device != "cpu":
+            raise ValueError("the sgbm backend runs on the CPU only")
+        if sgbm_mode not in self.MODES:
+            raise ValueError(f"unknown SGBM mode {sgbm_mode!r}; choose from {sorted(self.MODES)}")
+        if sgbm_block_size < 1 or sgbm_block_size % 2 == 0:
+            raise ValueError(f"sgbm_block_size must be odd and >= 1, got {sgbm_block_size}")
+        if not 0 < max_disparity_frac <= 1:
+            raise ValueError(f"max_disparity_frac must be in (0, 1], got {max_disparity_frac}")
+        self.max_disparity_frac = max_disparity_frac
+        self.params = dict(blockSize=sgbm_block_size, P1=8 * sgbm_block_size ** 2,
+                           P2=32 * sgbm_block_size ** 2, disp12MaxDiff=-1,
+                           uniquenessRatio=sgbm_uniqueness, speckleWindowSize=sgbm_speckle_window,
+                           speckleRange=sgbm_speckle_range_px, mode=self.MODES[sgbm_mode])
+        self._matchers: dict[int, Any] = {}
+
+    def _matcher(self, width: int):
+        # films have both signs of disparity: search [-R, R), R a multiple of 16
+        r = max(16, int(np.ceil(self.max_disparity_frac * width / 16)) * 16)
+        if r not in self._matchers:
+            self._matchers[r] = cv2.StereoSGBM_create(minDisparity=-r, numDisparities=2 * r,
+                                                     **self.params)
+        return self._matchers[r], r
+
+    def disparity(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """[H, W] float32 px of the left view, ``d = x_left - x_right``; NaN = unmatched."""
+        m, r = self._matcher(left.shape[1])
+        # SGBM leaves the first and last R columns unmatched: pad them away (what the padding
+        # matches is out of the other view and fails the left-right check later)
+        pad = [cv2.copyMakeBorder(v, 0, 0, r, r, cv2.BORDER_REPLICATE) for v in (left, right)]
+        raw = m.compute(*pad)[:, r:-r]                    # int16, 1/16 px
+        d = raw.astype(np.float32) / 16.0
+        d[raw < (-r) * 16] = np.nan                       # minDisparity - 1 marks no match
+        return d
+
+    def flow(self, src: Sequence[np.ndarray], dst: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Treats every (src, dst) as (left, right); see ``stereo`` for the reverse direction."""
+        out = []
+        for a, b in zip(src, dst, strict=True):
+            d = self.disparity(a, b)
+            out.append(np.stack([-d, np.zeros_like(d)], axis=-1))
+        return out
+
+    def stereo(self, left: Sequence[np.ndarray], right: Sequence[np.ndarray]) -> StereoFlows:
+        lr, rl = [], []
+        for a, b in zip(left, right, strict=True):
+            d_l = self.disparity(a, b)
+            # the right view's disparity: mirror both views, the right one becomes the left
+            d_r = self.disparity(np.ascontiguousarray(b[:, ::-1]),
+                                 np.ascontiguousarray(a[:, ::-1]))[:, ::-1]
+            lr.append(np.stack([-d_l, np.zeros_like(d_l)]))
+            rl.append(np.stack([d_r, np.zeros_like(d_r)]))
+        return StereoFlows(torch.from_numpy(np.stack(lr)), torch.from_numpy(np.stack(rl)))
+
+
+def _lazy(module: str, cls: str) -> Callable[..., FlowBackend]:
+    """A factory importing an optional backend on first use (torch-heavy modules)."""
+
+    def factory(**options: Any) -> FlowBackend:
+        try:
+            mod = importlib.import_module(f"filmmine.{module}")
+        except ImportError as e:  # report the original error, not a KeyError later
+            raise ValueError(f"flow backend module {module} cannot be imported: {e}") from e
+        return getattr(mod, cls)(**options)
+
+    return factory
+
+
+BACKENDS: dict[str, Callable[..., FlowBackend]] = {
+    "dis": DisFlow,
+    "sgbm": SgbmFlow,
+    "census_sgm": _lazy("flow_torch", "CensusSgmFlow"),
+    "raft": _lazy("flow_raft", "RaftFlow"),
+}
+
+# recipe [disparity] key -> backend keyword (DIS keeps its historical names)
+_OPTION_KEYS: dict[str, str] = {
+    "preset": "preset", "dis_finest_scale": "finest_scale", "dis_patch_size": "patch_size",
+    "dis_patch_stride": "patch_stride", "dis_gd_iterations": "gd_iterations",
+    "dis_vr_iterations": "vr_iterations",
+}
+_OPTION_PREFIXES = ("sgbm_", "sgm_", "raft_")
+_OPTION_SHARED = ("max_disparity_frac", "half_precision")
+
+
+def backend_options(cfg: dict) -> dict:
+    """Keyword options for any backend from a recipe's ``[disparity]`` table."""
+    out = {new: cfg[old] for old, new in _OPTION_KEYS.items() if old in cfg}
+    out.update({k: v for k, v in cfg.items()
+                if k.startswith(_OPTION_PREFIXES) or k in _OPTION_SHARED})
+    return out
 
 
 def get_backend(name: str, **options) -> FlowBackend:

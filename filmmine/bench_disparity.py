@@ -1,0 +1,361 @@
+"""Disparity backends measured against ground truth: the table to pick a backend and thresholds.
+
+Every backend runs the full disparity stage (``compute_disparity``: both flow directions,
+left-right and vertical checks, speckle filter, post-filter) with the recipe's ``[disparity]``
+table, on:
+
+* Middlebury-format folders (``im0.png``, ``im1.png``, ``disp0GT.pfm``; optional
+  ``disp0GTy.pfm`` vertical ground truth), e.g. MiddEval3's imperfectly rectified Motorcycle;
+* Middlebury 2003 Cones (``left.png``, ``right.png``, ``disp_left.tif``) and a KITTI 2015 frame
+  (``image_2_*``, ``image_3_*``, ``disp_occ_0_*``) as laid out in ``../shared/data``;
+* scikit-image's Middlebury 2014 Motorcycle (perfect rectification);
+* synthetic film frames (``filmmine.synth`` textured shots, exact truth, rendered in memory).
+
+Metrics per pair, over pixels with both a label and ground truth: bad-k = % with
+``|d - gt| > k`` px, EPE = mean ``|d - gt|`` px; density = % of ground-truth pixels that got a
+label; ``vEPE`` = mean ``|v - gt_dy|`` of the vertical flow where vertical truth exists. A
+dataset row averages its pairs; ``real`` averages the real pairs. ms/pair is the median wall
+time of one ``compute_disparity`` call on one pair (after a warm-up call); pairs/s is measured
+separately on batches of ``--batch`` pairs of the same size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .bench_cli import DEFAULT_BACKENDS, add_arguments  # noqa: F401  (re-exported)
+from .disparity import compute_disparity
+from .flow import FlowBackend, backend_options, get_backend
+from .recipe import load_recipe
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+CPU_ONLY = ("dis", "sgbm")
+
+
+@dataclass
+class Pair:
+    """A grey stereo pair with left-view ground truth (NaN = unknown)."""
+
+    dataset: str
+    name: str
+    left: np.ndarray                 # [H, W] uint8
+    right: np.ndarray                # [H, W] uint8
+    gt: np.ndarray                   # [H, W] float32 px, d = x_left - x_right
+    gt_dy: np.ndarray | None = None  # [H, W] float32 px, y_right - y_left
+    real: bool = True
+
+
+# --------------------------------------------------------------------------------------------
+# Datasets
+
+
+def read_pfm(path: Path) -> np.ndarray:
+    """One-channel PFM (Middlebury), flipped to top row first; +inf stays inf."""
+    with Path(path).open("rb") as f:
+        if f.readline().strip() != b"Pf":
+            raise ValueError(f"{path}: not a one-channel PFM file")
+        w, h = map(int, f.readline().split())
+        scale = float(f.readline())
+        data = np.fromfile(f, "<f4" if scale < 0 else ">f4", count=w * h)
+    return np.flipud(data.reshape(h, w)).copy()
+
+
+def _grey(path: Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise ValueError(f"cannot read image {path}")
+    return img
+
+
+def _finite(a: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(a), a, np.nan).astype(np.float32)
+
+
+def load_middlebury(folder: Path) -> Pair:
+    """``im0.png``, ``im1.png``, ``disp0GT.pfm`` (+inf = unknown), optional ``disp0GTy.pfm``."""
+    folder = Path(folder)
+    dy = folder / "disp0GTy.pfm"
+    return Pair(folder.name, folder.name, _grey(folder / "im0.png"), _grey(folder / "im1.png"),
+                _finite(read_pfm(folder / "disp0GT.pfm")),
+                _finite(read_pfm(dy)) if dy.is_file() else None)
+
+
+def load_middlebury2003(folder: Path) -> Pair:
+    """``left.png``, ``right.png``, ``disp_left.tif`` (float32 px, 0 = unknown)."""
+    import tifffile
+
+    folder = Path(folder)
+    gt = tifffile.imread(folder / "disp_left.tif").astype(np.float32)
+    return Pair(folder.name, folder.name, _grey(folder / "left.png"),
+                _grey(folder / "right.png"), np.where(gt > 0, gt, np.nan).astype(np.float32))
+
+
+def load_kitti(folder: Path) -> Pair:
+    """KITTI 2015 frame: ``image_2_*`` left, ``image_3_*`` right, ``disp_occ_0_*`` (value/256,
+    0 = no ground truth)."""
+    folder = Path(folder)
+    left = sorted(folder.glob("image_2_*.png"))[0]
+    stem = left.name[len("image_2_"):]
+    raw = cv2.imread(str(folder / f"disp_occ_0_{stem}"), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise ValueError(f"cannot read KITTI disparity in {folder}")
+    gt = np.where(raw > 0, raw.astype(np.float32) / 256.0, np.nan).astype(np.float32)
+    return Pair(folder.name, stem, _grey(left), _grey(folder / f"image_3_{stem}"), gt)
+
+
+def load_motorcycle() -> Pair | None:
+    """scikit-image's Middlebury 2014 Motorcycle (perfect rectification; +inf = unknown)."""
+    try:
+        from skimage import data
+    except ImportError:
+        return None
+    left, right, gt = data.stereo_motorcycle()
+    return Pair("skimage_motorcycle", "motorcycle", cv2.cvtColor(left, cv2.COLOR_RGB2GRAY),
+                cv2.cvtColor(right, cv2.COLOR_RGB2GRAY), _finite(gt))
+
+
+def synthetic_pairs(n: int, size: tuple[int, int] = (320, 180), seed: int = 0) -> list[Pair]:
+    """``n`` frames of textured synthetic shots (``filmmine.synth``), exact ground truth."""
+    from . import synth
+
+    out: list[Pair] = []
+    w, h = size
+    shot = 0
+    while len(out) < n:
+        spec = synth.FilmSpec(shots=(synth.ShotSpec("textured", 48, seed=seed + shot + 1),),
+                              view_width=w, view_height=h, seed=seed + shot)
+        for frame in (6, 30):
+            if len(out) == n:
+                break
+            left, right, gt = synth.render_frame(spec, frame)
+            out.append(Pair(f"synthetic_{w}x{h}", f"shot{shot}_f{frame}",
+                            cv2.cvtColor(left, cv2.COLOR_RGB2GRAY),
+                            cv2.cvtColor(right, cv2.COLOR_RGB2GRAY), gt, real=False))
+        shot += 1
+    return out
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("FILMMINE_DATA", REPO.parent / "shared" / "data"))
+
+
+def discover(paths: list[Path]) -> list[Pair]:
+    """Pairs found in the given folders (and their immediate subfolders)."""
+    pairs: list[Pair] = []
+    for root in paths:
+        root = Path(root)
+        candidates = [root] + (sorted(p for p in root.iterdir() if p.is_dir())
+                               if root.is_dir() else [])
+        for folder in candidates:
+            if (folder / "im0.png").is_file() and (folder / "disp0GT.pfm").is_file():
+                pairs.append(load_middlebury(folder))
+            elif (folder / "left.png").is_file() and (folder / "disp_left.tif").is_file():
+                pairs.append(load_middlebury2003(folder))
+            elif list(folder.glob("image_2_*.png")) and list(folder.glob("disp_occ_0_*.png")):
+                pairs.append(load_kitti(folder))
+    return pairs
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+
+
+def evaluate(disparity: np.ndarray, gt: np.ndarray, vertical: np.ndarray | None = None,
+             gt_dy: np.ndarray | None = None) -> dict[str, float]:
+    """bad-1/2/4 (%), EPE (px), density (% of ground-truth pixels labelled), vEPE (px)."""
+    has_gt = np.isfinite(gt)
+    both = np.isfinite(disparity) & has_gt
+    err = np.abs(disparity - gt)[both]
+    out = {
+        "bad1": float((err > 1).mean() * 100) if err.size else float("nan"),
+        "bad2": float((err > 2).mean() * 100) if err.size else float("nan"),
+        "bad4": float((err > 4).mean() * 100) if err.size else float("nan"),
+        "epe": float(err.mean()) if err.size else float("nan"),
+        "density": float(both.sum() / max(has_gt.sum(), 1) * 100),
+        "vepe": float("nan"),
+    }
+    if vertical is not None and gt_dy is not None:
+        vb = both & np.isfinite(gt_dy) & np.isfinite(vertical)
+        if vb.any():
+            out["vepe"] = float(np.abs(vertical - gt_dy)[vb].mean())
+    return out
+
+
+@dataclass
+class Row:
+    backend: str
+    dataset: str
+    pairs: int
+    bad1: float
+    bad2: float
+    bad4: float
+    epe: float
+    density: float
+    vepe: float
+    ms_per_pair: float
+    pairs_per_s: float
+    device: str
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    vals = [r[key] for r in rows if np.isfinite(r[key])]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench_backend(backend: FlowBackend, pairs: list[Pair], cfg: dict, device: str,
+                  batch: int) -> list[Row]:
+    """Rows per dataset (and ``real``) for one backend."""
+    name = backend.name
+    # warm-up: lazy allocations, cuDNN/kernel selection
+    compute_disparity([pairs[0].left], [pairs[0].right], backend, cfg)
+    per: dict[str, list[dict]] = {}
+    for p in pairs:
+        _sync(device)
+        t0 = time.perf_counter()
+        res = compute_disparity([p.left], [p.right], backend, cfg)[0]
+        _sync(device)
+        ms = (time.perf_counter() - t0) * 1000
+        m = evaluate(res.disparity, p.gt, res.vertical, p.gt_dy)
+        m["ms"] = ms
+        per.setdefault(p.dataset, []).append(m)
+        log.info("%s %s/%s: %s", name, p.dataset, p.name, m)
+    groups = dict(per)
+    real_sets = {p.dataset for p in pairs if p.real}
+    real = [m for ds, ms in per.items() if ds in real_sets for m in ms]
+    if real and len(groups) > 1:
+        groups["real"] = real
+    rows = []
+    for ds, ms in groups.items():
+        if batch > 1:
+            same = [p for p in pairs if p.dataset == ds] or [p for p in pairs if p.real]
+            rate = throughput(backend, same[0], cfg, device, batch)
+        else:
+            rate = 1000.0 * len(ms) / sum(m["ms"] for m in ms)
+        rows.append(Row(name, ds, len(ms), _mean(ms, "bad1"), _mean(ms, "bad2"),
+                        _mean(ms, "bad4"), _mean(ms, "epe"), _mean(ms, "density"),
+                        _mean(ms, "vepe"), float(np.median([m["ms"] for m in ms])), rate,
+                        device))
+    return rows
+
+
+def throughput(backend, pair: Pair, cfg: dict, device: str, batch: int) -> float:
+    """Pairs per second on one call with ``batch`` copies of a pair (after a warm-up call)."""
+    lefts, rights = [pair.left] * batch, [pair.right] * batch
+    compute_disparity(lefts, rights, backend, cfg)
+    _sync(device)
+    t0 = time.perf_counter()
+    compute_disparity(lefts, rights, backend, cfg)
+    _sync(device)
+    return batch / (time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+COLUMNS = (("backend", "{:<11}"), ("dataset", "{:<36}"), ("pairs", "{:>5}"),
+           ("bad1", "{:>6.2f}"), ("bad2", "{:>6.2f}"), ("bad4", "{:>6.2f}"), ("epe", "{:>6.3f}"),
+           ("density", "{:>7.1f}"), ("vepe", "{:>6.3f}"), ("ms_per_pair", "{:>9.0f}"),
+           ("pairs_per_s", "{:>8.2f}"), ("device", "{:<6}"))
+HEADERS = {"bad1": "bad-1%", "bad2": "bad-2%", "bad4": "bad-4%", "epe": "EPE",
+           "density": "dens.%", "vepe": "vEPE", "ms_per_pair": "ms/pair",
+           "pairs_per_s": "pairs/s"}
+
+
+def _width(fmt: str) -> int:
+    spec = fmt.split(":")[1].rstrip("}").lstrip("<>")
+    return int(spec.split(".")[0])
+
+
+def format_table(rows: list[Row]) -> str:
+    def cell(key: str, fmt: str, value) -> str:
+        if isinstance(value, float) and not np.isfinite(value):
+            return "-".rjust(_width(fmt))
+        return fmt.format(value)
+
+    head = [(HEADERS.get(k, k).ljust(_width(f)) if "<" in f else HEADERS.get(k, k).rjust(_width(f)))
+            for k, f in COLUMNS]
+    lines = [" ".join(head).rstrip()]
+    for r in rows:
+        d = asdict(r)
+        lines.append(" ".join(cell(k, f, d[k]) for k, f in COLUMNS).rstrip())
+    return "\n".join(lines)
+
+
+def _parse_set(items: list[str]) -> dict:
+    import tomllib
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            out[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = value                          # a bare string
+    return out
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Build the pairs, run every backend; returns the JSON-able report."""
+    recipe = load_recipe(args.recipe)
+    cfg = dict(recipe["disparity"])
+    overrides = _parse_set(args.set or [])
+    unknown = sorted(set(overrides) - set(cfg))
+    if unknown:
+        raise ValueError(f"unknown [disparity] keys in --set: {unknown}")
+    cfg.update(overrides)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pairs: list[Pair] = []
+    if not args.no_real:
+        data = [Path(p) for p in args.data] if args.data else [default_data_dir()]
+        pairs += discover([p for p in data if p.exists()])
+        moto = load_motorcycle()
+        if moto is not None:
+            pairs.insert(0, moto)
+    if args.synthetic:
+        pairs += synthetic_pairs(args.synthetic, args.synthetic_size)
+    if not pairs:
+        raise ValueError("no stereo pairs found (give --data or --synthetic N)")
+    names = [b.strip() for b in args.backends.split(",") if b.strip()]
+    rows: list[Row] = []
+    skipped: dict[str, str] = {}
+    for name in names:
+        options = {}
+        if name == "raft":
+            weights = args.raft_weights or cfg.get("raft_weights", "")
+            if not weights:
+                skipped[name] = "no RAFT weights (give --raft-weights PATH)"
+                continue
+            options["raft_weights"] = weights
+        # the OpenCV baselines run on the CPU whatever --device says (the row tells)
+        device = "cpu" if name in CPU_ONLY else args.device
+        try:
+            backend = get_backend(name, device=device, **dict(backend_options(cfg), **options))
+        except ValueError as e:            # a backend that cannot run here: say so, go on
+            skipped[name] = str(e)
+            continue
+        rows += bench_backend(backend, pairs, cfg, device, args.batch)
+    return {"device": args.device, "torch_threads": torch.get_num_threads(),
+            "batch": args.batch, "overrides": overrides, "rows": [asdict(r) for r in rows],
+            "skipped": skipped,
+            "pairs": [{"dataset": p.dataset, "name": p.name, "size": [p.left.shape[1],
+                                                                      p.left.shape[0]]}
+                      for p in pairs]}

@@ -1,0 +1,114 @@
+"""filmmine.bench_disparity and ``filmmine bench-disparity``: loaders, metrics, the report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import SHARED
+
+from filmmine.bench_disparity import (
+    Row,
+    discover,
+    evaluate,
+    format_table,
+    load_middlebury,
+    read_pfm,
+    synthetic_pairs,
+)
+from filmmine.cli import main
+
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"no shared data at {SHARED}")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Small tensors: one thread is as fast, deterministic, and immune to a loaded machine
+    (OpenMP threads spinning on busy cores made these tests ~10x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_evaluate_counts_only_pixels_with_both() -> None:
+    gt = np.array([[10.0, 10.0, 10.0, np.nan]], np.float32)
+    d = np.array([[10.5, 11.5, np.nan, 3.0]], np.float32)     # errors 0.5, 1.5; 1 unlabelled
+    m = evaluate(d, gt)
+    assert m["bad1"] == pytest.approx(50.0) and m["bad2"] == 0.0 and m["bad4"] == 0.0
+    assert m["epe"] == pytest.approx(1.0)
+    assert m["density"] == pytest.approx(200 / 3)             # 2 of 3 ground-truth pixels
+    v = np.array([[-0.2, -0.4, 0.0, 0.0]], np.float32)
+    dy = np.full_like(v, -0.3)
+    assert evaluate(d, gt, v, dy)["vepe"] == pytest.approx(0.1)
+    assert np.isnan(evaluate(np.full_like(gt, np.nan), gt)["epe"])
+
+
+def test_pfm_round_trip(tmp_path) -> None:
+    """Bottom row first on disk, top row first in memory; +inf survives."""
+    img = np.array([[1.0, 2.0, np.inf], [4.0, 5.0, 6.0]], np.float32)
+    path = tmp_path / "x.pfm"
+    with path.open("wb") as f:
+        f.write(b"Pf\n3 2\n-1.0\n")
+        f.write(np.flipud(img).astype("<f4").tobytes())
+    assert np.array_equal(read_pfm(path), img)
+    (tmp_path / "bad.pfm").write_bytes(b"PF\n1 1\n-1\n0000")
+    with pytest.raises(ValueError, match="PFM"):
+        read_pfm(tmp_path / "bad.pfm")
+
+
+def test_synthetic_pairs_have_exact_truth() -> None:
+    pairs = synthetic_pairs(3, (160, 90))
+    assert len(pairs) == 3 and not any(p.real for p in pairs)
+    for p in pairs:
+        assert p.left.shape == p.right.shape == p.gt.shape == (90, 160)
+        assert p.left.dtype == np.uint8 and np.isfinite(p.gt).mean() > 0.9
+
+
+@needs_shared
+def test_discovers_the_shared_pairs() -> None:
+    pairs = {p.dataset: p for p in discover([SHARED])}
+    assert {"middlebury2014_motorcycle_imperfect", "middlebury2003_cones",
+            "kitti2015_000046"} <= set(pairs)
+    moto = pairs["middlebury2014_motorcycle_imperfect"]
+    assert moto.gt_dy is not None and moto.left.shape == (497, 741)
+    assert np.nanmin(moto.gt) >= 9 and np.nanmax(moto.gt) <= 64          # SOURCES.md: 9-63
+    assert np.nanmedian(moto.gt_dy) == pytest.approx(-0.24, abs=0.02)
+    kitti = pairs["kitti2015_000046"]
+    assert np.isfinite(kitti.gt).mean() == pytest.approx(0.118, abs=0.01)  # sparse LiDAR
+    cones = pairs["middlebury2003_cones"]
+    assert np.nanmax(cones.gt) == pytest.approx(55.0, abs=0.5)
+    assert load_middlebury(SHARED / "middlebury2014_motorcycle_imperfect").name == moto.name
+
+
+def test_table_formats_missing_values() -> None:
+    row = Row("dis", "x", 1, 1.0, 2.0, 3.0, 0.5, 90.0, float("nan"), 12.0, 80.0, "cpu")
+    text = format_table([row])
+    head, line = text.splitlines()
+    assert head.split()[:4] == ["backend", "dataset", "pairs", "bad-1%"]
+    assert line.split()[8] == "-"
+    assert len(line) <= len(head) + 1
+
+
+def test_cli_json_report(capsys) -> None:
+    code = main(["bench-disparity", "--no-real", "--synthetic", "2", "--synthetic-size",
+                 "160x90", "--backends", "dis,sgbm,raft", "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = {r["backend"]: r for r in report["rows"]}
+    assert set(rows) == {"dis", "sgbm"}
+    assert "raft" in report["skipped"]                 # no weights given: said, not fatal
+    for r in rows.values():
+        assert r["dataset"] == "synthetic_160x90" and r["pairs"] == 2
+        assert 0 <= r["bad2"] <= 100 and r["density"] > 50 and r["pairs_per_s"] > 0
+
+
+def test_cli_table_and_bad_options(capsys) -> None:
+    assert main(["bench-disparity", "--no-real", "--synthetic", "1", "--synthetic-size",
+                 "160x90", "--backends", "dis", "--set", "work_width=80"]) == 0
+    out = capsys.readouterr().out
+    assert "synthetic_160x90" in out and "density" in out
+    assert main(["bench-disparity", "--no-real", "--synthetic", "1", "--set", "nope=1"]) == 2
+    assert "unknown [disparity] keys" in capsys.readouterr().err
