@@ -31,7 +31,7 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
 
 # Other commands live in their own modules: each has ``add_parser(subparsers)`` which
 # registers its subcommand with ``set_defaults(handler=fn)``; ``fn(args) -> int``.
-COMMAND_MODULES: list[str] = ["filmmine.inspect_cli"]
+COMMAND_MODULES: list[str] = ["filmmine.inspect_cli", "trainer.cli", "filmmine.bench_cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:
