@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import filters
+from . import filters, flow
 from .atomic import write_bytes
 from .crop import detect_crop
 from .decode import DecodeStats, Frame, iter_frames
@@ -227,24 +227,22 @@ class UnitMiner:
         self.result.samples += 1
 
 
-_BACKENDS: dict[tuple, FlowBackend] = {}
+_BACKENDS: dict[str, FlowBackend] = {}
 
 
 def backend_for(recipe: dict, device: str) -> FlowBackend:
     """One flow backend per worker process and configuration (models are built once)."""
     d = recipe["disparity"]
     options = backend_options(recipe)
-    key = (d["backend"], device, *sorted(options.items()))
+    key = json.dumps([d["backend"], device, options], sort_keys=True)  # lists are not hashable
     if key not in _BACKENDS:
         _BACKENDS[key] = get_backend(d["backend"], device=device, **options)
     return _BACKENDS[key]
 
 
 def backend_options(recipe: dict) -> dict:
-    d = recipe["disparity"]
-    return {"preset": d["preset"], "finest_scale": d["dis_finest_scale"],
-            "patch_size": d["dis_patch_size"], "patch_stride": d["dis_patch_stride"],
-            "gd_iterations": d["dis_gd_iterations"], "vr_iterations": d["dis_vr_iterations"]}
+    """Keyword options of the recipe's flow backend (every backend ignores others' keys)."""
+    return flow.backend_options(recipe["disparity"])
 
 
 def unit_paths(work_dir: Path, unit: WorkUnit) -> tuple[Path, Path]:
