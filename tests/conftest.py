@@ -19,6 +19,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=f"shared data not found at {SHARED}"))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small tensors: one thread is as fast, deterministic, and immune to a loaded machine
+    (OpenMP threads spinning on busy cores made these tests ~10x slower)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def library(tmp_path_factory) -> Path:
     """One film per layout (different scenes, default spec: every shot kind, one dissolve)."""

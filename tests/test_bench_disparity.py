@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from conftest import SHARED
 
 from filmmine.bench_disparity import (
@@ -23,14 +22,7 @@ from filmmine.cli import main
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"no shared data at {SHARED}")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small tensors: one thread is as fast, deterministic, and immune to a loaded machine
-    (OpenMP threads spinning on busy cores made these tests ~10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_evaluate_counts_only_pixels_with_both() -> None:

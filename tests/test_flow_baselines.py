@@ -12,22 +12,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from filmmine.bench_disparity import evaluate, load_motorcycle, synthetic_pairs
 from filmmine.disparity import compute_disparity
 from filmmine.flow import BACKENDS, SgbmFlow, backend_options, get_backend
 from filmmine.recipe import load_recipe
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small tensors: one thread is as fast, deterministic, and immune to a loaded machine
-    (OpenMP threads spinning on busy cores made these tests ~10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,15 +22,7 @@ from filmmine.flow import backend_options, get_backend
 from filmmine.flow_torch import CensusSgmFlow, box_mean, census, popcount, shear_to_right
 from filmmine.recipe import load_recipe
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small tensors: one thread is as fast, deterministic, and immune to a loaded machine
-    (OpenMP threads spinning on busy cores made these tests ~10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
