@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-DEFAULT_BACKENDS = ("dis", "sgbm", "census_sgm")
+DEFAULT_BACKENDS = ("dis_sgbm", "dis", "sgbm", "census_sgm")
 
 
 def add_parser(subparsers) -> None:

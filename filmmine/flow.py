@@ -9,6 +9,7 @@ through ``FlowBackend.stereo``.
 |---|---|---|
 | `dis` | here | OpenCV DIS optical flow (CPU) |
 | `sgbm` | here | OpenCV StereoSGBM: horizontal disparity only (v = 0), unmatched = NaN (CPU) |
+| `dis_sgbm` | here | SGBM over each frame's own range; vertical flow from a coarse DIS (CPU) |
 | `census_sgm` | `flow_torch.py` | PyTorch census + guided filter + SGM, 2-D flow (CPU / CUDA) |
 | `raft` | `flow_raft.py` | torchvision RAFT with a local weights file (CPU / CUDA) |
 
@@ -181,6 +182,87 @@ class SgbmFlow(FlowBackend):
         return StereoFlows(torch.from_numpy(np.stack(lr)), torch.from_numpy(np.stack(rl)))
 
 
+class DisSgbmFlow(SgbmFlow):
+    """SGBM over a per-frame disparity range, with vertical flow, both from a coarse DIS pass.
+
+    Films have small depth budgets: searching ``±max_disparity_frac`` of the width for every
+    pixel wastes most of SGBM's time (its cost grows with the number of disparities). A DIS
+    flow on the views downscaled ``coarse_scale`` times (a few ms) gives each frame's range
+    (percentiles ``range_percentiles`` of its horizontal flow, widened by ``margin_px`` px and
+    ``margin_frac`` of the span, capped at ``±max_disparity_frac``) and a smooth vertical flow
+    ``v`` of both directions, so the vertical checks work, unlike plain ``sgbm`` (v = 0).
+    Horizontal disparity comes from SGBM over that range, in both directions (mirrored views).
+    """
+
+    name = "dis_sgbm"
+
+    def __init__(self, device: str = "cpu", max_disparity_frac: float = 0.15,
+                 sgbm_mode: str = "3way", coarse_scale: int = 4, margin_px: float = 8.0,
+                 margin_frac: float = 0.25,
+                 range_percentiles: tuple[float, float] = (0.5, 99.5),
+                 **options: Any) -> None:
+        super().__init__(device=device, max_disparity_frac=max_disparity_frac,
+                         sgbm_mode=sgbm_mode, **options)
+        if coarse_scale not in (1, 2, 4, 8):
+            raise ValueError(f"dis_sgbm_coarse_scale must be 1, 2, 4 or 8, got {coarse_scale}")
+        if margin_px < 0 or margin_frac < 0:
+            raise ValueError("dis_sgbm margins must be >= 0")
+        self.coarse_scale = coarse_scale
+        self.margin_px, self.margin_frac = float(margin_px), float(margin_frac)
+        self.percentiles = (float(range_percentiles[0]), float(range_percentiles[1]))
+        self._coarse = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        self._coarse.setFinestScale(0)
+        self._sgbm = cv2.StereoSGBM_create(**self.params)
+
+    def search_range(self, u_coarse: np.ndarray, width: int) -> tuple[int, int]:
+        """[lo, hi) integer disparity range at full scale from a coarse left->right flow."""
+        s = self.coarse_scale
+        cap = max(16, int(np.ceil(self.max_disparity_frac * width)))
+        d = -u_coarse[np.isfinite(u_coarse)] * s
+        if d.size == 0:
+            return -cap, cap
+        p_lo, p_hi = np.percentile(d, self.percentiles)
+        margin = self.margin_px + 2 * s + self.margin_frac * float(p_hi - p_lo)
+        lo = max(-cap, int(np.floor(p_lo - margin)))
+        hi = min(cap, int(np.ceil(p_hi + margin)))
+        n = max(16, int(np.ceil((hi - lo) / 16)) * 16)   # SGBM: a multiple of 16
+        return lo, lo + n
+
+    def _sgbm_range(self, left: np.ndarray, right: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """d = x_left - x_right in [lo, hi), NaN unmatched (SGBM leaves the first ``hi`` and
+        the last ``-lo`` columns unmatched: pad them away)."""
+        m = self._sgbm
+        m.setMinDisparity(lo)
+        m.setNumDisparities(hi - lo)
+        pl, pr = max(hi, 0), max(-lo, 0)
+        pad = [cv2.copyMakeBorder(v, 0, 0, pl, pr, cv2.BORDER_REPLICATE) for v in (left, right)]
+        raw = m.compute(*pad)[:, pl:pl + left.shape[1]]
+        d = raw.astype(np.float32) / 16.0
+        d[raw < lo * 16] = np.nan                          # minDisparity - 1 marks no match
+        return d
+
+    def stereo(self, left: Sequence[np.ndarray], right: Sequence[np.ndarray]) -> StereoFlows:
+        lr, rl = [], []
+        s = self.coarse_scale
+        for a, b in zip(left, right, strict=True):
+            h, w = a.shape[:2]
+            cs = (max(8, round(w / s)), max(8, round(h / s)))
+            ac = cv2.resize(a, cs, interpolation=cv2.INTER_AREA)
+            bc = cv2.resize(b, cs, interpolation=cv2.INTER_AREA)
+            f_lr = self._coarse.calc(ac, bc, None)
+            f_rl = self._coarse.calc(bc, ac, None)
+            lo, hi = self.search_range(f_lr[..., 0], w)
+            d_l = self._sgbm_range(a, b, lo, hi)
+            d_r = self._sgbm_range(np.ascontiguousarray(b[:, ::-1]),
+                                   np.ascontiguousarray(a[:, ::-1]), lo, hi)[:, ::-1]
+            # vertical flow of the coarse pass at full size (px scale h / coarse h)
+            v_lr = cv2.resize(f_lr[..., 1], (w, h), interpolation=cv2.INTER_LINEAR) * (h / cs[1])
+            v_rl = cv2.resize(f_rl[..., 1], (w, h), interpolation=cv2.INTER_LINEAR) * (h / cs[1])
+            lr.append(np.stack([-d_l, v_lr]))
+            rl.append(np.stack([d_r, v_rl]))
+        return StereoFlows(torch.from_numpy(np.stack(lr)), torch.from_numpy(np.stack(rl)))
+
+
 def _lazy(module: str, cls: str) -> Callable[..., FlowBackend]:
     """A factory importing an optional backend on first use (torch-heavy modules)."""
 
@@ -197,6 +279,7 @@ def _lazy(module: str, cls: str) -> Callable[..., FlowBackend]:
 BACKENDS: dict[str, Callable[..., FlowBackend]] = {
     "dis": DisFlow,
     "sgbm": SgbmFlow,
+    "dis_sgbm": DisSgbmFlow,
     "census_sgm": _lazy("flow_torch", "CensusSgmFlow"),
     "raft": _lazy("flow_raft", "RaftFlow"),
 }
@@ -206,6 +289,8 @@ _OPTION_KEYS: dict[str, str] = {
     "preset": "preset", "dis_finest_scale": "finest_scale", "dis_patch_size": "patch_size",
     "dis_patch_stride": "patch_stride", "dis_gd_iterations": "gd_iterations",
     "dis_vr_iterations": "vr_iterations",
+    "dis_sgbm_coarse_scale": "coarse_scale", "dis_sgbm_margin_px": "margin_px",
+    "dis_sgbm_margin_frac": "margin_frac",
 }
 _OPTION_PREFIXES = ("sgbm_", "sgm_", "raft_")
 _OPTION_SHARED = ("max_disparity_frac", "half_precision")

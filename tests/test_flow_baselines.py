@@ -3,8 +3,10 @@
 Measured with the default recipe on the inputs below (CPU):
 * dis: synthetic frames EPE 0.05-0.26 px, 87-91 % valid; motorcycle half size bad-2px 6.4 %,
   density 87.6 %.
-* sgbm: synthetic frames EPE 0.17-0.22 px, 93-95 % valid; motorcycle half size bad-2px 5.8 %,
-  density 90.4 %.
+* sgbm (3way): synthetic frames EPE 0.16-0.17 px, 94 % valid; motorcycle half size bad-2px
+  5.4 %, density 90.4 %.
+* dis_sgbm: synthetic frames EPE 0.16-0.18 px, 92-93 % valid; motorcycle half size bad-2px
+  5.4 %, density 89.9 %.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import pytest
 
 from filmmine.bench_disparity import evaluate, load_motorcycle, synthetic_pairs
 from filmmine.disparity import compute_disparity
-from filmmine.flow import BACKENDS, SgbmFlow, backend_options, get_backend
+from filmmine.flow import BACKENDS, DisSgbmFlow, SgbmFlow, backend_options, get_backend
 from filmmine.recipe import load_recipe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -40,7 +42,7 @@ def moto_half():
 
 
 def test_registry_names_and_unknown_backend() -> None:
-    assert {"dis", "sgbm", "census_sgm", "raft"} <= set(BACKENDS)
+    assert {"dis", "sgbm", "dis_sgbm", "census_sgm", "raft"} <= set(BACKENDS)
     with pytest.raises(ValueError, match="unknown flow backend"):
         get_backend("pwcnet")
 
@@ -48,21 +50,22 @@ def test_registry_names_and_unknown_backend() -> None:
 def test_every_backend_accepts_the_whole_recipe_table(cfg) -> None:
     """One [disparity] table configures any backend: options of the others are ignored."""
     opts = backend_options(cfg)
-    for name in ("dis", "sgbm", "census_sgm"):
+    for name in ("dis", "sgbm", "dis_sgbm", "census_sgm"):
         assert get_backend(name, device="cpu", **opts).name == name
     # the pipeline's historical DIS options still map to the same keywords
     assert {"preset", "finest_scale", "patch_size", "patch_stride", "gd_iterations",
             "vr_iterations"} <= set(opts)
 
 
-@pytest.mark.parametrize("name", ["dis", "sgbm"])
+@pytest.mark.parametrize("name", ["dis", "sgbm", "dis_sgbm"])
 def test_cpu_only_backends_refuse_cuda(name: str) -> None:
     with pytest.raises(ValueError, match="CPU only"):
         get_backend(name, device="cuda")
 
 
 @pytest.mark.parametrize(("name", "max_epe", "min_valid"), [("dis", 0.35, 0.84),
-                                                            ("sgbm", 0.3, 0.91)])
+                                                            ("sgbm", 0.3, 0.91),
+                                                            ("dis_sgbm", 0.3, 0.90)])
 def test_synthetic_accuracy(name: str, max_epe: float, min_valid: float, cfg) -> None:
     be = get_backend(name, **backend_options(cfg))
     frames = synthetic_pairs(4, seed=2)
@@ -74,7 +77,8 @@ def test_synthetic_accuracy(name: str, max_epe: float, min_valid: float, cfg) ->
 
 
 @pytest.mark.parametrize(("name", "max_bad2", "min_density"), [("dis", 7.5, 84.0),
-                                                               ("sgbm", 7.0, 87.0)])
+                                                               ("sgbm", 7.0, 87.0),
+                                                               ("dis_sgbm", 7.0, 87.0)])
 def test_motorcycle_half_size(name: str, max_bad2: float, min_density: float, moto_half,
                               cfg) -> None:
     left, right, gt = moto_half
@@ -98,3 +102,33 @@ def test_sgbm_conventions(moto_half) -> None:
     assert np.array_equal(g[..., 0], u_lr, equal_nan=True)
     with pytest.raises(ValueError, match="sgbm_block_size"):
         SgbmFlow(sgbm_block_size=4)
+
+
+def test_dis_sgbm_range_covers_the_truth_and_is_narrower_than_the_full_search(cfg) -> None:
+    be = get_backend("dis_sgbm", **backend_options(cfg))
+    for f in synthetic_pairs(4, seed=5):
+        small = cv2.resize(f.left, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
+        small_r = cv2.resize(f.right, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
+        coarse = be._coarse.calc(small, small_r, None)
+        lo, hi = be.search_range(coarse[..., 0], f.left.shape[1])
+        gt = f.gt[np.isfinite(f.gt)]
+        assert lo <= gt.min() and gt.max() < hi, (lo, hi, gt.min(), gt.max())
+        assert (hi - lo) % 16 == 0
+        assert hi - lo < 2 * cfg["max_disparity_frac"] * f.left.shape[1]
+
+
+def test_dis_sgbm_measures_vertical_misalignment(moto_half, cfg) -> None:
+    """A right view 3 px lower: v = +3 left->right, -3 right->left, and the frame is rejected
+    as vertically misaligned (plain sgbm, v = 0, cannot see it)."""
+    left, right, _gt = moto_half
+    shifted = np.roll(right, 3, axis=0)
+    be = DisSgbmFlow(**backend_options(cfg))
+    f = be.stereo([left, left], [right, shifted])
+    v_lr, v_rl = f.lr[:, 1].numpy(), f.rl[:, 1].numpy()
+    assert abs(np.median(v_lr[0])) < 0.3 and abs(np.median(v_rl[0])) < 0.3
+    assert np.median(v_lr[1]) == pytest.approx(3.0, abs=0.3)
+    assert np.median(v_rl[1]) == pytest.approx(-3.0, abs=0.3)
+    ok, bad = compute_disparity([left, left], [right, shifted], be, cfg)
+    assert ok.reason is None and bad.reason == "vertical_misaligned"
+    plain = compute_disparity([left], [shifted], SgbmFlow(**backend_options(cfg)), cfg)[0]
+    assert plain.reason != "vertical_misaligned"
