@@ -250,3 +250,18 @@ def test_verify_holds_a_corpus_to_its_recipe(no_conf, corpus, tmp_path):
         (root / "manifest.json").write_text(json.dumps(man))
         assert stores_confidence(man) is None
         assert verify_corpus(root, workers=1).ok, root
+
+
+def test_preview_reads_a_lone_sample_of_a_shard(corpus):
+    """preview stops reading a shard once it has its samples' jpg, disp.png and json: a conf.png
+    read first must not count as one of them (it did: one sample asked for came back without
+    its JSON and was dropped)."""
+    import pyarrow.parquet as pq
+
+    from filmmine.preview import read_samples as preview_samples
+
+    rows = pq.read_table(corpus / "samples.parquet").to_pylist()
+    for row in (rows[3], rows[-1]):
+        got = preview_samples(corpus, [row])
+        assert list(got) == [row["key"]]
+        assert got[row["key"]].meta["key"] == row["key"]
