@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .encode import confidence_to_uint8  # noqa: F401  (re-exported: the KEY.conf.png values)
 from .flow import FlowBackend, StereoFlows
 
 REASONS = ("vertical_misaligned", "few_valid", "flat")
@@ -58,11 +59,6 @@ def sample_at(field_hw: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.
     outside = (map_x < 0) | (map_x > w - 1) | (map_y < 0) | (map_y > h - 1)
     out[outside] = np.nan
     return out
-
-
-def confidence_to_uint8(confidence: np.ndarray) -> np.ndarray:
-    """[H, W] confidence in [0, 1] -> uint8 0..255 (the ``KEY.conf.png`` member; 0 = invalid)."""
-    return np.round(np.clip(np.nan_to_num(confidence), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------

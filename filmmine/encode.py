@@ -1,6 +1,8 @@
-"""Sample encoding: JPEG for the image, 16-bit PNG for disparity (lossless, compact).
+"""Sample encoding: JPEG for the image, 16-bit PNG for disparity (lossless, compact), 8-bit PNG
+for the optional confidence map.
 
 Disparity PNG: ``d = value * disp_scale + disp_offset``; value 0 = invalid.
+Confidence PNG: ``confidence = value / 255``; value 0 exactly where the disparity is invalid.
 """
 
 from __future__ import annotations
@@ -61,6 +63,35 @@ def decode_disparity(data: bytes, scale: float, offset: float) -> np.ndarray:
     d = q.astype(np.float32) * np.float32(scale) + np.float32(offset)
     d[q == 0] = np.nan
     return d
+
+
+def confidence_to_uint8(confidence: np.ndarray) -> np.ndarray:
+    """[H, W] confidence in [0, 1] -> uint8 0..255 (the ``KEY.conf.png`` values; 0 = invalid)."""
+    return np.round(np.clip(np.nan_to_num(confidence), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def encode_confidence(confidence: np.ndarray, valid: np.ndarray) -> bytes:
+    """[H, W] confidence in [0, 1] and the disparity's valid mask -> uint8 PNG bytes.
+
+    value = round(confidence * 255), at least 1 where valid and 0 exactly where invalid, so the
+    map's zero set is the disparity's. zlib level 1 as for the disparity: the same bytes on every
+    run."""
+    if confidence.shape != valid.shape:
+        raise ValueError(f"confidence {confidence.shape} and valid mask {valid.shape} differ")
+    q = confidence_to_uint8(confidence)
+    q = np.where(valid, np.maximum(q, 1), 0).astype(np.uint8)
+    ok, buf = cv2.imencode(".png", q, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def decode_confidence(data: bytes) -> np.ndarray:
+    """uint8 PNG bytes -> [H, W] uint8 confidence values (0 = invalid; confidence = value/255)."""
+    q = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if q is None or q.dtype != np.uint8 or q.ndim != 2:
+        raise ValueError("not an 8-bit single-channel PNG")
+    return q
 
 
 def dumps(obj) -> bytes:

@@ -24,7 +24,7 @@ from .atomic import write_bytes
 from .crop import detect_crop
 from .decode import DecodeStats, Frame, iter_frames
 from .disparity import compute_disparity
-from .encode import dumps, encode_disparity, encode_jpeg
+from .encode import dumps, encode_confidence, encode_disparity, encode_jpeg
 from .flow import FlowBackend, get_backend
 from .layout import views
 from .probe import ProbeResult
@@ -222,8 +222,13 @@ class UnitMiner:
             },
             "range_px": round(res.stats["range_px"], 4),
         }
-        self.staging.write({"__key__": key, "jpg": encode_jpeg(left, out["jpeg_quality"]),
-                            "disp.png": png, "json": dumps(meta)})
+        sample = {"__key__": key, "jpg": encode_jpeg(left, out["jpeg_quality"]),
+                  "disp.png": png, "json": dumps(meta)}
+        if out["confidence"]:
+            if res.confidence is None:
+                raise ValueError(f"{key}: the disparity stage gave no confidence map")
+            sample["conf.png"] = encode_confidence(res.confidence, np.isfinite(res.disparity))
+        self.staging.write(sample)
         self.result.samples += 1
 
 

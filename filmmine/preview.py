@@ -189,6 +189,9 @@ class Sample:
     disparity: np.ndarray    # [H, W] float32 px, NaN invalid
 
 
+_NEEDED = {"jpg", "disp.png", "json"}  # the members read (others, e.g. conf.png, are skipped)
+
+
 def read_samples(corpus: Path, rows: list[dict]) -> dict[str, Sample]:
     """The samples named by ``rows`` (samples.parquet rows), streamed from their shards."""
     want: dict[str, set[str]] = {}
@@ -202,10 +205,10 @@ def read_samples(corpus: Path, rows: list[dict]) -> dict[str, Sample]:
             with tarfile.open(path, mode="r|") as tf:
                 for m in tf:
                     key, _, ext = m.name.partition(".")
-                    if key in members and m.isfile():
+                    if key in members and ext in _NEEDED and m.isfile():
                         f = tf.extractfile(m)
                         members[key][ext] = f.read() if f else b""
-                        if all(len(v) == 3 for v in members.values()):
+                        if all(v.keys() >= _NEEDED for v in members.values()):
                             break
         except (OSError, tarfile.TarError) as e:
             log.warning("%s: %s (run filmmine verify)", shard, e)

@@ -1,7 +1,8 @@
 """WebDataset shard writing: tar files written atomically, rolled over by count and bytes.
 
 Members per sample: ``KEY.jpg`` (left view), ``KEY.disp.png`` (16-bit disparity) and
-``KEY.json``. Tar headers carry fixed mtime/owner so the same samples give the same bytes.
+``KEY.json``, optionally ``KEY.conf.png`` (8-bit confidence; recipe ``output.confidence``).
+Tar headers carry fixed mtime/owner so the same samples give the same bytes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 
 from .atomic import AtomicFile
 
-MEMBERS = ("jpg", "disp.png", "json")
+MEMBERS = ("jpg", "disp.png", "json")      # in every sample
+OPTIONAL_MEMBERS = ("conf.png",)            # output.confidence = true: in every sample
 
 
 @dataclass

@@ -4,9 +4,11 @@ Each shard is read once, as a stream: the bytes go through sha256 while ``tarfil
 (``r|`` mode), so a shard is never held in memory and never read twice. Shards are checked in
 parallel worker processes. Per sample: safe member names, the three members, JSON that parses
 and names the right key and film, a JPEG that decodes, a uint16 disparity PNG whose valid
-fraction is the JSON's ``valid_fraction``, both of the JSON's ``size``. Then the counts: per
-shard (manifest, ``samples.parquet``'s ``shard`` column, the tar), and in total (accepted rows
-of ``frames.parquet``).
+fraction is the JSON's ``valid_fraction``, both of the JSON's ``size``; the optional
+``KEY.conf.png`` (in every sample when the manifest's recipe has ``output.confidence = true``,
+in none when false): a uint8 PNG of the disparity's size, 0 exactly where the disparity is
+invalid. Then the counts: per shard (manifest, ``samples.parquet``'s ``shard`` column, the
+tar), and in total (accepted rows of ``frames.parquet``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from .schema import FRAMES_SCHEMA, SAMPLES_SCHEMA
 # = filmmine.shards.MEMBERS, not imported from there: shards imports webdataset, which imports
 # torch (seconds in every worker process)
 MEMBERS = ("jpg", "disp.png", "json")
+OPTIONAL_MEMBERS = ("conf.png",)  # = filmmine.shards.OPTIONAL_MEMBERS
+KNOWN_MEMBERS = MEMBERS + OPTIONAL_MEMBERS
 SHARD_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+-[0-9]{5}\.tar$")
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 # valid_fraction is stored rounded to 6 decimals: 1e-5 still catches a few changed pixels
@@ -167,9 +171,9 @@ def member_problem(name: str) -> str | None:
     key, _, ext = name.partition(".")
     if not KEY_RE.match(key):
         return "key is not [A-Za-z0-9_-]+"
-    if ext not in MEMBERS and any(ext.endswith("." + m) for m in MEMBERS):
+    if ext not in KNOWN_MEMBERS and any(ext.endswith("." + m) for m in KNOWN_MEMBERS):
         return "a dot in the key (WebDataset splits member names at the first dot)"
-    if ext not in MEMBERS:
+    if ext not in KNOWN_MEMBERS:
         return f"unknown member extension .{ext}" if ext else "no extension"
     return None
 
@@ -203,9 +207,12 @@ def _iter_samples(tf: tarfile.TarFile, check: ShardCheck) -> Iterator[tuple[str,
 
 
 def check_sample(key: str, members: dict[str, bytes], film: str | None,
-                 decode: bool = True) -> list[str]:
-    """Problems of one sample (empty when it is sound)."""
+                 decode: bool = True, confidence: bool | None = None) -> list[str]:
+    """Problems of one sample (empty when it is sound). ``confidence``: whether the corpus's
+    recipe stores ``KEY.conf.png`` (None: unknown, the member is optional)."""
     missing = [e for e in MEMBERS if e not in members]
+    if confidence and "conf.png" not in members:
+        missing.append("conf.png")
     if missing:
         return [f"sample {key}: missing member(s) {', '.join('.' + e for e in missing)}"]
     try:
@@ -215,6 +222,9 @@ def check_sample(key: str, members: dict[str, bytes], film: str | None,
     if not isinstance(meta, dict):
         return [f"sample {key}: JSON is not an object"]
     out = []
+    if confidence is False and "conf.png" in members:
+        out.append(f"sample {key}: has a .conf.png member, but the recipe says "
+                   "output.confidence = false")
     if meta.get("key") != key:
         out.append(f"sample {key}: JSON key is {meta.get('key')!r}")
     if film is not None and meta.get("film") != film:
@@ -227,7 +237,14 @@ def check_sample(key: str, members: dict[str, bytes], film: str | None,
         img = cv2.imdecode(np.frombuffer(members["jpg"], np.uint8), cv2.IMREAD_COLOR)
     with _DecoderMessages() as png_msgs:
         q = cv2.imdecode(np.frombuffer(members["disp.png"], np.uint8), cv2.IMREAD_UNCHANGED)
-    for what, msgs, decoded in (("JPEG", jpeg_msgs, img), ("disparity PNG", png_msgs, q)):
+    decoded_members = [("JPEG", jpeg_msgs, img), ("disparity PNG", png_msgs, q)]
+    conf = None
+    if "conf.png" in members:
+        with _DecoderMessages() as conf_msgs:
+            conf = cv2.imdecode(np.frombuffer(members["conf.png"], np.uint8),
+                                cv2.IMREAD_UNCHANGED)
+        decoded_members.append(("confidence PNG", conf_msgs, conf))
+    for what, msgs, decoded in decoded_members:
         said = f": {msgs.text.splitlines()[0]}" if msgs.text else ""
         if decoded is None:
             out.append(f"sample {key}: {what} does not decode{said}")
@@ -247,12 +264,37 @@ def check_sample(key: str, members: dict[str, bytes], film: str | None,
     stored = meta.get("valid_fraction")
     if not isinstance(stored, (int, float)) or abs(vf - stored) > VALID_FRACTION_TOL:
         out.append(f"sample {key}: disparity PNG valid fraction {vf:.6f}, JSON says {stored}")
+    if conf is not None:
+        out.extend(_confidence_problems(key, conf, q))
+    return out
+
+
+def _confidence_problems(key: str, conf: np.ndarray, q: np.ndarray) -> list[str]:
+    """``KEY.conf.png`` (decoded) against the disparity's values ``q`` (0 = invalid)."""
+    if conf.dtype != np.uint8 or conf.ndim != 2:
+        return [f"sample {key}: confidence PNG is {conf.dtype} with {conf.ndim} dims, not uint8 "
+                "single-channel"]
+    if conf.shape != q.shape:
+        return [f"sample {key}: confidence map is {conf.shape[1]}x{conf.shape[0]}, disparity "
+                f"{q.shape[1]}x{q.shape[0]}"]
+    out = []
+    invalid = q == 0
+    n_bad = int(np.count_nonzero(conf[invalid]))
+    if n_bad:
+        out.append(f"sample {key}: confidence is nonzero at {n_bad} pixel(s) where the "
+                   "disparity is invalid")
+    n_zero = int(np.count_nonzero(conf[~invalid] == 0))
+    if n_zero:
+        out.append(f"sample {key}: confidence is 0 at {n_zero} pixel(s) where the disparity "
+                   "is valid")
     return out
 
 
 def check_shard(path: str, expected_sha256: str | None, expected_bytes: int | None,
-                film: str | None, decode: bool = True) -> ShardCheck:
-    """Hash, stream-read and (optionally) decode one shard. Runs in a worker process."""
+                film: str | None, decode: bool = True,
+                confidence: bool | None = None) -> ShardCheck:
+    """Hash, stream-read and (optionally) decode one shard. Runs in a worker process.
+    ``confidence``: see :func:`check_sample`."""
     p = Path(path)
     check = ShardCheck(p.name)
     try:
@@ -270,7 +312,7 @@ def check_shard(path: str, expected_sha256: str | None, expected_bytes: int | No
             with tarfile.open(fileobj=reader, mode="r|", bufsize=READ_BLOCK) as tf:
                 for key, members in _iter_samples(tf, check):
                     check.keys.append(key)
-                    for msg in check_sample(key, members, film, decode):
+                    for msg in check_sample(key, members, film, decode, confidence):
                         check.add("corrupt", msg)
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
             after = f" after sample {check.keys[-1]}" if check.keys else ""
@@ -301,6 +343,15 @@ def _pool(workers: int) -> ProcessPoolExecutor:
 
 def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
+
+
+def stores_confidence(man: dict) -> bool | None:
+    """The manifest recipe's ``output.confidence``: whether every sample has ``KEY.conf.png``
+    (None: a corpus that predates the key, or a manifest without it; the member is optional)."""
+    recipe = man.get("recipe")
+    output = recipe.get("output") if isinstance(recipe, dict) else None
+    value = output.get("confidence") if isinstance(output, dict) else None
+    return value if isinstance(value, bool) else None
 
 
 def verify_corpus(corpus: str | Path, *, workers: int | None = None,
@@ -336,8 +387,9 @@ def verify_corpus(corpus: str | Path, *, workers: int | None = None,
         total = sum(s.get("bytes") or 0 for s in listed)
         workers = default_workers() if total >= PARALLEL_MIN_BYTES else 1
     n = max(1, min(workers, len(listed) or 1))
+    confidence = stores_confidence(man)
     jobs = {s["name"]: (str(root / "shards" / s["name"]), s.get("sha256"), s.get("bytes"),
-                        s.get("film"), decode) for s in listed}
+                        s.get("film"), decode, confidence) for s in listed}
     if n == 1:
         checks = {name: check_shard(*job) for name, job in jobs.items()}
     else:

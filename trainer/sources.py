@@ -8,7 +8,8 @@ disparity (inverse depth) here; their scale and shift stay unknown.
 Types (``DatasetSpec.type``):
 
 - ``corpus``: a filmmine corpus, ``shards/*.tar`` with ``KEY.jpg``, ``KEY.disp.png`` and
-  ``KEY.json``; disparity ``value * disp_scale + disp_offset`` px, value 0 = invalid.
+  ``KEY.json``; disparity ``value * disp_scale + disp_offset`` px, value 0 = invalid. Other
+  members (the optional ``KEY.conf.png`` confidence map) are ignored.
 - ``wds``: other WebDataset tars (a directory, a file or a glob) with an image member and a
   label member per key; label png16 / npy / pfm, kind and scale per dataset.
 - ``folder``: ``DIR/images/STEM.(jpg|png)`` beside ``DIR/labels/STEM.(png|npy|pfm)``; label
