@@ -187,36 +187,44 @@ class DisSgbmFlow(SgbmFlow):
 
     Films have small depth budgets: searching ``±max_disparity_frac`` of the width for every
     pixel wastes most of SGBM's time (its cost grows with the number of disparities). A DIS
-    flow on the views downscaled ``coarse_scale`` times (a few ms) gives each frame's range
+    flow on the views downscaled (a few ms) gives each frame's range
     (percentiles ``range_percentiles`` of its horizontal flow, widened by ``margin_px`` px and
     ``margin_frac`` of the span, capped at ``±max_disparity_frac``) and a smooth vertical flow
     ``v`` of both directions, so the vertical checks work, unlike plain ``sgbm`` (v = 0).
+    The coarse pass is an integer downscale leaving at least ``coarse_width`` px (960 -> 240;
+    a 320 px view is not downscaled: at 80 px DIS saw vertical motion that was not there).
     Horizontal disparity comes from SGBM over that range, in both directions (mirrored views).
     """
 
     name = "dis_sgbm"
 
     def __init__(self, device: str = "cpu", max_disparity_frac: float = 0.15,
-                 sgbm_mode: str = "3way", coarse_scale: int = 4, margin_px: float = 8.0,
+                 sgbm_mode: str = "3way", coarse_width: int = 240, margin_px: float = 8.0,
                  margin_frac: float = 0.25,
-                 range_percentiles: tuple[float, float] = (0.5, 99.5),
+                 range_percentiles: tuple[float, float] = (0.5, 99.5), v_median: int = 5,
                  **options: Any) -> None:
         super().__init__(device=device, max_disparity_frac=max_disparity_frac,
                          sgbm_mode=sgbm_mode, **options)
-        if coarse_scale not in (1, 2, 4, 8):
-            raise ValueError(f"dis_sgbm_coarse_scale must be 1, 2, 4 or 8, got {coarse_scale}")
+        if coarse_width < 16:
+            raise ValueError(f"dis_sgbm_coarse_width must be >= 16 px, got {coarse_width}")
         if margin_px < 0 or margin_frac < 0:
             raise ValueError("dis_sgbm margins must be >= 0")
-        self.coarse_scale = coarse_scale
+        if v_median not in (0, 1, 3, 5):
+            raise ValueError(f"dis_sgbm_v_median must be 0, 1, 3 or 5, got {v_median}")
+        self.coarse_width, self.v_median = coarse_width, v_median
         self.margin_px, self.margin_frac = float(margin_px), float(margin_frac)
         self.percentiles = (float(range_percentiles[0]), float(range_percentiles[1]))
         self._coarse = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
         self._coarse.setFinestScale(0)
         self._sgbm = cv2.StereoSGBM_create(**self.params)
 
+    def coarse_factor(self, width: int) -> int:
+        """The integer downscale of the coarse pass: at least ``coarse_width`` px wide."""
+        return max(1, width // self.coarse_width)
+
     def search_range(self, u_coarse: np.ndarray, width: int) -> tuple[int, int]:
         """[lo, hi) integer disparity range at full scale from a coarse left->right flow."""
-        s = self.coarse_scale
+        s = width / u_coarse.shape[1]
         cap = max(16, int(np.ceil(self.max_disparity_frac * width)))
         d = -u_coarse[np.isfinite(u_coarse)] * s
         if d.size == 0:
@@ -243,9 +251,9 @@ class DisSgbmFlow(SgbmFlow):
 
     def stereo(self, left: Sequence[np.ndarray], right: Sequence[np.ndarray]) -> StereoFlows:
         lr, rl = [], []
-        s = self.coarse_scale
         for a, b in zip(left, right, strict=True):
             h, w = a.shape[:2]
+            s = self.coarse_factor(w)
             cs = (max(8, round(w / s)), max(8, round(h / s)))
             ac = cv2.resize(a, cs, interpolation=cv2.INTER_AREA)
             bc = cv2.resize(b, cs, interpolation=cv2.INTER_AREA)
@@ -255,12 +263,36 @@ class DisSgbmFlow(SgbmFlow):
             d_l = self._sgbm_range(a, b, lo, hi)
             d_r = self._sgbm_range(np.ascontiguousarray(b[:, ::-1]),
                                    np.ascontiguousarray(a[:, ::-1]), lo, hi)[:, ::-1]
-            # vertical flow of the coarse pass at full size (px scale h / coarse h)
-            v_lr = cv2.resize(f_lr[..., 1], (w, h), interpolation=cv2.INTER_LINEAR) * (h / cs[1])
-            v_rl = cv2.resize(f_rl[..., 1], (w, h), interpolation=cv2.INTER_LINEAR) * (h / cs[1])
+            v_lr = self._vertical(f_lr, f_rl, (w, h), cs[1])
+            v_rl = self._vertical(f_rl, f_lr, (w, h), cs[1])
             lr.append(np.stack([-d_l, v_lr]))
             rl.append(np.stack([d_r, v_rl]))
         return StereoFlows(torch.from_numpy(np.stack(lr)), torch.from_numpy(np.stack(rl)))
+
+    def _vertical(self, f: np.ndarray, back: np.ndarray, size: tuple[int, int],
+                  coarse_h: int) -> np.ndarray:
+        """The coarse vertical flow ``f[..., 1]`` at full size (px scaled by h / coarse h).
+
+        v is only measured where the coarse match is consistent (the flow ``back`` found at
+        the match points back within 1 coarse px, both components); elsewhere (occlusions,
+        content leaving the frame) DIS returns arbitrary v, which the scale would multiply into
+        failed vertical checks of the pixels around it. There v is filled from its consistent
+        neighbours (normalised Gaussian, else their median); then a median filter."""
+        h, w = f.shape[:2]
+        xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        b = cv2.remap(back, xs + f[..., 0], ys + f[..., 1], cv2.INTER_LINEAR,
+                      borderMode=cv2.BORDER_CONSTANT, borderValue=(1e6, 1e6))
+        ok = (np.abs(f[..., 0] + b[..., 0]) <= 1.0) & (np.abs(f[..., 1] + b[..., 1]) <= 1.0)
+        v = np.ascontiguousarray(f[..., 1], np.float32)
+        if not ok.all():
+            fill = float(np.median(v[ok])) if ok.any() else 0.0
+            wgt = cv2.GaussianBlur(ok.astype(np.float32), (0, 0), 3.0)
+            num = cv2.GaussianBlur(np.where(ok, v, 0.0).astype(np.float32), (0, 0), 3.0)
+            smooth = np.where(wgt > 0.05, num / np.maximum(wgt, 1e-6), fill)
+            v = np.where(ok, v, smooth).astype(np.float32)
+        if self.v_median > 1:
+            v = cv2.medianBlur(v, self.v_median)
+        return cv2.resize(v, size, interpolation=cv2.INTER_LINEAR) * (size[1] / coarse_h)
 
 
 def _lazy(module: str, cls: str) -> Callable[..., FlowBackend]:
@@ -289,8 +321,8 @@ _OPTION_KEYS: dict[str, str] = {
     "preset": "preset", "dis_finest_scale": "finest_scale", "dis_patch_size": "patch_size",
     "dis_patch_stride": "patch_stride", "dis_gd_iterations": "gd_iterations",
     "dis_vr_iterations": "vr_iterations",
-    "dis_sgbm_coarse_scale": "coarse_scale", "dis_sgbm_margin_px": "margin_px",
-    "dis_sgbm_margin_frac": "margin_frac",
+    "dis_sgbm_coarse_width": "coarse_width", "dis_sgbm_margin_px": "margin_px",
+    "dis_sgbm_margin_frac": "margin_frac", "dis_sgbm_v_median": "v_median",
 }
 _OPTION_PREFIXES = ("sgbm_", "sgm_", "raft_")
 _OPTION_SHARED = ("max_disparity_frac", "half_precision")

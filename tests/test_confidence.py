@@ -77,27 +77,31 @@ def _error_and_confidence(corpus: Path, library: Path):
 
 
 def test_confidence_ranks_pixels_by_their_error_against_ground_truth(corpus, library):
-    """Measured (dis, the default library, 4.7 M pixels): the 44 % of valid pixels above the
-    pooled median confidence (252/255) have MAE 0.049 px, those at or below it 0.153 px (3.2x);
-    the lowest quarter (< 249) 0.29 px. Split at each sample's own median, the upper half has
-    the lower MAE in 95 of 95 samples (by 1.36x at the least, 2.3x typically)."""
+    """Low confidence marks large errors. Measured on the default library (95 samples, 4.76 M
+    pixels valid in both label and truth), default backend dis_sgbm: its left-right errors are
+    mostly 0 (SGBM's 1/16 px steps), so 56 % of pixels sit at 255 — splits are made at or
+    below a percentile, ties included. The lowest 5 % (<= 229) have MAE 0.52 px, the rest
+    0.16 (3.2x); <= 200 (1.3 %): 1.03 px. Split at each sample's own 25th percentile, the
+    lower part has the larger MAE in 95 of 95 samples. (With dis: pooled median split 0.153 vs
+    0.049 px, 95 of 95 samples.)"""
     per = _error_and_confidence(corpus, library)
     assert len(per) == 95
     err = np.concatenate([e for e, _ in per])
     conf = np.concatenate([c for _, c in per])
-    med = np.median(conf)
-    high, low = conf > med, conf <= med
-    assert 0.3 < high.mean() < 0.7
-    mae_high, mae_low = float(err[high].mean()), float(err[low].mean())
-    assert mae_high <= 0.07, mae_high
-    assert mae_low >= 2.0 * mae_high, (mae_low, mae_high)
-    # and within samples: split each at its own median
-    wins = 0
+    low = conf <= np.percentile(conf, 5)
+    assert 0.01 < low.mean() < 0.3
+    mae_low, mae_rest = float(err[low].mean()), float(err[~low].mean())
+    assert mae_rest <= 0.25, mae_rest
+    assert mae_low >= 2.0 * mae_rest, (mae_low, mae_rest)
+    # and within samples: split each at its own 25th percentile
+    wins = n = 0
     for e, c in per:
-        m = np.median(c)
-        if (c > m).any() and (c <= m).any():
-            wins += e[c > m].mean() < e[c <= m].mean()
-    assert wins >= 0.95 * len(per), wins
+        q = np.percentile(c, 25)
+        if (c <= q).any() and (c > q).any():
+            n += 1
+            wins += e[c <= q].mean() > e[c > q].mean()
+    assert n >= 0.9 * len(per), n
+    assert wins >= 0.95 * n, (wins, n)
 
 
 # ---------------------------------------------------------------------------- verify
