@@ -17,9 +17,11 @@ import torch.multiprocessing as mp
 from filmmine.cli import main as filmmine_main
 from trainer import TrainerError
 from trainer.config import TrainConfig, load_config
+from trainer.losses import MidasLoss
+from trainer.mixing import min_norm_weights
 from trainer.model import build_model
 from trainer.sources import DatasetSpec, iter_tar
-from trainer.train import load_checkpoint, train
+from trainer.train import DistEnv, load_checkpoint, pareto_backward, train
 
 
 def make_few_corpus(corpus: Path, dst: Path, n: int) -> Path:
@@ -195,3 +197,27 @@ def test_trainer_imports_nothing_of_filmmine():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_pareto_leaves_out_datasets_without_a_valid_pixel():
+    # a dataset absent from the batch, or whose crops hold no label, has no gradient: a zero row
+    # would be the min-norm point of the hull and cancel the step for every other dataset
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 1, 3, padding=1)
+    params = list(net.parameters())
+    image, target = torch.rand(6, 3, 8, 8), torch.rand(6, 8, 8)
+    mask = torch.rand(6, 8, 8) > 0.2
+    mask[4:] = False  # dataset 2: two crops without a label; dataset 3: absent
+    dataset = torch.tensor([0, 0, 1, 1, 2, 2])
+    loss = MidasLoss()
+    terms = loss.terms(net(image)[:, 0], target, mask)
+    weights = pareto_backward(params, terms, dataset, 4, 1.0, DistEnv())
+    got = torch.cat([p.grad.reshape(-1) for p in params])
+    rows = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+        loss(net(image[i : i + 2])[:, 0], target[i : i + 2], mask[i : i + 2]), params)])
+        for i in (0, 2)])
+    want_w = min_norm_weights(rows)
+    assert weights[2:] == [0.0, 0.0]
+    np.testing.assert_allclose(weights[:2], want_w.tolist(), atol=1e-6)
+    torch.testing.assert_close(got, want_w @ rows, rtol=1e-5, atol=1e-7)
+    assert float(got.norm()) > 0

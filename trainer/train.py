@@ -229,11 +229,16 @@ class StepStats:
 def pareto_backward(params: list[nn.Parameter], terms: LossTerms, dataset: torch.Tensor,
                     k: int, scale: float, env: DistEnv) -> list[float]:
     """Per-dataset losses -> their gradients on the shared parameters (``[K, P]``) -> the
-    min-norm convex combination, written to ``p.grad``. Returns the weights."""
+    min-norm convex combination, written to ``p.grad``. Returns the weights.
+
+    A dataset with no valid pixel in the batch (on every rank) is no task at this step: its
+    zero row would be the min-norm point and cancel the update; it gets weight 0."""
     rows = []
+    count = torch.zeros(k, dtype=torch.float64, device=dataset.device)  # valid pixels
     for i in range(k):
         sel = dataset == i
-        if not bool(sel.any()):
+        count[i] = terms.den[:, sel].sum().detach().double()
+        if not bool(count[i] > 0):
             rows.append(torch.zeros(sum(p.numel() for p in params), device=dataset.device))
             continue
         grads = torch.autograd.grad(terms.value(sel) * scale, params, retain_graph=True,
@@ -244,7 +249,11 @@ def pareto_backward(params: list[nn.Parameter], terms: LossTerms, dataset: torch
     if env.distributed:  # DDP is bypassed in this mode: average the task gradients here
         dist.all_reduce(g)
         g /= env.world_size
-    w = min_norm_weights(g)
+        dist.all_reduce(count)
+    live = count > 0
+    w = torch.zeros(k, dtype=g.dtype, device=g.device)
+    if bool(live.any()):
+        w[live] = min_norm_weights(g[live]).to(w.dtype)
     flat = combine(g, w)
     offset = 0
     for p in params:
