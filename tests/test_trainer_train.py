@@ -221,3 +221,31 @@ def test_pareto_leaves_out_datasets_without_a_valid_pixel():
     np.testing.assert_allclose(weights[:2], want_w.tolist(), atol=1e-6)
     torch.testing.assert_close(got, want_w @ rows, rtol=1e-5, atol=1e-7)
     assert float(got.norm()) > 0
+
+
+def test_resume_gives_the_next_step_the_uninterrupted_runs_torch_rng(tmp_path, monkeypatch):
+    # whatever draws from torch's generator in a step (dropout, drop-path, random ops) must
+    # draw the same numbers after --resume as in a run that never stopped
+    from test_trainer_data import write_synthetic_corpus
+
+    import trainer.train as train_mod
+
+    corpus = write_synthetic_corpus(tmp_path / "corpus", shards=1, per_shard=6)
+    seen: list[torch.Tensor] = []
+    real = train_mod.train_one_step
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_rng_state())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_one_step", spy)
+    cfg = tiny_config(corpus, steps=2)
+    train(cfg, tmp_path / "a")
+    cfg.run.steps = 4
+    seen.clear()
+    train(cfg, tmp_path / "a", resume=True)
+    resumed = list(seen)
+    seen.clear()
+    train(cfg, tmp_path / "b")
+    assert len(resumed) == 2 and len(seen) == 4
+    assert all(torch.equal(r, w) for r, w in zip(resumed, seen[2:], strict=True))

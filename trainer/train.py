@@ -331,6 +331,7 @@ class _Run:
     scaler: torch.amp.GradScaler
     step: int = 0
     loader_state: dict | None = None  # this rank's LoaderState.to_dict()
+    rng_state: dict | None = None  # this rank's RNG at the checkpoint
 
 
 def _open_checkpoint(cfg: TrainConfig, out: Path, resume: bool) -> dict | None:
@@ -374,7 +375,7 @@ def _build_run(cfg: TrainConfig, ck: dict | None, env: DistEnv) -> _Run:
         log.warning("the checkpoint's data positions are for another number of ranks or "
                     "workers: the data streams restart")
     if len(rngs) == env.world_size:
-        _set_rng_state(rngs[env.rank])
+        run.rng_state = rngs[env.rank]  # set once the loader's iterator has drawn its seed
     return run
 
 
@@ -411,7 +412,9 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, env: DistEnv) -> TrainResu
     t_log, n_log = time.perf_counter(), 0
     last: dict[str, Any] = {}
     model.train()
-    it = iter(loader)
+    it = iter(loader)  # draws the workers' base seed from torch's generator
+    if run.rng_state is not None:  # so the RNG is restored after it, not before
+        _set_rng_state(run.rng_state)
     try:
         while run.step < cfg.run.steps:
             batch = next(it)
