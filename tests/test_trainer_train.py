@@ -249,3 +249,15 @@ def test_resume_gives_the_next_step_the_uninterrupted_runs_torch_rng(tmp_path, m
     train(cfg, tmp_path / "b")
     assert len(resumed) == 2 and len(seen) == 4
     assert all(torch.equal(r, w) for r, w in zip(resumed, seen[2:], strict=True))
+
+
+def test_metrics_lr_is_the_rate_the_logged_step_used(tmp_path):
+    from test_trainer_data import write_synthetic_corpus
+
+    cfg = tiny_config(write_synthetic_corpus(tmp_path / "c", shards=1, per_shard=4), steps=3)
+    cfg.optim.warmup_steps = 4  # rates 1/4, 2/4, 3/4 of the peak for steps 1, 2, 3
+    train(cfg, tmp_path / "run")
+    recs = metrics(tmp_path / "run")
+    want = [cfg.optim.lr * k / 4 for k in (1, 2, 3)]
+    np.testing.assert_allclose([r["lr"] for r in recs], want)
+    np.testing.assert_allclose([r["lr_pretrained"] for r in recs], want)  # encoder: no weights

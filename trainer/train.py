@@ -421,13 +421,14 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, env: DistEnv) -> TrainResu
             state.update(batch["state"])
             stats = train_one_step(wrapped, model, batch, loss_fn, run.optimizer, run.scaler,
                                    cfg, env, len(names))
+            lrs = _group_lrs(run.optimizer)  # the rates this step used
             run.scheduler.step()
             run.step += 1
             n_log += len(batch["key"])
             _accumulate(acc, stats)
             step = run.step
             if step % cfg.run.log_every == 0 or step == cfg.run.steps:
-                last = _log_record(step, acc, names, run.optimizer, state, n_log,
+                last = _log_record(step, acc, names, lrs, state, n_log,
                                    time.perf_counter() - t_log, env)
                 metrics.write(last)
                 log.info("step %d loss %.4f %s %.1f samples/s", step, last["loss"],
@@ -459,8 +460,12 @@ def _broadcast_parameters(model: nn.Module) -> None:
             dist.broadcast(t.data, 0)
 
 
+def _group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    return {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
+
+
 def _log_record(step: int, acc: dict[str, Any], names: list[str],
-                optimizer: torch.optim.Optimizer, state: LoaderState, n: int, dt: float,
+                groups: dict[str, float], state: LoaderState, n: int, dt: float,
                 env: DistEnv) -> dict[str, Any]:
     vals = [float(np.mean(acc["loss"]))] + [
         float(np.mean(acc[f"ds{i}"])) if acc.get(f"ds{i}") else float("nan")
@@ -473,7 +478,6 @@ def _log_record(step: int, acc: dict[str, Any], names: list[str],
         dist.all_reduce(both)
         vals = (both[0] / both[1].clamp(min=1)).tolist()
         vals = [v if c > 0 else float("nan") for v, c in zip(vals, both[1].tolist(), strict=True)]
-    groups = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
     rec: dict[str, Any] = {
         "step": step,
         "loss": vals[0],
