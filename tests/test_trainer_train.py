@@ -261,3 +261,37 @@ def test_metrics_lr_is_the_rate_the_logged_step_used(tmp_path):
     want = [cfg.optim.lr * k / 4 for k in (1, 2, 3)]
     np.testing.assert_allclose([r["lr"] for r in recs], want)
     np.testing.assert_allclose([r["lr_pretrained"] for r in recs], want)  # encoder: no weights
+
+
+def test_pareto_step_under_loss_scaling_matches_the_unscaled_step():
+    # fp16 AMP (CUDA) trains with a GradScaler: pareto's per-dataset gradients are scaled by
+    # it, then unscaled; the step must run and move the weights as the unscaled step does
+    import copy
+
+    from trainer.train import build_optimizer, train_one_step
+
+    cfg = load_config("tiny")
+    cfg.data.mix.mode = "pareto"
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "image": torch.randint(0, 256, (4, 3, 32, 32), generator=g, dtype=torch.uint8),
+        "disparity": torch.rand(4, 32, 32, generator=g),
+        "valid_mask": torch.rand(4, 32, 32, generator=g) > 0.2,
+        "dataset": torch.tensor([0, 0, 1, 1]),
+        "key": ["a", "b", "c", "d"],
+    }
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    loss = MidasLoss()
+    out = {}
+    for scaled in (False, True):
+        m = copy.deepcopy(model)
+        opt = build_optimizer(m, cfg)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, enabled=scaled)
+        stats = train_one_step(m, m, batch, loss, opt, scaler, cfg, DistEnv(), 2)
+        assert np.isfinite(stats.loss) and sum(stats.weights) == pytest.approx(1.0)
+        out[scaled] = (stats, dict(m.named_parameters()))
+    assert out[True][0].weights == pytest.approx(out[False][0].weights, abs=1e-5)
+    assert out[True][0].grad_norm == pytest.approx(out[False][0].grad_norm, rel=1e-4)
+    for k, v in out[False][1].items():
+        torch.testing.assert_close(out[True][1][k], v, rtol=1e-4, atol=1e-6, msg=k)

@@ -285,8 +285,9 @@ def train_one_step(model: nn.Module, raw_model: MidasNet, batch: dict[str, Any],
     weights = None
     params = [p for p in raw_model.parameters() if p.requires_grad]
     if pareto:
-        weights = pareto_backward(params, terms, dataset, n_datasets, scaler.get_scale()
-                                  if scaler.is_enabled() else 1.0, env)
+        # scaler.scale() (not get_scale()) starts the scaler's state: unscale_ needs it
+        scale = float(scaler.scale(loss.new_ones(()))) if scaler.is_enabled() else 1.0
+        weights = pareto_backward(params, terms, dataset, n_datasets, scale, env)
     else:
         scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
