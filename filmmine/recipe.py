@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.resources
 import json
 import tomllib
 from pathlib import Path
@@ -16,7 +17,19 @@ from typing import Any
 
 from .errors import RecipeError
 
-PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
+
+def _pipelines_dir() -> Path:
+    """Where the named recipes are: an installed wheel carries them as package data
+    ``filmmine/pipelines/*.toml`` (pyproject.toml maps the repository's ``pipelines/`` to the
+    package ``filmmine.pipelines``); a source checkout or an editable install reads the
+    repository's ``pipelines/`` itself."""
+    installed = importlib.resources.files(__package__) / "pipelines"
+    if isinstance(installed, Path) and (installed / "default.toml").is_file():
+        return installed
+    return Path(__file__).resolve().parent.parent / "pipelines"
+
+
+PIPELINES_DIR = _pipelines_dir()
 
 
 def _resolve_path(name_or_path: str | Path, relative_to: Path | None = None) -> Path:

@@ -331,6 +331,33 @@ def test_failing_samples_are_counted_and_skipped(tmp_path):
     assert batches[-1]["state"]["failed"] == [2]
 
 
+def test_undecodable_label_and_image_files_are_counted_and_skipped(tmp_path):
+    # a folder dataset with broken files: training counts and skips them, evaluation skips them
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    image, disp = synthetic_sample(5)
+    bad_labels = {
+        "empty": b"",  # a 0-byte .npy (interrupted copy)
+        "fields": np.zeros((40, 56), dtype=[("a", "f4"), ("b", "i4")]),  # structured array
+        "text": np.full((40, 56), "x"),  # strings
+    }
+    for stem in ("good0", "good1", *bad_labels, "noimage"):
+        cv2.imwrite(str(tmp_path / "images" / f"{stem}.png"), image[..., ::-1])
+        np.save(tmp_path / "labels" / f"{stem}.npy", disp)
+    for stem, label in bad_labels.items():
+        if isinstance(label, bytes):
+            (tmp_path / "labels" / f"{stem}.npy").write_bytes(label)
+        else:
+            np.save(tmp_path / "labels" / f"{stem}.npy", label)
+    (tmp_path / "images" / "noimage.png").write_bytes(b"")  # a 0-byte image
+    src = FolderSource(DatasetSpec(type="folder", path=str(tmp_path)))
+    stream = MixedStream([src], MixConfig(batch_size=8, shuffle_buffer=1), NO_AUG, epochs=1)
+    (batch,) = list(stream)  # one partial batch, after every record was tried
+    assert sorted(batch["key"]) == ["good0", "good1"]
+    assert batch["state"]["failed"] == [4]
+    assert sorted(s.key for s in src) == ["good0", "good1"]
+
+
 def test_truncated_shard_is_counted_not_fatal(tmp_path):
     root = write_synthetic_corpus(tmp_path, shards=2, per_shard=4)
     shard = root / "shards" / "syn-00001.tar"

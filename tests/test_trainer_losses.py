@@ -170,3 +170,46 @@ def test_empty_mask_gives_zero_not_nan():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="B, H, W"):
         MidasLoss()(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), torch.ones(2, 3, 5, dtype=bool))
+
+
+def _lstsq_reference(pred, target, mask, scales: int = 4) -> tuple[float, float]:
+    """Brute force in float64 numpy: per-image least squares (s, t), then the ssimse data term
+    and the gradient matching term over ``scales`` stride-2^k subsamplings (batch reduction)."""
+    import numpy as np
+
+    p, g, m = (np.asarray(x.detach().double() if x.is_floating_point() else x) for x in
+               (pred, target, mask))
+    num = den = 0.0
+    res = np.zeros_like(p)
+    for b in range(p.shape[0]):
+        mb = m[b]
+        a = np.stack([p[b][mb], np.ones(int(mb.sum()))], 1)
+        (s, t), *_ = np.linalg.lstsq(a, g[b][mb], rcond=None)
+        res[b] = np.where(mb, s * p[b] + t - g[b], 0.0)
+        num += float((res[b][mb] ** 2).sum())
+        den += 2.0 * mb.sum()
+    grad = 0.0
+    for k in range(scales):
+        r, mk = res[:, :: 2**k, :: 2**k], m[:, :: 2**k, :: 2**k]
+        gx = np.abs(np.diff(r, axis=2))[mk[:, :, 1:] & mk[:, :, :-1]].sum()
+        gy = np.abs(np.diff(r, axis=1))[mk[:, 1:, :] & mk[:, :-1, :]].sum()
+        grad += (gx + gy) / mk.sum()
+    return num / den, grad
+
+
+@pytest.mark.parametrize(("dtype", "offset", "spread"), [
+    (torch.float32, 10.0, 0.01),  # float32: a prediction far from 0 relative to its spread
+    (torch.float32, 1000.0, 1.0),
+    (torch.float64, 100.0, 0.01),  # float64: a well-conditioned fit, not a degenerate image
+    (torch.float64, 10.0, 0.001),
+])
+def test_ssimse_least_squares_is_exact_for_offset_predictions(dtype, offset, spread):
+    # the least-squares fit must not depend on where the prediction sits: s p + t is invariant
+    # to shifting p, so only rounding at p's magnitude may limit it
+    pred, target, mask = _data(10)
+    p = (offset + spread * pred).to(dtype)
+    want_data, want_grad = _lstsq_reference(p, target, mask)
+    got_data = float(ScaleShiftInvariantLoss("ssimse")(p, target.to(dtype), mask))
+    got_grad = float(GradientMatchingLoss(align="ssimse")(p, target.to(dtype), mask))
+    assert got_data == pytest.approx(want_data, rel=1e-3)
+    assert got_grad == pytest.approx(want_grad, rel=1e-3)

@@ -17,9 +17,11 @@ import torch.multiprocessing as mp
 from filmmine.cli import main as filmmine_main
 from trainer import TrainerError
 from trainer.config import TrainConfig, load_config
+from trainer.losses import MidasLoss
+from trainer.mixing import min_norm_weights
 from trainer.model import build_model
 from trainer.sources import DatasetSpec, iter_tar
-from trainer.train import load_checkpoint, train
+from trainer.train import DistEnv, load_checkpoint, pareto_backward, train
 
 
 def make_few_corpus(corpus: Path, dst: Path, n: int) -> Path:
@@ -195,3 +197,101 @@ def test_trainer_imports_nothing_of_filmmine():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_pareto_leaves_out_datasets_without_a_valid_pixel():
+    # a dataset absent from the batch, or whose crops hold no label, has no gradient: a zero row
+    # would be the min-norm point of the hull and cancel the step for every other dataset
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 1, 3, padding=1)
+    params = list(net.parameters())
+    image, target = torch.rand(6, 3, 8, 8), torch.rand(6, 8, 8)
+    mask = torch.rand(6, 8, 8) > 0.2
+    mask[4:] = False  # dataset 2: two crops without a label; dataset 3: absent
+    dataset = torch.tensor([0, 0, 1, 1, 2, 2])
+    loss = MidasLoss()
+    terms = loss.terms(net(image)[:, 0], target, mask)
+    weights = pareto_backward(params, terms, dataset, 4, 1.0, DistEnv())
+    got = torch.cat([p.grad.reshape(-1) for p in params])
+    rows = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+        loss(net(image[i : i + 2])[:, 0], target[i : i + 2], mask[i : i + 2]), params)])
+        for i in (0, 2)])
+    want_w = min_norm_weights(rows)
+    assert weights[2:] == [0.0, 0.0]
+    np.testing.assert_allclose(weights[:2], want_w.tolist(), atol=1e-6)
+    torch.testing.assert_close(got, want_w @ rows, rtol=1e-5, atol=1e-7)
+    assert float(got.norm()) > 0
+
+
+def test_resume_gives_the_next_step_the_uninterrupted_runs_torch_rng(tmp_path, monkeypatch):
+    # whatever draws from torch's generator in a step (dropout, drop-path, random ops) must
+    # draw the same numbers after --resume as in a run that never stopped
+    from test_trainer_data import write_synthetic_corpus
+
+    import trainer.train as train_mod
+
+    corpus = write_synthetic_corpus(tmp_path / "corpus", shards=1, per_shard=6)
+    seen: list[torch.Tensor] = []
+    real = train_mod.train_one_step
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_rng_state())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_one_step", spy)
+    cfg = tiny_config(corpus, steps=2)
+    train(cfg, tmp_path / "a")
+    cfg.run.steps = 4
+    seen.clear()
+    train(cfg, tmp_path / "a", resume=True)
+    resumed = list(seen)
+    seen.clear()
+    train(cfg, tmp_path / "b")
+    assert len(resumed) == 2 and len(seen) == 4
+    assert all(torch.equal(r, w) for r, w in zip(resumed, seen[2:], strict=True))
+
+
+def test_metrics_lr_is_the_rate_the_logged_step_used(tmp_path):
+    from test_trainer_data import write_synthetic_corpus
+
+    cfg = tiny_config(write_synthetic_corpus(tmp_path / "c", shards=1, per_shard=4), steps=3)
+    cfg.optim.warmup_steps = 4  # rates 1/4, 2/4, 3/4 of the peak for steps 1, 2, 3
+    train(cfg, tmp_path / "run")
+    recs = metrics(tmp_path / "run")
+    want = [cfg.optim.lr * k / 4 for k in (1, 2, 3)]
+    np.testing.assert_allclose([r["lr"] for r in recs], want)
+    np.testing.assert_allclose([r["lr_pretrained"] for r in recs], want)  # encoder: no weights
+
+
+def test_pareto_step_under_loss_scaling_matches_the_unscaled_step():
+    # fp16 AMP (CUDA) trains with a GradScaler: pareto's per-dataset gradients are scaled by
+    # it, then unscaled; the step must run and move the weights as the unscaled step does
+    import copy
+
+    from trainer.train import build_optimizer, train_one_step
+
+    cfg = load_config("tiny")
+    cfg.data.mix.mode = "pareto"
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "image": torch.randint(0, 256, (4, 3, 32, 32), generator=g, dtype=torch.uint8),
+        "disparity": torch.rand(4, 32, 32, generator=g),
+        "valid_mask": torch.rand(4, 32, 32, generator=g) > 0.2,
+        "dataset": torch.tensor([0, 0, 1, 1]),
+        "key": ["a", "b", "c", "d"],
+    }
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    loss = MidasLoss()
+    out = {}
+    for scaled in (False, True):
+        m = copy.deepcopy(model)
+        opt = build_optimizer(m, cfg)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, enabled=scaled)
+        stats = train_one_step(m, m, batch, loss, opt, scaler, cfg, DistEnv(), 2)
+        assert np.isfinite(stats.loss) and sum(stats.weights) == pytest.approx(1.0)
+        out[scaled] = (stats, dict(m.named_parameters()))
+    assert out[True][0].weights == pytest.approx(out[False][0].weights, abs=1e-5)
+    assert out[True][0].grad_norm == pytest.approx(out[False][0].grad_norm, rel=1e-4)
+    for k, v in out[False][1].items():
+        torch.testing.assert_close(out[True][1][k], v, rtol=1e-4, atol=1e-6, msg=k)

@@ -80,19 +80,31 @@ def least_squares_align(pred: Tensor, target: Tensor, mask: Tensor) -> tuple[Ten
     Returns ``(aligned [B, H, W], ok [B])``; ``ok`` is False for degenerate images (fewer than
     2 valid pixels or a constant prediction), which are skipped. Not detached: gradients flow
     through s and t.
+
+    Solved on the centred values (s = cov(p, g) / var(p), s p + t = s (p - mean p) + mean g):
+    the raw normal equations' determinant ``n sum p^2 - (sum p)^2`` cancels catastrophically
+    when the prediction's spread is small next to its mean (float32: a prediction of
+    1000 +- 1 gave a loss 8x too large). A prediction is constant when its spread is below the
+    rounding of its dtype at its magnitude (half precision is solved in float32).
     """
-    m = mask.to(pred.dtype)
-    a00 = (m * pred * pred).sum((1, 2))
-    a01 = (m * pred).sum((1, 2))
-    a11 = m.sum((1, 2))
-    b0 = (m * pred * target).sum((1, 2))
-    b1 = (m * target).sum((1, 2))
-    det = a00 * a11 - a01 * a01  # = n^2 var(p)
-    ok = (a11 >= 2) & (det > 1e-9 * (a00 * a11).clamp(min=1e-30))
-    safe = torch.where(ok, det, torch.ones_like(det))
-    s = torch.where(ok, (a11 * b0 - a01 * b1) / safe, torch.zeros_like(det))
-    t = torch.where(ok, (a00 * b1 - a01 * b0) / safe, torch.zeros_like(det))
-    return s[:, None, None] * pred + t[:, None, None], ok
+    out_dtype = pred.dtype
+    work = torch.promote_types(pred.dtype, torch.float32)
+    pred, target = pred.to(work), target.to(work)
+    m = mask.to(work)
+    n = m.sum((1, 2))
+    cnt = n.clamp(min=1)[:, None, None]
+    zero = pred.new_zeros(())
+    mp = (m * pred).sum((1, 2), keepdim=True) / cnt
+    mg = (m * target).sum((1, 2), keepdim=True) / cnt
+    dp = torch.where(mask, pred - mp, zero)
+    dg = torch.where(mask, target - mg, zero)
+    var = (dp * dp).sum((1, 2))
+    cov = (dp * dg).sum((1, 2))
+    big = torch.where(mask, pred.detach().abs(), zero).amax((1, 2))
+    tol = n * (64 * torch.finfo(pred.dtype).eps * big) ** 2
+    ok = (n >= 2) & (var > tol)
+    s = torch.where(ok, cov / torch.where(ok, var, torch.ones_like(var)), torch.zeros_like(var))
+    return (s[:, None, None] * dp + mg).to(out_dtype), ok
 
 
 def align(pred: Tensor, target: Tensor, mask: Tensor, mode: str) -> tuple[Tensor, Tensor, Tensor]:

@@ -157,15 +157,25 @@ def write_pfm(path: str | Path, arr: np.ndarray) -> None:
         f.write(np.ascontiguousarray(a[::-1]).tobytes())
 
 
+def _imdecode(data: bytes, flags: int) -> np.ndarray | None:
+    """cv2.imdecode, with None (not a cv2.error) for an empty buffer."""
+    if not data:
+        return None
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error:
+        return None
+
+
 def decode_image(data: bytes) -> np.ndarray:
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    bgr = _imdecode(data, cv2.IMREAD_COLOR)
     if bgr is None:
         raise SampleError("image could not be decoded")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def decode_png16(data: bytes) -> np.ndarray:
-    q = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    q = _imdecode(data, cv2.IMREAD_UNCHANGED)
     if q is None or q.ndim != 2 or q.dtype not in (np.uint16, np.uint8):
         raise SampleError("label PNG is not a single-channel 8/16-bit image")
     return q
@@ -177,14 +187,15 @@ def decode_label(data: bytes, ext: str) -> tuple[np.ndarray, float | None]:
     if ext == "png":
         return decode_png16(data).astype(np.float64), 0.0
     if ext == "npy":
-        try:
-            arr = np.load(io.BytesIO(data), allow_pickle=False)
-        except ValueError as e:
-            raise SampleError(f"bad npy label: {e}") from None
-        arr = np.squeeze(arr)
-        if arr.ndim != 2:
-            raise SampleError(f"npy label must be 2-D, got shape {arr.shape}")
-        return arr.astype(np.float64), None
+        try:  # an empty file is an EOFError; strings or records fail the float conversion
+            arr = np.squeeze(np.load(io.BytesIO(data), allow_pickle=False))
+            if arr.ndim != 2:
+                raise SampleError(f"npy label must be 2-D, got shape {arr.shape}")
+            return arr.astype(np.float64), None
+        except (ValueError, TypeError, EOFError, OSError) as e:
+            if isinstance(e, SampleError):
+                raise
+            raise SampleError(f"bad npy label: {type(e).__name__}: {e}") from None
     if ext == "pfm":
         return read_pfm(data).astype(np.float64), None
     raise SampleError(f"unsupported label format {ext!r}")

@@ -229,11 +229,16 @@ class StepStats:
 def pareto_backward(params: list[nn.Parameter], terms: LossTerms, dataset: torch.Tensor,
                     k: int, scale: float, env: DistEnv) -> list[float]:
     """Per-dataset losses -> their gradients on the shared parameters (``[K, P]``) -> the
-    min-norm convex combination, written to ``p.grad``. Returns the weights."""
+    min-norm convex combination, written to ``p.grad``. Returns the weights.
+
+    A dataset with no valid pixel in the batch (on every rank) is no task at this step: its
+    zero row would be the min-norm point and cancel the update; it gets weight 0."""
     rows = []
+    count = torch.zeros(k, dtype=torch.float64, device=dataset.device)  # valid pixels
     for i in range(k):
         sel = dataset == i
-        if not bool(sel.any()):
+        count[i] = terms.den[:, sel].sum().detach().double()
+        if not bool(count[i] > 0):
             rows.append(torch.zeros(sum(p.numel() for p in params), device=dataset.device))
             continue
         grads = torch.autograd.grad(terms.value(sel) * scale, params, retain_graph=True,
@@ -244,7 +249,11 @@ def pareto_backward(params: list[nn.Parameter], terms: LossTerms, dataset: torch
     if env.distributed:  # DDP is bypassed in this mode: average the task gradients here
         dist.all_reduce(g)
         g /= env.world_size
-    w = min_norm_weights(g)
+        dist.all_reduce(count)
+    live = count > 0
+    w = torch.zeros(k, dtype=g.dtype, device=g.device)
+    if bool(live.any()):
+        w[live] = min_norm_weights(g[live]).to(w.dtype)
     flat = combine(g, w)
     offset = 0
     for p in params:
@@ -276,8 +285,9 @@ def train_one_step(model: nn.Module, raw_model: MidasNet, batch: dict[str, Any],
     weights = None
     params = [p for p in raw_model.parameters() if p.requires_grad]
     if pareto:
-        weights = pareto_backward(params, terms, dataset, n_datasets, scaler.get_scale()
-                                  if scaler.is_enabled() else 1.0, env)
+        # scaler.scale() (not get_scale()) starts the scaler's state: unscale_ needs it
+        scale = float(scaler.scale(loss.new_ones(()))) if scaler.is_enabled() else 1.0
+        weights = pareto_backward(params, terms, dataset, n_datasets, scale, env)
     else:
         scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
@@ -322,6 +332,7 @@ class _Run:
     scaler: torch.amp.GradScaler
     step: int = 0
     loader_state: dict | None = None  # this rank's LoaderState.to_dict()
+    rng_state: dict | None = None  # this rank's RNG at the checkpoint
 
 
 def _open_checkpoint(cfg: TrainConfig, out: Path, resume: bool) -> dict | None:
@@ -365,7 +376,7 @@ def _build_run(cfg: TrainConfig, ck: dict | None, env: DistEnv) -> _Run:
         log.warning("the checkpoint's data positions are for another number of ranks or "
                     "workers: the data streams restart")
     if len(rngs) == env.world_size:
-        _set_rng_state(rngs[env.rank])
+        run.rng_state = rngs[env.rank]  # set once the loader's iterator has drawn its seed
     return run
 
 
@@ -402,20 +413,23 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, env: DistEnv) -> TrainResu
     t_log, n_log = time.perf_counter(), 0
     last: dict[str, Any] = {}
     model.train()
-    it = iter(loader)
+    it = iter(loader)  # draws the workers' base seed from torch's generator
+    if run.rng_state is not None:  # so the RNG is restored after it, not before
+        _set_rng_state(run.rng_state)
     try:
         while run.step < cfg.run.steps:
             batch = next(it)
             state.update(batch["state"])
             stats = train_one_step(wrapped, model, batch, loss_fn, run.optimizer, run.scaler,
                                    cfg, env, len(names))
+            lrs = _group_lrs(run.optimizer)  # the rates this step used
             run.scheduler.step()
             run.step += 1
             n_log += len(batch["key"])
             _accumulate(acc, stats)
             step = run.step
             if step % cfg.run.log_every == 0 or step == cfg.run.steps:
-                last = _log_record(step, acc, names, run.optimizer, state, n_log,
+                last = _log_record(step, acc, names, lrs, state, n_log,
                                    time.perf_counter() - t_log, env)
                 metrics.write(last)
                 log.info("step %d loss %.4f %s %.1f samples/s", step, last["loss"],
@@ -447,8 +461,12 @@ def _broadcast_parameters(model: nn.Module) -> None:
             dist.broadcast(t.data, 0)
 
 
+def _group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    return {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
+
+
 def _log_record(step: int, acc: dict[str, Any], names: list[str],
-                optimizer: torch.optim.Optimizer, state: LoaderState, n: int, dt: float,
+                groups: dict[str, float], state: LoaderState, n: int, dt: float,
                 env: DistEnv) -> dict[str, Any]:
     vals = [float(np.mean(acc["loss"]))] + [
         float(np.mean(acc[f"ds{i}"])) if acc.get(f"ds{i}") else float("nan")
@@ -461,7 +479,6 @@ def _log_record(step: int, acc: dict[str, Any], names: list[str],
         dist.all_reduce(both)
         vals = (both[0] / both[1].clamp(min=1)).tolist()
         vals = [v if c > 0 else float("nan") for v, c in zip(vals, both[1].tolist(), strict=True)]
-    groups = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
     rec: dict[str, Any] = {
         "step": step,
         "loss": vals[0],
