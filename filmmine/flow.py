@@ -87,7 +87,8 @@ class DisFlow(FlowBackend):
         if preset not in self.PRESETS:
             raise ValueError(f"unknown DIS preset {preset!r}; choose from {sorted(self.PRESETS)}")
         if device != "cpu":
-            raise ValueError("the dis backend runs on the CPU only")
+            raise ValueError("the dis backend runs on the CPU only (on a GPU: --recipe gpu, "
+                             "or [disparity] backend = census_sgm or raft)")
         self.preset = preset
         self._dis = cv2.DISOpticalFlow_create(self.PRESETS[preset])
         if finest_scale >= 0:
@@ -129,7 +130,8 @@ class SgbmFlow(FlowBackend):
                  sgbm_speckle_window: int = 100, sgbm_speckle_range_px: int = 2,
                  **_other: Any) -> None:
         if device != "cpu":
-            raise ValueError("the sgbm backend runs on the CPU only")
+            raise ValueError(f"the {self.name} backend runs on the CPU only (on a GPU: "
+                             "--recipe gpu, or [disparity] backend = census_sgm or raft)")
         if sgbm_mode not in self.MODES:
             raise ValueError(f"unknown SGBM mode {sgbm_mode!r}; choose from {sorted(self.MODES)}")
         if sgbm_block_size < 1 or sgbm_block_size % 2 == 0:

@@ -39,7 +39,7 @@ def test_preview_inherits_default_and_overrides(default: dict) -> None:
         for key, v in value.items():
             assert preview[table][key] == over.get(table, {}).get(key, v), (table, key)
     assert preview["name"] == "preview"
-    assert preview["sampling"]["fps"] == 1.0 and preview["disparity"]["preset"] == "fast"
+    assert preview["sampling"]["fps"] == 1.0 and preview["output"]["max_width"] == 640
     assert preview["shots"] == default["shots"]
     assert preview["sampling"]["margin_s"] == default["sampling"]["margin_s"]
 
@@ -51,7 +51,7 @@ def test_chain_of_bases(tmp_path: Path, default: dict) -> None:
     r = load_recipe(p)
     assert r["name"] == "mine"
     assert r["sampling"] == {"fps": 2.0, "margin_s": 0.25, "max_per_shot": 4}
-    assert r["disparity"]["preset"] == "fast"
+    assert r["output"]["max_width"] == 640
     assert r["crop"] == default["crop"]
 
 
@@ -82,7 +82,22 @@ def test_scalar_for_table_and_bad_files_raise(tmp_path: Path) -> None:
         load_recipe("no-such-recipe")
 
 
-@pytest.mark.parametrize("name", ["default", "preview"])
+def test_gpu_recipe_is_the_default_with_the_torch_backend(default: dict) -> None:
+    """--recipe gpu: the default's labels and checks, with a backend that runs on CUDA (the
+    default's dis_sgbm refuses cuda with a hint naming this recipe)."""
+    from filmmine.flow import backend_options, get_backend
+
+    gpu = load_recipe("gpu")
+    assert gpu["disparity"]["backend"] == "census_sgm"
+    assert {k: v for k, v in gpu["disparity"].items() if k != "backend"} == \
+        {k: v for k, v in default["disparity"].items() if k != "backend"}
+    assert get_backend("census_sgm", device="cpu", **backend_options(gpu["disparity"])).name \
+        == "census_sgm"
+    with pytest.raises(ValueError, match="--recipe gpu"):
+        get_backend(default["disparity"]["backend"], device="cuda")
+
+
+@pytest.mark.parametrize("name", ["default", "preview", "gpu"])
 def test_dump_toml_round_trips(name: str) -> None:
     """tomllib reads back exactly the resolved recipe (types included)."""
     r = load_recipe(name)
