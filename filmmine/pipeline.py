@@ -100,13 +100,29 @@ class UnitResult:
                 "timings": {k: round(v, 4) for k, v in sorted(self.timings.items())}}
 
 
+@dataclass
+class _Waiting:
+    """A candidate that passed the filters, waiting for the batched disparity stage."""
+
+    frame_index: int
+    row: dict
+    left: np.ndarray            # stored-size RGB left view
+    grey_left: np.ndarray
+    grey_right: np.ndarray
+    crop: tuple
+    view_wh: tuple[int, int]
+
+
 class UnitMiner:
     """Holds the per-unit state of the streaming stages."""
 
     def __init__(self, probe: ProbeResult, unit: WorkUnit, recipe: dict, backend: FlowBackend,
-                 staging: StagingWriter) -> None:
+                 staging: StagingWriter, batch: int = 1) -> None:
         self.probe, self.unit, self.recipe, self.backend = probe, unit, recipe, backend
         self.staging = staging
+        # candidates that passed the filters, waiting for one batched disparity call
+        self.batch = max(1, int(batch))
+        self.waiting: list[_Waiting] = []
         sh = recipe["shots"]
         self.tracker = ShotTracker(
             probe.fps, content_threshold=sh["content_threshold"],
@@ -141,6 +157,7 @@ class UnitMiner:
         self.tracker.finish(last_index)
         while self.pending:
             self._decide(self.pending.popleft())
+        self._flush()
         b = self.tracker.boundaries
         u = self.unit
         self.result.cuts = [c for c in b.cuts if u.start <= c < u.end]
@@ -178,17 +195,31 @@ class UnitMiner:
         if reason is not None:
             self._row(frame.index, "filter", reason, **scores)
             return
-        res = compute_disparity([gl], [gr], self.backend, self.recipe["disparity"])[0]
-        t0 = self._tick("disparity", t0)
-        dstats = {k: res.stats[k] for k in ("valid_fraction", "vertical_fail_fraction",
-                                             "range_px")}
-        if res.reason is not None:
-            self._row(frame.index, "disparity", res.reason, **scores, **dstats)
+        # the row keeps its place in frame order; the disparity stage fills it in
+        row = self._row(frame.index, "disparity", None, **scores)
+        self.waiting.append(_Waiting(frame.index, row, left, gl, gr, crop, view_wh))
+        if len(self.waiting) >= self.batch:
+            self._flush()
+
+    def _flush(self) -> None:
+        """One disparity call for the waiting candidates (both directions of every pair),
+        then their verdicts and samples in frame order."""
+        if not self.waiting:
             return
-        key = sample_key(self.probe.name, frame.index)
-        row = self._row(frame.index, "accepted", None, **scores, **dstats)
-        row["key"] = key
-        self._stage_sample(key, frame.index, left, res, crop, view_wh)
+        batch, self.waiting = self.waiting, []
+        t0 = time.perf_counter()
+        results = compute_disparity([w.grey_left for w in batch], [w.grey_right for w in batch],
+                                    self.backend, self.recipe["disparity"])
+        t0 = self._tick("disparity", t0)
+        for w, res in zip(batch, results, strict=True):
+            w.row.update({k: res.stats[k] for k in ("valid_fraction", "vertical_fail_fraction",
+                                                    "range_px")})
+            if res.reason is not None:
+                w.row.update(accepted=False, reason=res.reason)
+                continue
+            key = sample_key(self.probe.name, w.frame_index)
+            w.row.update(stage="accepted", key=key)
+            self._stage_sample(key, w.frame_index, w.left, res, w.crop, w.view_wh)
         self._tick("encode_write", t0)
 
     def _stage_sample(self, key, frame_index, left, res, crop, view_wh) -> None:
@@ -245,6 +276,15 @@ def backend_for(recipe: dict, device: str) -> FlowBackend:
     return _BACKENDS[key]
 
 
+def disparity_batch(recipe: dict, device: str) -> int:
+    """Stereo pairs per disparity call: ``[disparity] batch``, 0 = auto (16 on CUDA, where a
+    batch fills the GPU; 1 on the CPU, where the backends loop over pairs anyway)."""
+    n = int(recipe["disparity"].get("batch", 0))
+    if n > 0:
+        return n
+    return 16 if str(device).startswith("cuda") else 1
+
+
 def backend_options(recipe: dict) -> dict:
     """Keyword options of the recipe's flow backend (every backend ignores others' keys)."""
     return flow.backend_options(recipe["disparity"])
@@ -269,7 +309,7 @@ def mine_unit(probe: ProbeResult, unit: WorkUnit, recipe: dict, work_dir: Path,
         return json.loads(marker.read_text())
     backend = backend_for(recipe, device)
     staging = StagingWriter(tar_path)
-    miner = UnitMiner(probe, unit, recipe, backend, staging)
+    miner = UnitMiner(probe, unit, recipe, backend, staging, disparity_batch(recipe, device))
     # context before the unit lets the shot detector see cuts that shape its first samples
     start = max(0, unit.start - miner.context)
     stop = min(probe.n_frames, unit.end + miner.context)
