@@ -61,8 +61,8 @@ class RunReport:
                 c = rec["counts"]
                 extra = (f"{c['accepted']} samples from {c['candidates']} candidates, "
                          f"{c['shots']} shots")
-            reason = f" - {i['reason']}" if i.get("reason") else ""
-            lines.append(f"  {i['status']:7s} {i['source']}: {extra}{reason}")
+            text = " - ".join(t for t in (extra, i.get("reason")) if t)
+            lines.append(f"  {i['status']:7s} {i['source']}: {text}")
         n = sum(r["counts"]["accepted"] for r in self.records.values())
         shards = sum(len(r["shards"]) for r in self.records.values())
         lines.append(f"{len(self.records)} film(s) mined, {n} samples in {shards} shard(s), "

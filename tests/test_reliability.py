@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -219,3 +220,36 @@ def test_local_workers_reuse_frame_buffers_and_run_single_threaded() -> None:
         cluster.close()
     assert state == {"mmap": str(32 * 2**20), "trim": str(128 * 2**20), "omp": "1",
                      "cv2": 1, "torch": 1}
+
+
+SETPRIV = shutil.which("setpriv")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_unreadable_film_gets_a_reason_and_the_rest_is_mined(library, tmp_path):
+    """A film without read permission. Root reads anything, so as root the run drops the
+    capabilities that bypass file permissions (setpriv), as an ordinary user would run."""
+    lib = json.loads((library / "library.json").read_text())
+    film = next(f for f in lib["films"] if f["name"] == "film_sbs")
+    films = tmp_path / "films"
+    films.mkdir()
+    shutil.copy(library / film["path"], films / "good.mp4")
+    locked = films / "locked.mp4"
+    shutil.copy(library / film["path"], locked)
+    locked.chmod(0)
+    cmd = [sys.executable, "-m", "filmmine.cli", "extract", str(films), "--layout", "sbs",
+           "--out", str(tmp_path / "out"), "--workers", "0", "--quiet"]
+    if os.geteuid() == 0:
+        if SETPRIV is None:
+            pytest.skip("running as root without setpriv: every file is readable")
+        cmd = [SETPRIV, "--bounding-set=-dac_override,-dac_read_search", *cmd]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.strip() == ""
+    lines = run.stdout.splitlines()
+    assert f"  failed  {locked}: unreadable file: Permission denied" in lines, lines
+    assert any(line.startswith(f"  ok      {films / 'good.mp4'}: ") for line in lines), lines
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    by_source = {i["source"]: i for i in man["inputs"]}
+    assert by_source[str(locked)]["reason"] == "unreadable file: Permission denied"
+    assert man["totals"]["films_ok"] == 1 and man["totals"]["samples"] > 0
