@@ -147,19 +147,20 @@ def _guided_post_filter(disparity: np.ndarray, valid: np.ndarray, guide: np.ndar
     return np.where(valid, out, np.nan).astype(np.float32)
 
 
-def _core_numpy(flow_lr: np.ndarray, flow_rl: np.ndarray, lr_max: float,
+def _core_numpy(lr: np.ndarray, rl: np.ndarray, lr_max: float,
                 vmax: float) -> dict[str, np.ndarray]:
-    """The per-pixel checks of one frame on the CPU (flows [H, W, 2]; cv2.remap)."""
-    h, w = flow_lr.shape[:2]
+    """The per-pixel checks of one frame on the CPU (flows [2, H, W]: planes u, v; cv2.remap).
+    Planes are used in place: no [H, W, 2] copy (5 ms a frame at 940x540)."""
+    h, w = lr.shape[1:]
     xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    u, v = flow_lr[..., 0], flow_lr[..., 1]
-    # where each left pixel lands in the right view, and the backward flow found there
-    back = sample_at(flow_rl, xs + u, ys + v)[..., 0]
+    u, v = lr[0], lr[1]
+    # where each left pixel lands in the right view, and the backward flow u found there
+    back = sample_at(np.ascontiguousarray(rl[0]), xs + u, ys + v)
     with np.errstate(invalid="ignore"):
         lr_err = np.abs(u + back)                    # NaN where the match leaves the image
         lr_ok = lr_err < lr_max                      # NaN compares False: invalid
         vert_fail_lr = np.abs(v) > vmax
-        vert_fail_rl = np.abs(flow_rl[..., 1]) > vmax
+        vert_fail_rl = np.abs(rl[1]) > vmax
         # occlusion: inconsistent, but the right view sees something nearer (larger d)
         occluded = ~lr_ok & np.isfinite(back) & (back > -u + lr_max)
     conf = np.exp(-np.nan_to_num(lr_err, nan=1e9) / lr_max).astype(np.float32)
@@ -207,10 +208,8 @@ def check_batch(flow_lr: torch.Tensor, flow_rl: torch.Tensor, cfg: dict, stored_
         core = _core_torch(flow_lr.float(), flow_rl.float(), lr_max, vmax)
         per = [{k: a[i] for k, a in core.items()} for i in range(b)]
     else:
-        lr = flow_lr.float().permute(0, 2, 3, 1).numpy()
-        rl = flow_rl.float().permute(0, 2, 3, 1).numpy()
-        per = [_core_numpy(np.ascontiguousarray(lr[i]), np.ascontiguousarray(rl[i]), lr_max,
-                           vmax) for i in range(b)]
+        lr, rl = flow_lr.float().numpy(), flow_rl.float().numpy()
+        per = [_core_numpy(lr[i], rl[i], lr_max, vmax) for i in range(b)]
     mc = None if match_confidence is None else match_confidence.float().cpu().numpy()
     out = []
     for i, c in enumerate(per):
@@ -239,15 +238,18 @@ def _finish(u: np.ndarray, v: np.ndarray, valid: np.ndarray, lr_ok: np.ndarray,
                                         float(cfg.get("post_filter_eps", 1e-3)))
     confidence = np.where(valid, conf, 0.0).astype(np.float32)
     valid_frac = float(valid.mean())
+    # vertical-flow summary from every other pixel of every other row (nanmedian and
+    # nanpercentile of every pixel took 8 ms a frame at 940x540; the verdict uses all pixels)
+    vs = v[::2, ::2]
+    vs = vs[np.isfinite(vs)]
     stats: dict[str, float] = {
         "valid_fraction": valid_frac,
         "lr_pass_fraction": float(lr_ok.mean()),
         "occluded_fraction": float(occluded.mean()),
         "speckle_fraction": float((n_checked - valid.sum()) / valid.size),
         "vertical_fail_fraction": vertical_fail_frac,
-        "vertical_median_px": float(np.nanmedian(v)) if np.isfinite(v).any() else 0.0,
-        "vertical_abs_p95_px": (float(np.nanpercentile(np.abs(v), 95))
-                                if np.isfinite(v).any() else 0.0),
+        "vertical_median_px": float(np.median(vs)) if vs.size else 0.0,
+        "vertical_abs_p95_px": float(np.percentile(np.abs(vs), 95)) if vs.size else 0.0,
         "range_px": 0.0,
         "disp_p1_px": float("nan"),
         "disp_p50_px": float("nan"),

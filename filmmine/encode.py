@@ -47,9 +47,12 @@ def encode_disparity(disparity: np.ndarray, step_px: float) -> tuple[bytes, floa
     scale, offset = disparity_scale_offset(disparity, step_px)
     finite = np.isfinite(disparity)
     q = np.zeros(disparity.shape, np.uint16)
-    # zlib level 1: 3x faster than 6 at 960x552 (32 vs 99 ms) for ~5 % more bytes
+    # zlib level 1: 3x faster than 6 at 960x552 (32 vs 99 ms) for ~5 % more bytes. The PNG
+    # "up" filter on every row instead of libpng's per-row search: 5.4 vs 10.6 ms at 940x540,
+    # and no bigger (140 225 vs 140 410 bytes on a benchmark-film sample)
     q[finite] = np.clip(np.rint((disparity[finite] - offset) / scale), 1, 65535).astype(np.uint16)
-    ok, buf = cv2.imencode(".png", q, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    ok, buf = cv2.imencode(".png", q, [cv2.IMWRITE_PNG_COMPRESSION, 1,
+                                       cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP])
     if not ok:
         raise ValueError("PNG encoding failed")
     return buf.tobytes(), scale, offset
@@ -80,7 +83,10 @@ def encode_confidence(confidence: np.ndarray, valid: np.ndarray) -> bytes:
         raise ValueError(f"confidence {confidence.shape} and valid mask {valid.shape} differ")
     q = confidence_to_uint8(confidence)
     q = np.where(valid, np.maximum(q, 1), 0).astype(np.uint8)
-    ok, buf = cv2.imencode(".png", q, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    # no PNG row filter: flat runs of 255 compress best as they are (4.5 ms, 177 KB at 940x540
+    # vs 8.4 ms, 201 KB with libpng's per-row filter search)
+    ok, buf = cv2.imencode(".png", q, [cv2.IMWRITE_PNG_COMPRESSION, 1,
+                                       cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE])
     if not ok:
         raise ValueError("PNG encoding failed")
     return buf.tobytes()

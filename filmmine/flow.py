@@ -232,7 +232,7 @@ class DisSgbmFlow(SgbmFlow):
         if d.size == 0:
             return -cap, cap
         p_lo, p_hi = np.percentile(d, self.percentiles)
-        margin = self.margin_px + 2 * s + self.margin_frac * float(p_hi - p_lo)
+        margin = self.margin_px + s + self.margin_frac * float(p_hi - p_lo)
         lo = max(-cap, int(np.floor(p_lo - margin)))
         hi = min(cap, int(np.ceil(p_hi + margin)))
         n = max(16, int(np.ceil((hi - lo) / 16)) * 16)   # SGBM: a multiple of 16
@@ -252,9 +252,14 @@ class DisSgbmFlow(SgbmFlow):
         return d
 
     def stereo(self, left: Sequence[np.ndarray], right: Sequence[np.ndarray]) -> StereoFlows:
-        lr, rl = [], []
-        for a, b in zip(left, right, strict=True):
-            h, w = a.shape[:2]
+        if len(left) != len(right):
+            raise ValueError(f"{len(left)} left views but {len(right)} right views")
+        h, w = left[0].shape[:2]
+        lr = np.empty((len(left), 2, h, w), np.float32)   # filled in place: no stacking copies
+        rl = np.empty_like(lr)
+        for i, (a, b) in enumerate(zip(left, right, strict=True)):
+            if a.shape[:2] != (h, w) or b.shape[:2] != (h, w):
+                raise ValueError("the pairs of one call must have one size")
             s = self.coarse_factor(w)
             cs = (max(8, round(w / s)), max(8, round(h / s)))
             ac = cv2.resize(a, cs, interpolation=cv2.INTER_AREA)
@@ -262,14 +267,12 @@ class DisSgbmFlow(SgbmFlow):
             f_lr = self._coarse.calc(ac, bc, None)
             f_rl = self._coarse.calc(bc, ac, None)
             lo, hi = self.search_range(f_lr[..., 0], w)
-            d_l = self._sgbm_range(a, b, lo, hi)
-            d_r = self._sgbm_range(np.ascontiguousarray(b[:, ::-1]),
-                                   np.ascontiguousarray(a[:, ::-1]), lo, hi)[:, ::-1]
-            v_lr = self._vertical(f_lr, f_rl, (w, h), cs[1])
-            v_rl = self._vertical(f_rl, f_lr, (w, h), cs[1])
-            lr.append(np.stack([-d_l, v_lr]))
-            rl.append(np.stack([d_r, v_rl]))
-        return StereoFlows(torch.from_numpy(np.stack(lr)), torch.from_numpy(np.stack(rl)))
+            np.negative(self._sgbm_range(a, b, lo, hi), out=lr[i, 0])
+            rl[i, 0] = self._sgbm_range(np.ascontiguousarray(b[:, ::-1]),
+                                        np.ascontiguousarray(a[:, ::-1]), lo, hi)[:, ::-1]
+            lr[i, 1] = self._vertical(f_lr, f_rl, (w, h), cs[1])
+            rl[i, 1] = self._vertical(f_rl, f_lr, (w, h), cs[1])
+        return StereoFlows(torch.from_numpy(lr), torch.from_numpy(rl))
 
     def _vertical(self, f: np.ndarray, back: np.ndarray, size: tuple[int, int],
                   coarse_h: int) -> np.ndarray:

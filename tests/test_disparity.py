@@ -375,10 +375,10 @@ def test_device_and_cpu_checks_agree(cfg: dict) -> None:
     d = cv2.GaussianBlur(rng.uniform(-10, 25, (H, W)).astype(np.float32), (0, 0), 4)
     noise = rng.normal(0, 0.6, (H, W)).astype(np.float32)
     v = cv2.GaussianBlur(rng.uniform(-3, 3, (H, W)).astype(np.float32), (0, 0), 8)
-    lr = np.stack([-d, v], -1)
-    rl = np.stack([d + noise, -v], -1)
+    lr = np.stack([-d, v])                                   # [2, H, W]: planes u, v
+    rl = np.stack([d + noise, -v])
     a = _core_numpy(lr, rl, cfg["lr_max_px"], cfg["vertical_max_px"])
-    t = lambda x: torch.from_numpy(x).permute(2, 0, 1)[None]  # noqa: E731
+    t = lambda x: torch.from_numpy(x)[None]  # noqa: E731
     b = {k: x[0] for k, x in _core_torch(t(lr), t(rl), cfg["lr_max_px"],
                                          cfg["vertical_max_px"]).items()}
     for key in ("valid", "lr_ok", "occluded"):
