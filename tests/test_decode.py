@@ -167,8 +167,8 @@ def test_truncated_mkv_decodes_partially(films, sbs_full: list[Frame], tmp_path:
     decode in film order, and stats.stopped_early says why in one line.
 
     (Only the leading frames are compared by index: at the cut, B-frames whose packets were
-    lost are skipped and the count-based index of a later frame shifts; see
-    test_index_is_the_same_from_a_seek_after_a_timestamp_gap.)
+    lost are not in the truncated file's own timestamp index, so the index of a later frame
+    shifts against the whole file's.)
     """
     mkv = tmp_path / "film.mkv"
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(films["sbs"]), "-c", "copy",
@@ -221,13 +221,9 @@ def test_decode_timeout_raises_on_synthetic(films) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Known bugs
+# Exact indices: frame i is one picture however the film is cut into ranges
 
 
-@pytest.mark.xfail(reason="decode numbers frames by counting them from the seek point "
-                          "(fps_mode passthrough) but seeks by time, (start_frame - 0.5) / fps: "
-                          "after a timestamp gap (a dropped frame, VFR) a range decode labels "
-                          "every frame one index lower than a full decode", strict=True)
 def test_index_is_the_same_from_a_seek_after_a_timestamp_gap(films, tmp_path: Path) -> None:
     """A film missing frame 10 (a timestamp gap): index i is one picture however decoded."""
     gap = tmp_path / "gap.mp4"
