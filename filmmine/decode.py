@@ -64,12 +64,12 @@ def lowres_size(probe: ProbeResult, lowres_width: int) -> tuple[int, int]:
 
 
 def seek_time(probe: ProbeResult, start_frame: int) -> float | None:
-    """Seconds to seek to for a range starting at ``start_frame`` (None: from the start)."""
+    """Seconds from which frames belong to a range starting at ``start_frame`` (None: all)."""
     if start_frame <= 0:
         return None
     if probe.pts is not None:
         us = probe.pts.seek_us(start_frame)
-        return None if us is None or us <= 0 else us / 1e6
+        return None if us is None else us / 1e6
     return max(0.0, (start_frame - 0.5) / probe.fps)
 
 
@@ -84,15 +84,29 @@ ERROR_LEVELS = {b"panic", b"fatal", b"error"}
 def build_command(probe: ProbeResult, start_frame: int, n_frames: int, grid_step: int,
                   lowres_wh: tuple[int, int], hi_fd: int) -> list[str]:
     """ffmpeg argv for frames [start_frame, start_frame + n_frames) of a film."""
-    ss = seek_time(probe, start_frame)
-    kw = {"ss": f"{ss:.6f}"} if ss is not None else {}
+    fw, fh = probe.frame_size
+    index = probe.pts
+    if index is None:  # times from the frame rate: ffmpeg's accurate seek, then a count
+        ss = seek_time(probe, start_frame)
+        kw = {"ss": f"{ss:.6f}"} if ss is not None else {}
+        trim = {"start_frame": 0, "end_frame": n_frames}
+    else:
+        # the demuxer seeks to a keyframe early enough for every frame of the range to
+        # decode; the range itself is cut by time (times as in the index: -copyts)
+        seek_us, start_us = index.seek_plan(start_frame)
+        kw = {"ss": f"{seek_us / 1e6:.6f}", "noaccurate_seek": None} if seek_us else {}
+        trim = {"start": f"{start_us / 1e6:.6f}"} if start_us is not None else {}
+        end = start_frame + n_frames
+        if end < index.n:
+            trim["end"] = f"{index.seek_us(end) / 1e6:.6f}"
     inputs = [ffmpeg.input(p, **kw) for p in probe.paths]
     if len(inputs) == 2:
         v = ffmpeg.filter([inputs[0].video, inputs[1].video], "hstack", inputs=2)
     else:
         v = inputs[0].video
-    fw, fh = probe.frame_size
-    v = v.filter("trim", start_frame=0, end_frame=n_frames).filter("crop", fw, fh, 0, 0)
+    if trim:
+        v = v.filter("trim", **trim)
+    v = v.filter("crop", fw, fh, 0, 0)
     split = v.split()
     if is_side_by_side(probe.layout):
         lo = split[0].filter("crop", fw // 2, fh, 0, 0)

@@ -254,3 +254,41 @@ def test_closing_the_decoder_early_leaves_no_reader_thread(films) -> None:
             break
         time.sleep(0.05)
     assert not left, [t.name for t in left]
+
+
+@pytest.mark.parametrize("ext", ["mkv", "mp4"])
+def test_b_frame_film_ranges_equal_full_decode(films, tmp_path: Path, ext: str) -> None:
+    """B-frames (decode order is not presentation order) in open GOPs (frames after a keyframe
+    shown before it) and two timestamp gaps: the index is in presentation order and every
+    range, whatever frame it starts on, decodes the same pictures under the same indices as
+    the whole film. (In the mp4, the last P-frame references a leading B-frame of the last,
+    open, GOP: a decode must start one keyframe earlier.)"""
+    film = tmp_path / f"bframes.{ext}"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(films["sbs"]), "-vf",
+                    "select='not(eq(n,17)+eq(n,40))'", "-fps_mode", "passthrough", "-c:v",
+                    "libx264", "-preset", "veryfast", "-crf", "14", "-g", "12", "-bf", "3",
+                    "-x264-params", "b-pyramid=normal:open-gop=1", str(film)], check=True)
+    packets = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+                              "packet=pts", "-of", "csv=p=0", str(film)], capture_output=True,
+                             text=True, check=True).stdout.split()
+    pts = [int(p) for p in packets]
+    assert pts != sorted(pts)  # reordered: the file has B-frames
+    p = probe_film("bf", (str(film),))
+    assert p.pts is not None and p.pts.n == len(pts) == N - 2
+    keys = p.pts.keyframes()
+    assert keys is not None and keys[1].any()  # open GOPs
+    times = p.pts.times_us()
+    assert list(times) == sorted(times)
+    full = list(iter_frames(p, grid_step=6))
+    assert [f.index for f in full] == list(range(N - 2))
+    for start in range(1, N - 2, 4):
+        stats = DecodeStats()
+        got = list(iter_frames(p, start_frame=start, n_frames=9, grid_step=6, stats=stats))
+        assert [f.index for f in got] == list(range(start, min(start + 9, N - 2)))
+        assert stats.unmatched == stats.grid_missed == 0
+        for f in got:
+            ref = full[f.index]
+            assert np.array_equal(f.lowres, ref.lowres), (start, f.index)
+            assert (f.full is None) == (ref.full is None), (start, f.index)
+            if f.full is not None:
+                assert np.array_equal(f.full, ref.full), (start, f.index)
