@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import threading
 import zlib
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -366,11 +367,15 @@ def _film_pts_index(path: str, size: int, mtime_ns: int) -> PtsIndex | None:
     return _index_of(*_probe_stream(path))
 
 
+_INDEX_LOCK = threading.Lock()
+
+
 def film_pts_index(path: str | Path) -> PtsIndex | None:
-    """The frame times of one file (cached while the file is unchanged): for probes rebuilt
-    from a film record, which does not store them."""
+    """The frame times of one file (cached while the file is unchanged, built once when
+    threads ask together): for probes rebuilt from a film record, which does not store them."""
     st = Path(path).stat()
-    return _film_pts_index(str(path), st.st_size, st.st_mtime_ns)
+    with _INDEX_LOCK:
+        return _film_pts_index(str(path), st.st_size, st.st_mtime_ns)
 
 
 def grey_thumbnails(path: str, duration_s: float, n: int = 5, width: int = 320) -> list[np.ndarray]:
