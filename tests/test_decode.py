@@ -292,3 +292,17 @@ def test_b_frame_film_ranges_equal_full_decode(films, tmp_path: Path, ext: str) 
             assert (f.full is None) == (ref.full is None), (start, f.index)
             if f.full is not None:
                 assert np.array_equal(f.full, ref.full), (start, f.index)
+
+
+def test_probe_without_an_index_decodes_ranges_by_frame_rate(films, sbs_full: list[Frame]) -> None:
+    """A probe rebuilt from a film record has no timestamp index: a constant-rate film still
+    decodes ranges by a time derived from fps and a frame count."""
+    import dataclasses
+
+    p = dataclasses.replace(probe_of(films, "sbs"), pts=None)
+    for start in (1, 29, 50):
+        got = list(iter_frames(p, start_frame=start, n_frames=7, grid_step=6))
+        assert [f.index for f in got] == list(range(start, min(start + 7, N)))
+        for f in got:
+            assert np.array_equal(f.lowres, sbs_full[f.index].lowres), f.index
+            assert (f.full is None) == (sbs_full[f.index].full is None)
