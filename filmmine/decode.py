@@ -64,12 +64,10 @@ def lowres_size(probe: ProbeResult, lowres_width: int) -> tuple[int, int]:
 
 
 def seek_time(probe: ProbeResult, start_frame: int) -> float | None:
-    """Seconds from which frames belong to a range starting at ``start_frame`` (None: all)."""
+    """Without a timestamp index: where a range starting at ``start_frame`` is sought, from
+    the frame rate (exact only while the film has no timestamp gap). None: from the start."""
     if start_frame <= 0:
         return None
-    if probe.pts is not None:
-        us = probe.pts.seek_us(start_frame)
-        return None if us is None else us / 1e6
     return max(0.0, (start_frame - 0.5) / probe.fps)
 
 
@@ -122,7 +120,7 @@ def build_command(probe: ProbeResult, start_frame: int, n_frames: int, grid_step
                        fps_mode="passthrough")
     args = ffmpeg.merge_outputs(out_lo, out_hi).compile(cmd=find_binary("ffmpeg"))
     # -copyts -start_at_zero: frames keep their times from the container's start (the index's
-    # clock); the accurate seek still drops the frames before -ss
+    # clock, and trim's); without an index ffmpeg's accurate seek drops the frames before -ss
     return [args[0], "-nostdin", *LOG_ARGS, "-copyts", "-start_at_zero", *args[1:]]
 
 
