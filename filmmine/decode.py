@@ -7,6 +7,12 @@
 So the film is decoded once and full-resolution frames are converted and piped only for
 candidates, never for every frame. Separate left/right files are stacked side by side by
 ffmpeg (``hstack``) and then handled like ``sbs``.
+
+Frame indices are exact: a range starts with a seek to a time between its first frame and the
+one before (from the probe's timestamp index), and every decoded frame is numbered by its own
+presentation time (``showinfo`` on the low-res branch, read from ffmpeg's log, with
+``-copyts -start_at_zero`` so times are those of the index). So frame ``i`` is the same picture
+whether the film is decoded whole or in ranges, across timestamp gaps and variable frame rates.
 """
 
 from __future__ import annotations
@@ -14,10 +20,11 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import subprocess
-import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -45,6 +52,8 @@ class DecodeStats:
     expected: int = 0
     stopped_early: str | None = None   # one line when ffmpeg stopped before the expected end
     wall_s: float = 0.0
+    unmatched: int = 0                 # decoded frames not yielded: time outside the range
+    grid_missed: int = 0               # grid frames yielded without their full-res frame
 
 
 def lowres_size(probe: ProbeResult, lowres_width: int) -> tuple[int, int]:
@@ -54,31 +63,68 @@ def lowres_size(probe: ProbeResult, lowres_width: int) -> tuple[int, int]:
     return w, h
 
 
+def seek_time(probe: ProbeResult, start_frame: int) -> float | None:
+    """Without a timestamp index: where a range starting at ``start_frame`` is sought, from
+    the frame rate (exact only while the film has no timestamp gap). None: from the start."""
+    if start_frame <= 0:
+        return None
+    return max(0.0, (start_frame - 0.5) / probe.fps)
+
+
+# ffmpeg runs at log level info (showinfo logs there), each line tagged with its level
+LOG_ARGS = ["-hide_banner", "-nostats", "-loglevel", "level+info"]
+SHOWINFO = re.compile(rb"\[Parsed_showinfo_\d+ @ [^\]]*\] \[info\] n:\s*\d+ pts:\s*(-?\d+|NOPTS)")
+LEVEL = re.compile(rb"((?:\[[^\]]+ @ 0x[0-9a-fA-F]+\] )*)"
+                   rb"\[(panic|fatal|error|warning|info|verbose|debug|trace)\] ")
+ERROR_LEVELS = {b"panic", b"fatal", b"error"}
+
+
 def build_command(probe: ProbeResult, start_frame: int, n_frames: int, grid_step: int,
                   lowres_wh: tuple[int, int], hi_fd: int) -> list[str]:
     """ffmpeg argv for frames [start_frame, start_frame + n_frames) of a film."""
-    ss = max(0.0, (start_frame - 0.5) / probe.fps) if start_frame > 0 else None
-    kw = {"ss": f"{ss:.6f}"} if ss is not None else {}
+    fw, fh = probe.frame_size
+    index = probe.pts
+    if index is None:  # times from the frame rate: ffmpeg's accurate seek, then a count
+        ss = seek_time(probe, start_frame)
+        kw = {"ss": f"{ss:.6f}"} if ss is not None else {}
+        trim = {"start_frame": 0, "end_frame": n_frames}
+    else:
+        # the demuxer seeks to a keyframe early enough for every frame of the range to
+        # decode; the range itself is cut by time (times as in the index: -copyts)
+        seek_us, start_us = index.seek_plan(start_frame)
+        kw = {"ss": f"{seek_us / 1e6:.6f}", "noaccurate_seek": None} if seek_us else {}
+        trim = {"start": f"{start_us / 1e6:.6f}"} if start_us is not None else {}
+        end = start_frame + n_frames
+        if end < index.n:
+            trim["end"] = f"{index.seek_us(end) / 1e6:.6f}"
     inputs = [ffmpeg.input(p, **kw) for p in probe.paths]
     if len(inputs) == 2:
         v = ffmpeg.filter([inputs[0].video, inputs[1].video], "hstack", inputs=2)
     else:
         v = inputs[0].video
-    fw, fh = probe.frame_size
-    v = v.filter("trim", start_frame=0, end_frame=n_frames).filter("crop", fw, fh, 0, 0)
+    if trim:
+        v = v.filter("trim", **trim)
+    v = v.filter("crop", fw, fh, 0, 0)
     split = v.split()
     if is_side_by_side(probe.layout):
         lo = split[0].filter("crop", fw // 2, fh, 0, 0)
     else:
         lo = split[0].filter("crop", fw, fh // 2, 0, 0)
     lo = lo.filter("scale", lowres_wh[0], lowres_wh[1], flags="area")
+    # each low-res frame's time in microseconds, logged as it leaves the graph
+    lo = lo.filter("settb", "AVTB").filter("showinfo", checksum=0)
     offset = start_frame % grid_step
     hi = split[1].filter("select", f"not(mod(n+{offset},{grid_step}))")
     out_lo = lo.output("pipe:1", format="rawvideo", pix_fmt="bgr24", fps_mode="passthrough")
     out_hi = hi.output(f"pipe:{hi_fd}", format="rawvideo", pix_fmt="rgb24",
                        fps_mode="passthrough")
     args = ffmpeg.merge_outputs(out_lo, out_hi).compile(cmd=find_binary("ffmpeg"))
-    return [args[0], "-nostdin", "-v", "error", *args[1:]]
+    # -copyts -start_at_zero: frames keep their times from the container's start (the index's
+    # clock, and trim's); without an index ffmpeg's accurate seek drops the frames before -ss
+    return [args[0], "-nostdin", *LOG_ARGS, "-copyts", "-start_at_zero", *args[1:]]
+
+
+_LOG_END = object()  # the frame-time queue's end: ffmpeg closed its log
 
 
 def iter_frames(probe: ProbeResult, *, start_frame: int = 0, n_frames: int | None = None,
@@ -86,6 +132,8 @@ def iter_frames(probe: ProbeResult, *, start_frame: int = 0, n_frames: int | Non
                 stats: DecodeStats | None = None) -> Iterator[Frame]:
     """Yield every frame of [start_frame, start_frame + n_frames) in order.
 
+    ``Frame.index`` is the frame's place in the probe's timestamp index (see the module
+    docstring); a probe without one numbers frames by counting from a time-based seek.
     ``Frame.full`` is set exactly on frames with ``index % grid_step == 0``. A decoder that
     runs past ``timeout_s`` is killed (DecodeError). A file that ends early (truncated) yields
     what decodes and records why in ``stats.stopped_early``.
@@ -98,16 +146,17 @@ def iter_frames(probe: ProbeResult, *, start_frame: int = 0, n_frames: int | Non
     lo_bytes, hi_bytes = lw * lh * 3, fw * fh * 3
     r_fd, w_fd = os.pipe()
     cmd = build_command(probe, start_frame, n_frames, grid_step, (lw, lh), w_fd)
-    err_file = tempfile.TemporaryFile()  # noqa: SIM115 (closed in the generator's finally)
     t0 = time.monotonic()
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_file,
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 stdin=subprocess.DEVNULL, pass_fds=(w_fd,))
     finally:
         os.close(w_fd)
     hi_reader = os.fdopen(r_fd, "rb", buffering=0)
     hi_q: queue.Queue[bytearray | None] = queue.Queue(maxsize=8)
     lo_q: queue.Queue[bytes | None] = queue.Queue()  # small frames: never let ffmpeg block on them
+    pts_q: queue.Queue = queue.Queue()  # a low-res frame's time in µs (None: NOPTS), in order
+    errors: deque[str] = deque(maxlen=20)  # ffmpeg's error lines, as `-v error` printed them
     timed_out = threading.Event()
     stop = threading.Event()  # the consumer went away: readers must not block on a full queue
 
@@ -148,6 +197,27 @@ def iter_frames(probe: ProbeResult, *, start_frame: int = 0, n_frames: int | Non
             if not put(lo_q, buf):
                 return
 
+    def read_log() -> None:
+        # reads to the end whatever the consumer does: a full stderr pipe would stall ffmpeg
+        assert proc.stderr is not None
+        level = b"info"
+        try:
+            for raw in proc.stderr:
+                m = SHOWINFO.match(raw)
+                if m:
+                    pts_q.put(None if m.group(1) == b"NOPTS" else int(m.group(1)))
+                    continue
+                lv = LEVEL.match(raw)
+                if lv:  # a line without a tag continues the previous message
+                    level = lv.group(2)
+                    raw = lv.group(1) + raw[lv.end():]
+                if level in ERROR_LEVELS:
+                    line = raw.decode(errors="replace").strip()
+                    if line:
+                        errors.append(line)
+        finally:
+            pts_q.put(_LOG_END)
+
     def watchdog() -> None:
         while proc.poll() is None:
             if time.monotonic() - t0 > timeout_s:
@@ -157,29 +227,53 @@ def iter_frames(probe: ProbeResult, *, start_frame: int = 0, n_frames: int | Non
             time.sleep(0.2)
 
     readers = [threading.Thread(target=read_lo, daemon=True),
-               threading.Thread(target=read_hi, daemon=True)]
+               threading.Thread(target=read_hi, daemon=True),
+               threading.Thread(target=read_log, daemon=True)]
     for t in readers:
         t.start()
     threading.Thread(target=watchdog, daemon=True).start()
-    hi_done = False
+    index = probe.pts
+    end = start_frame + n_frames
+    last = start_frame - 1
+    hi_done = log_done = False
+    wait_s = max(timeout_s, 1.0)
     try:
-        for i in range(n_frames):
+        for count in range(n_frames):
             buf = lo_q.get()
             if buf is None:
                 break
-            index = start_frame + i
-            full = None
-            if index % grid_step == 0 and not hi_done:
-                item = hi_q.get(timeout=max(timeout_s, 1.0))
+            item = None
+            # the select on the full-res branch counts frames from the seek
+            if (start_frame + count) % grid_step == 0 and not hi_done:
+                try:
+                    item = hi_q.get(timeout=wait_s)
+                except queue.Empty as e:
+                    raise DecodeError("decoder stalled: no full-resolution frame arrived") from e
                 if item is None:
                     hi_done = True
-                else:
+            label = last + 1
+            if index is not None and not log_done:
+                try:
+                    t_us = pts_q.get(timeout=wait_s)
+                except queue.Empty as e:
+                    raise DecodeError("decoder stalled: no frame time arrived") from e
+                if t_us is _LOG_END:
+                    log_done = True
+                elif t_us is not None:
+                    found = index.lookup(t_us, label)
+                    label = -1 if found is None else found
+            if not last < label < end:  # before the range, repeated, or not in the index
+                stats.unmatched += 1
+                continue
+            full = None
+            if label % grid_step == 0:
+                if item is not None:
                     full = np.frombuffer(item, np.uint8).reshape(fh, fw, 3)
+                elif not hi_done:
+                    stats.grid_missed += 1
+            last = label
             stats.frames += 1
-            yield Frame(index, np.frombuffer(buf, np.uint8).reshape(lh, lw, 3), full)
-    except queue.Empty as e:
-        proc.kill()
-        raise DecodeError("decoder stalled: no full-resolution frame arrived") from e
+            yield Frame(label, np.frombuffer(buf, np.uint8).reshape(lh, lw, 3), full)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -187,12 +281,15 @@ def iter_frames(probe: ProbeResult, *, start_frame: int = 0, n_frames: int | Non
         stop.set()  # a dead ffmpeg gives the readers EOF; the flag frees a blocked put
         for t in readers:
             t.join(timeout=10)
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stderr is not None
         proc.stdout.close()
+        proc.stderr.close()
         stats.wall_s = time.monotonic() - t0
-        err_file.seek(0)
-        err = err_file.read().decode(errors="replace").strip().splitlines()
-        err_file.close()
+    err = list(errors)
+    if stats.unmatched or stats.grid_missed:
+        log.warning("%s frames [%d, %d): %d decoded frames outside the range or the index, "
+                    "%d grid frames without their full-resolution frame", probe.name,
+                    start_frame, end, stats.unmatched, stats.grid_missed)
     if timed_out.is_set():
         raise DecodeError(f"decode timed out after {timeout_s:.0f} s")
     if stats.frames == 0:

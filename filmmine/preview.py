@@ -223,13 +223,17 @@ def read_samples(corpus: Path, rows: list[dict]) -> dict[str, Sample]:
     return out
 
 
-def probe_from_record(record: dict):
-    from .probe import ProbeResult, StreamInfo
+def probe_from_record(record: dict, with_index: bool = False):
+    """The film's probe as mined; ``with_index``: with the frame-time index read again from
+    the (left) source file, which the record does not store, so frame indices are exact."""
+    from .probe import ProbeResult, StreamInfo, film_pts_index
 
     p = dict(record["probe"])
     p["streams"] = tuple(StreamInfo(**s) for s in p["streams"])
     p["paths"] = tuple(p["paths"])
     p["frame_size"] = tuple(p["frame_size"])
+    if with_index:
+        p["pts"] = film_pts_index(p["paths"][0])
     return ProbeResult(**p)
 
 
@@ -258,7 +262,7 @@ def decode_views(record: dict, frame_index: int) -> tuple[np.ndarray, np.ndarray
     from .decode import iter_frames
     from .layout import views
 
-    probe = probe_from_record(record)
+    probe = probe_from_record(record, with_index=True)
     frame = next(iter_frames(probe, start_frame=frame_index, n_frames=1, grid_step=1,
                              timeout_s=120.0), None)
     if frame is None or frame.full is None:

@@ -167,8 +167,8 @@ def test_truncated_mkv_decodes_partially(films, sbs_full: list[Frame], tmp_path:
     decode in film order, and stats.stopped_early says why in one line.
 
     (Only the leading frames are compared by index: at the cut, B-frames whose packets were
-    lost are skipped and the count-based index of a later frame shifts; see
-    test_index_is_the_same_from_a_seek_after_a_timestamp_gap.)
+    lost are not in the truncated file's own timestamp index, so the index of a later frame
+    shifts against the whole file's.)
     """
     mkv = tmp_path / "film.mkv"
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(films["sbs"]), "-c", "copy",
@@ -221,13 +221,9 @@ def test_decode_timeout_raises_on_synthetic(films) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Known bugs
+# Exact indices: frame i is one picture however the film is cut into ranges
 
 
-@pytest.mark.xfail(reason="decode numbers frames by counting them from the seek point "
-                          "(fps_mode passthrough) but seeks by time, (start_frame - 0.5) / fps: "
-                          "after a timestamp gap (a dropped frame, VFR) a range decode labels "
-                          "every frame one index lower than a full decode", strict=True)
 def test_index_is_the_same_from_a_seek_after_a_timestamp_gap(films, tmp_path: Path) -> None:
     """A film missing frame 10 (a timestamp gap): index i is one picture however decoded."""
     gap = tmp_path / "gap.mp4"
@@ -258,3 +254,55 @@ def test_closing_the_decoder_early_leaves_no_reader_thread(films) -> None:
             break
         time.sleep(0.05)
     assert not left, [t.name for t in left]
+
+
+@pytest.mark.parametrize("ext", ["mkv", "mp4"])
+def test_b_frame_film_ranges_equal_full_decode(films, tmp_path: Path, ext: str) -> None:
+    """B-frames (decode order is not presentation order) in open GOPs (frames after a keyframe
+    shown before it) and two timestamp gaps: the index is in presentation order and every
+    range, whatever frame it starts on, decodes the same pictures under the same indices as
+    the whole film. (In the mp4, the last P-frame references a leading B-frame of the last,
+    open, GOP: a decode must start one keyframe earlier.)"""
+    film = tmp_path / f"bframes.{ext}"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(films["sbs"]), "-vf",
+                    "select='not(eq(n,17)+eq(n,40))'", "-fps_mode", "passthrough", "-c:v",
+                    "libx264", "-preset", "veryfast", "-crf", "14", "-g", "12", "-bf", "3",
+                    "-x264-params", "b-pyramid=normal:open-gop=1", str(film)], check=True)
+    packets = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+                              "packet=pts", "-of", "csv=p=0", str(film)], capture_output=True,
+                             text=True, check=True).stdout.split()
+    pts = [int(p) for p in packets]
+    assert pts != sorted(pts)  # reordered: the file has B-frames
+    p = probe_film("bf", (str(film),))
+    assert p.pts is not None and p.pts.n == len(pts) == N - 2
+    keys = p.pts.keyframes()
+    assert keys is not None and keys[1].any()  # open GOPs
+    times = p.pts.times_us()
+    assert list(times) == sorted(times)
+    full = list(iter_frames(p, grid_step=6))
+    assert [f.index for f in full] == list(range(N - 2))
+    for start in range(1, N - 2, 4):
+        stats = DecodeStats()
+        got = list(iter_frames(p, start_frame=start, n_frames=9, grid_step=6, stats=stats))
+        assert [f.index for f in got] == list(range(start, min(start + 9, N - 2)))
+        assert stats.unmatched == stats.grid_missed == 0
+        for f in got:
+            ref = full[f.index]
+            assert np.array_equal(f.lowres, ref.lowres), (start, f.index)
+            assert (f.full is None) == (ref.full is None), (start, f.index)
+            if f.full is not None:
+                assert np.array_equal(f.full, ref.full), (start, f.index)
+
+
+def test_probe_without_an_index_decodes_ranges_by_frame_rate(films, sbs_full: list[Frame]) -> None:
+    """A probe rebuilt from a film record has no timestamp index: a constant-rate film still
+    decodes ranges by a time derived from fps and a frame count."""
+    import dataclasses
+
+    p = dataclasses.replace(probe_of(films, "sbs"), pts=None)
+    for start in (1, 29, 50):
+        got = list(iter_frames(p, start_frame=start, n_frames=7, grid_step=6))
+        assert [f.index for f in got] == list(range(start, min(start + 7, N)))
+        for f in got:
+            assert np.array_equal(f.lowres, sbs_full[f.index].lowres), f.index
+            assert (f.full is None) == (sbs_full[f.index].full is None)

@@ -339,3 +339,64 @@ def test_batched_disparity_gives_the_same_samples_and_rows(corpus, library, tmp_
                 if r["film"] == "film_sbs"]
     assert rows == ref_rows
     assert sum(r["stage"] == "disparity" for r in rows) == 5      # the vertical shot
+
+
+def _film_digest(out: Path, film: str) -> tuple[list[str], dict[str, str], list[dict]]:
+    """Sample keys in shard order, each sample's members hashed, and the candidate rows."""
+    samples = samples_of(out, film)
+    members = {s["__key__"] + "." + k: hashlib.sha256(v).hexdigest()
+               for s in samples for k, v in s.items() if not k.startswith("__")}
+    rows = [r for r in pq.read_table(out / "frames.parquet").to_pylist() if r["film"] == film]
+    return [s["__key__"] for s in samples], members, rows
+
+
+def test_vfr_film_split_into_units_gives_the_samples_of_one_unit(tmp_path):
+    """Several timestamp gaps (dropped frames, one of two in a row): cut into 4 work units
+    (recipe decode.chunk_s), the film gives byte-identical samples, keys and candidate rows
+    to a single-unit run, and the keys are the frames' indices in the film."""
+    spec = FilmSpec(shots=(ShotSpec("textured", 40, seed=21), ShotSpec("textured", 40, seed=22),
+                           ShotSpec("textured", 40, seed=23)), view_width=320, view_height=180,
+                    seed=9)
+    synth.write_film(spec, tmp_path / "src.mp4", "sbs")
+    dropped = (13, 37, 38, 61, 90)
+    expr = "+".join(f"eq(n\\,{n})" for n in dropped)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    film = lib / "vfr.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(tmp_path / "src.mp4"),
+                    "-vf", f"select='not({expr})'", "-fps_mode", "passthrough", "-c:v", "libx264",
+                    "-crf", "12", "-g", "24", str(film)], check=True)
+    kept = [i for i in range(synth.n_frames(spec)) if i not in dropped]
+    got = {}
+    for name, chunk_s in (("one", 0.0), ("split", 1.25)):
+        recipe = tmp_path / f"{name}.toml"
+        recipe.write_text(f'base = "default"\n[decode]\nchunk_s = {chunk_s}\n')
+        out = tmp_path / name
+        report = extract([str(film)], out, layout="sbs", recipe=recipe, workers=0,
+                         progress=False)
+        assert report.exit_code == 0, report.summary()
+        rec = report.records["vfr"]
+        assert rec["units"] == (1 if name == "one" else 4)
+        assert rec["counts"]["frames"] == rec["counts"]["decoded"] == len(kept)
+        assert rec["reason"] is None
+        got[name] = _film_digest(out, "vfr")
+    keys, members, rows = got["one"]
+    assert len(keys) >= 10
+    assert got["split"][0] == keys
+    assert got["split"][1] == members
+    # frozen_diff compares a candidate with the shot's previous one within the same unit: a
+    # unit's first candidate has none (so it differs at seams, with or without gaps)
+    diff = [(a["frame_index"], k) for a, b in zip(got["split"][2], rows, strict=True)
+            for k in a if a[k] != b[k] and k != "frozen_diff"]
+    assert diff == [], diff
+    assert [r["frame_index"] for r in rows] == list(range(0, len(kept), 6))
+    # index i is the i-th kept frame: its picture is the one rendered for frame kept[i]
+    for s in samples_of(tmp_path / "split", "vfr"):
+        meta = json.loads(s["json"])
+        left, _, _ = synth.render_frame(spec, kept[meta["frame_index"]])
+        x, y, w, h = meta["crop"]
+        view = left[y : y + h, x : x + w]
+        if [w, h] != meta["size"]:
+            view = cv2.resize(view, tuple(meta["size"]), interpolation=cv2.INTER_AREA)
+        err = float(np.abs(decode_jpeg(s["jpg"]).astype(np.float32) - view).mean())
+        assert err < 6.0, (meta["key"], err)

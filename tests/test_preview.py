@@ -166,3 +166,28 @@ def test_html_report_in_headless_chromium(corpus, tmp_path, capsys):
     img = cv2.imread(str(shot))
     assert img is not None and img.shape[:2] == (1600, 1280)
     assert img.std() > 20 and len(np.unique(img.reshape(-1, 3), axis=0)) > 500  # not blank
+
+
+def test_rejected_frame_of_a_vfr_film_is_the_frame_of_its_index(tmp_path):
+    """A film record stores no timestamp index: the preview reads it again from the source,
+    so after dropped frames it decodes the picture the index names."""
+    from filmmine.decode import iter_frames
+    from filmmine.layout import views
+    from filmmine.preview import decode_views
+    from filmmine.probe import probe_film
+    from filmmine.synth import FilmSpec, ShotSpec
+
+    spec = FilmSpec(shots=(ShotSpec("textured", 30, seed=3),), view_width=160, view_height=96,
+                    seed=4)
+    synth.write_film(spec, tmp_path / "src.mp4", "sbs")
+    film = tmp_path / "vfr.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(tmp_path / "src.mp4"), "-vf",
+                    "select='not(eq(n,4)+eq(n,11))'", "-fps_mode", "passthrough", "-c:v",
+                    "libx264", "-crf", "12", str(film)], check=True)
+    probe = probe_film("vfr", (str(film),), requested="sbs")
+    record = {"probe": json.loads(json.dumps(probe.to_json()))}
+    full = list(iter_frames(probe, grid_step=1))
+    for k in (3, 9, 17, 27):
+        left, right = decode_views(record, k)
+        ref_l, ref_r = views(full[k].full, "sbs")
+        assert np.array_equal(left, ref_l) and np.array_equal(right, ref_r), k

@@ -11,7 +11,15 @@ import pytest
 from conftest import REAL_CLIPS, SHARED
 
 from filmmine.errors import FilmmineError, InputError, MonoInput
-from filmmine.probe import StreamInfo, decide_layout, probe_film, probe_stream
+from filmmine.probe import (
+    PtsIndex,
+    StreamInfo,
+    decide_layout,
+    film_pts_index,
+    index_from_packets,
+    probe_film,
+    probe_stream,
+)
 
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"no shared data at {SHARED}")
 CONGO = SHARED / "real_360_topbottom" / "congo.mp4"
@@ -219,3 +227,98 @@ def test_missing_right_view(tmp_path: Path) -> None:
     left = lavfi_video(tmp_path / "l.mp4", "320x180")
     with pytest.raises(FilmmineError, match="missing file"):
         probe_film("f", (str(left), str(tmp_path / "nope.mp4")))
+
+
+# --------------------------------------------------------------------------------------------
+# The timestamp index: frame k is the k-th presentation time of the stream's packets
+
+
+def test_pts_index_of_a_two_hour_film_is_small() -> None:
+    """172,627 frames at 24000/1001 fps: a few KB however it is pickled, times exact."""
+    import pickle
+
+    n = 172_627
+    times = (np.arange(n, dtype=np.int64) * 1_001_000_000 + 12_000) // 24_000
+    idx = PtsIndex.from_times(times, keyframes=np.arange(0, n, 24))
+    assert idx.n == n and np.array_equal(idx.times_us(), times)
+    assert len(idx.steps_z) < 8_000 and len(pickle.dumps(idx)) < 12_000
+    assert np.array_equal(idx.keyframes()[0], np.arange(0, n, 24))
+    # variable rate (random steps): still exact, ~2 bytes a frame
+    rng = np.random.default_rng(0)
+    vfr = np.cumsum(rng.integers(30_000, 50_000, n))
+    idx = PtsIndex.from_times(rng.permutation(vfr))  # any order in: sorted
+    assert np.array_equal(idx.times_us(), vfr) and len(idx.steps_z) < 4 * n
+
+
+def test_pts_index_lookup_and_seek_across_gaps() -> None:
+    t = [0, 40_000, 80_000, 200_000, 240_000, 240_000, 280_000]  # a gap, two equal times
+    idx = PtsIndex.from_times(t)
+    assert [idx.lookup(x) for x in (0, 1, 79_999, 200_001, 280_002)] == [0, 0, 2, 3, 6]
+    assert idx.lookup(150_000) in (2, 3) and idx.lookup(-30_000) is None
+    assert idx.lookup(330_000) is None and idx.lookup(300_000) == 6  # within half a step
+    assert idx.lookup(240_001, expected=5) == 5 and idx.lookup(240_001, expected=4) == 4
+    assert idx.seek_us(0) is None and idx.seek_us(3) == 140_000 and idx.seek_us(1) == 20_000
+    assert idx.time_us(8) == 360_000  # past the end: at the last step
+    assert idx.seek_plan(3) == (140_000, 140_000)  # no keyframes known: seek to the time
+
+
+def test_seek_plan_starts_at_a_keyframe_that_decodes_the_range() -> None:
+    t = np.arange(100) * 40_000
+    idx = PtsIndex.from_times(t, keyframes=[0, 24, 48, 72], open_gop=[False, False, True, True])
+    assert idx.seek_plan(0) == (None, None)
+    assert idx.seek_plan(10) == (None, 380_000)        # before the second keyframe
+    assert idx.seek_plan(24) == (24 * 40_000, 940_000)  # on a closed keyframe
+    assert idx.seek_plan(30) == (24 * 40_000, 1_180_000)
+    assert idx.seek_plan(50) == (24 * 40_000, 1_980_000)  # 48 is open: one keyframe earlier
+    assert idx.seek_plan(99) == (48 * 40_000, 3_940_000)
+    assert idx.seek_plan(150)[0] == 48 * 40_000        # past the end (a truncated file)
+
+
+def test_index_from_packets_in_decode_order() -> None:
+    """B-frames (decode order), dts where pts is missing, discarded packets, start time."""
+    csv = "\n".join([
+        "512,-512,K_",     # I  (pts 512 = 1/48 s in 1/24576)
+        "2048,0,__",       # P
+        "1024,512,__",     # B
+        "N/A,1024,__",     # B without pts: its dts
+        "4096,1536,K_",    # open keyframe: the next packet is shown before it
+        "3072,2048,__",
+        "3584,2560,_D",    # discard (outside the edit list): no frame
+        "6144,3072,K_",    # closed keyframe
+        "6656,3584,__",
+        "",
+    ])
+    idx = index_from_packets(csv, "1/24576", "0.020833")
+    us = [round(x / 24576 * 1e6) - 20_833 for x in (512, 1024, 1024, 2048, 3072, 4096, 6144,
+                                                     6656)]
+    assert list(idx.times_us()) == us
+    keys, is_open = idx.keyframes()
+    assert list(keys) == [0, 5, 6] and list(is_open) == [False, True, False]
+    with pytest.raises(ValueError, match="2 of 3 packets without a timestamp"):
+        index_from_packets("N/A,N/A,K_\nN/A,N/A,__\n40,40,__\n", "1/1000", None)
+    with pytest.raises(ValueError, match="time base"):
+        index_from_packets("0,0,K_\n", "0/1", None)
+
+
+def test_probe_film_indexes_a_variable_frame_rate_film(tmp_path: Path) -> None:
+    """Dropped frames keep their gaps in the index; separate films index the left file."""
+    src = lavfi_video(tmp_path / "cfr.mp4", "320x180")  # 12 frames at 24 fps
+
+    def drop(frames: tuple[int, ...], out: Path) -> Path:
+        expr = "+".join(f"eq(n,{f})" for f in frames)
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(src), "-vf",
+                        f"select='not({expr})'", "-fps_mode", "passthrough", str(out)],
+                       check=True)
+        return out
+
+    vfr = drop((3, 7, 8), tmp_path / "vfr.mp4")
+    p = probe_film("v", (str(vfr),), requested="sbs")
+    kept = [i for i in range(12) if i not in (3, 7, 8)]
+    assert p.pts is not None and p.n_frames == p.pts.n == 9
+    assert np.allclose(p.pts.times_us(), [k * 1e6 / 24 for k in kept], atol=100)
+    assert "pts" not in p.to_json()
+    other = probe_film("o", (str(drop((3, 6, 8), tmp_path / "other.mp4")),), requested="sbs")
+    assert not np.array_equal(other.pts.times_us(), p.pts.times_us())
+    sep = probe_film("s", (str(vfr), other.paths[0]))
+    assert np.array_equal(sep.pts.times_us(), p.pts.times_us())
+    assert np.array_equal(film_pts_index(vfr).times_us(), p.pts.times_us())
