@@ -132,6 +132,12 @@ class UnitMiner:
         self.plan = SamplingPlan.from_recipe(probe.fps, recipe)
         # frames decoded on either side of the unit: enough for every decision near its seams
         self.context = self.plan.lookahead + 2 * self.tracker.window + 1
+        # ...and one grid step more before it: the grid frames in [shadow_from, start) are
+        # decided again without a row ("shadow"), so the first candidate's frozen test compares
+        # with the shot's previous candidate as in a whole-film pass (the previous unit owns
+        # their rows). Frames before shadow_from lack the shot detector's full history.
+        self.context_before = self.context + self.plan.grid_step
+        self.shadow_from = unit.start - self.plan.lookahead - self.plan.grid_step
         self.pending: deque[Frame] = deque()
         self.taken: dict[int, int] = {}           # shot start -> samples taken from it
         self.prev_grey: dict[int, np.ndarray] = {}  # shot start -> last candidate's grey view
@@ -146,7 +152,7 @@ class UnitMiner:
         t0 = time.perf_counter()
         self.tracker.push(frame.index, frame.lowres)
         self._tick("shots", t0)
-        if frame.full is not None and self.unit.start <= frame.index < self.unit.end:
+        if frame.full is not None and self.shadow_from <= frame.index < self.unit.end:
             self.pending.append(frame)
         while self.pending and (
             self.pending[0].index + self.plan.lookahead <= self.tracker.known_until
@@ -178,10 +184,13 @@ class UnitMiner:
         reason = sampling_reason(frame.index, b, self.plan, film_start=0,
                                  film_end=self.probe.n_frames,
                                  taken_in_shot=self.taken.get(start, 0))
+        shadow = frame.index < self.unit.start
         if reason is not None:
-            self._row(frame.index, "sampling", reason)
+            if not shadow:
+                self._row(frame.index, "sampling", reason)
             return
-        self.taken[start] = self.taken.get(start, 0) + 1
+        if not shadow:
+            self.taken[start] = self.taken.get(start, 0) + 1
         assert frame.full is not None
         t0 = time.perf_counter()
         left, right, crop, view_wh = prepare_views(frame.full, self.probe.layout, self.recipe)
@@ -189,6 +198,8 @@ class UnitMiner:
         gl, gr = filters.luma(left), filters.luma(right)
         prev = self.prev_grey.get(start)
         self.prev_grey = {start: gl.astype(np.float32)}
+        if shadow:
+            return
         scores = filters.score_frame(left, right, prev)
         reason = filters.decide(scores, self.recipe["filters"])
         t0 = self._tick("filters", t0)
@@ -311,7 +322,7 @@ def mine_unit(probe: ProbeResult, unit: WorkUnit, recipe: dict, work_dir: Path,
     staging = StagingWriter(tar_path)
     miner = UnitMiner(probe, unit, recipe, backend, staging, disparity_batch(recipe, device))
     # context before the unit lets the shot detector see cuts that shape its first samples
-    start = max(0, unit.start - miner.context)
+    start = max(0, unit.start - miner.context_before)
     stop = min(probe.n_frames, unit.end + miner.context)
     stats = DecodeStats()
     last = start - 1

@@ -384,11 +384,13 @@ def test_vfr_film_split_into_units_gives_the_samples_of_one_unit(tmp_path):
     assert len(keys) >= 10
     assert got["split"][0] == keys
     assert got["split"][1] == members
-    # frozen_diff compares a candidate with the shot's previous one within the same unit: a
-    # unit's first candidate has none (so it differs at seams, with or without gaps)
+    # every field, frozen_diff included: a unit's first candidate is compared with the shot's
+    # previous candidate, decoded in the unit's context
     diff = [(a["frame_index"], k) for a, b in zip(got["split"][2], rows, strict=True)
-            for k in a if a[k] != b[k] and k != "frozen_diff"]
+            for k in a if a[k] != b[k]]
     assert diff == [], diff
+    seams = [r for r in rows if r["frame_index"] in (30, 60, 90)]     # units of 30 frames
+    assert all(r["frozen_diff"] is not None for r in seams if r["stage"] != "sampling"), seams
     assert [r["frame_index"] for r in rows] == list(range(0, len(kept), 6))
     # index i is the i-th kept frame: its picture is the one rendered for frame kept[i]
     for s in samples_of(tmp_path / "split", "vfr"):
