@@ -10,7 +10,7 @@ import logging
 import subprocess
 import threading
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from functools import lru_cache
@@ -442,6 +442,8 @@ def probe_film(name: str, paths: tuple[str, ...], requested: str = "auto",
     """Probe one film (one packed file, or separate left and right files)."""
     if len(paths) == 2:
         (left, v, fmt), right = _probe_stream(paths[0]), probe_stream(paths[1])
+        index = _index_of(left, v, fmt)
+        left = replace(left, n_frames=_frame_count(left, v, index))
         if (left.width, left.height) != (right.width, right.height):
             raise InputError(
                 f"left and right views differ in size: {left.width}x{left.height} "
@@ -457,9 +459,11 @@ def probe_film(name: str, paths: tuple[str, ...], requested: str = "auto",
             frame_size=(2 * left.width, left.height), fps=left.fps,
             n_frames=min(left.n_frames, right.n_frames),
             duration_s=min(left.duration_s, right.duration_s),
-            pts=_index_of(left, v, fmt),  # the right view is paired with the left by time
+            pts=index,  # the right view is paired with the left by time
         )
     info, v, fmt = _probe_stream(paths[0])
+    index = _index_of(info, v, fmt)
+    info = replace(info, n_frames=_frame_count(info, v, index))
     thumbs = None
     if requested == "auto" and info.stereo3d is None:
         thumbs = grey_thumbnails(paths[0], info.duration_s)
@@ -473,5 +477,20 @@ def probe_film(name: str, paths: tuple[str, ...], requested: str = "auto",
     return ProbeResult(
         name=name, paths=paths, streams=(info,), layout=layout, layout_reason=why,
         frame_size=(w, h), fps=info.fps, n_frames=info.n_frames, duration_s=info.duration_s,
-        similarity=sim, pts=_index_of(info, v, fmt),
+        similarity=sim, pts=index,
     )
+
+
+def _frame_count(info: StreamInfo, stream: dict, index: PtsIndex | None) -> int:
+    """Frames of a film. Without a count in the header (mkv, webm) duration x fps is only an
+    estimate, wrong on a variable frame rate (a VFR mkv was "decoded 58 of 60 frames"): the
+    timestamp index counts the frames there are, unless it ends well before the header's
+    duration — a truncated file, which keeps the estimate so that its report says how much
+    was lost."""
+    if index is None or int(stream.get("nb_frames") or 0) > 0:
+        return info.n_frames
+    end_s = (index.time_us(index.n - 1) + index.typical_step_us()) / 1e6
+    start_s = index.first_us / 1e6
+    if end_s - start_s >= info.duration_s - max(0.5, 2.0 / info.fps):
+        return index.n
+    return info.n_frames

@@ -120,6 +120,9 @@ def test_awkward_but_valid_films_are_mined(library, tmp_path):
     # variable frame rate: frame 50 dropped, timestamps keep the gap
     _ffmpeg("-i", str(src), "-vf", "select='not(eq(n\\,50))'", "-fps_mode", "vfr",
             "-c:v", "libx264", "-crf", "12", str(lib / "vfr.mp4"))
+    # the same in mkv, which has no frame count in its header (duration x fps would say 336)
+    _ffmpeg("-i", str(src), "-vf", "select='not(eq(n\\,50)+eq(n\\,51)+eq(n\\,90))'",
+            "-fps_mode", "vfr", "-c:v", "libx264", "-crf", "12", str(lib / "vfrmkv.mkv"))
     # truncated mkv: the end of the file is lost
     _ffmpeg("-i", str(src), "-c", "copy", str(tmp_path / "full.mkv"))
     data = (tmp_path / "full.mkv").read_bytes()
@@ -127,9 +130,12 @@ def test_awkward_but_valid_films_are_mined(library, tmp_path):
     out = tmp_path / "out"
     report = extract([str(lib)], out, layout="sbs", workers=0, progress=False)
     by_film = {i["film"]: i for i in report.inputs}
-    assert {f: i["status"] for f, i in by_film.items()} == {"odd": "ok", "vfr": "ok", "cut": "ok"}
-    for film in ("odd", "vfr", "cut"):
+    assert {f: i["status"] for f, i in by_film.items()} == {"odd": "ok", "vfr": "ok", "cut": "ok",
+                                                             "vfrmkv": "ok"}
+    for film in ("odd", "vfr", "cut", "vfrmkv"):
         assert report.records[film]["counts"]["accepted"] >= 5, film
+    vfrmkv = report.records["vfrmkv"]["counts"]
+    assert vfrmkv["frames"] == vfrmkv["decoded"] == 333 and by_film["vfrmkv"]["reason"] is None
     cut = report.records["cut"]
     assert cut["counts"]["decoded"] < cut["counts"]["frames"]
     assert by_film["cut"]["reason"].startswith(f"decoded {cut['counts']['decoded']} of ")
