@@ -189,6 +189,11 @@ def test_configs_load_and_unknown_keys_are_errors(tmp_path):
         load_config(str(bad))
     round_trip = TrainConfig.from_dict(load_config("tiny").to_dict())
     assert round_trip == load_config("tiny")
+    # a zero interval would divide by zero at the first step: refused when the config loads
+    for key, value in (("log_every", 0), ("ckpt_every", 0), ("keep_every", -1)):
+        bad.write_text(f'base = "tiny"\n[run]\n{key} = {value}\n')
+        with pytest.raises(TrainerError, match=f"run.{key}"):
+            load_config(str(bad))
 
 
 def test_trainer_imports_nothing_of_filmmine():

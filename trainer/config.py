@@ -59,6 +59,14 @@ class RunConfig:
     tensorboard: bool = False
     device: str = "auto"  # auto | cpu | cuda
 
+    def __post_init__(self) -> None:
+        # 0 would divide by zero at the first step (step % every)
+        for name in ("log_every", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise TrainerError(f"config run.{name} must be >= 1, got {getattr(self, name)}")
+        if self.keep_every < 0:
+            raise TrainerError(f"config run.keep_every must be >= 0, got {self.keep_every}")
+
 
 @dataclass
 class TrainConfig:
