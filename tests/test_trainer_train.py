@@ -175,6 +175,12 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     rc = filmmine_main(["train", "--config", "nope", "--corpus", str(tmp_path), "--steps", "1",
                         "--out", str(tmp_path)])
     assert rc == 2
+    capsys.readouterr()
+    rc = filmmine_main(["train", "--config", "tiny", "--corpus", str(tmp_path), "--steps", "1",
+                        "--log-every", "0", "--out", str(tmp_path / "r")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "run.log_every must be >= 1" in err and err.strip().count("\n") == 0
 
 
 def test_configs_load_and_unknown_keys_are_errors(tmp_path):

@@ -145,6 +145,7 @@ def train_config(args: argparse.Namespace):
         cfg.model.pretrained = True
     if args.tensorboard:
         cfg.run.tensorboard = True
+    cfg.run.check()
     return cfg
 
 

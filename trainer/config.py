@@ -60,6 +60,10 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise TrainerError for values the loop cannot run with (also after CLI overrides)."""
         # 0 would divide by zero at the first step (step % every)
         for name in ("log_every", "ckpt_every"):
             if getattr(self, name) < 1:
