@@ -306,3 +306,22 @@ def test_pareto_step_under_loss_scaling_matches_the_unscaled_step():
     assert out[True][0].grad_norm == pytest.approx(out[False][0].grad_norm, rel=1e-4)
     for k, v in out[False][1].items():
         torch.testing.assert_close(out[True][1][k], v, rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_a_checkpoint_without_loss_scaling_resumes_with_it():
+    """A CPU (or bf16) run saves an empty GradScaler state; resumed on a GPU, amp = "auto"
+    turns fp16 loss scaling on, and GradScaler.load_state_dict({}) raises. An enabled CPU
+    scaler shows the same failure."""
+    from trainer.train import load_scaler_state
+
+    saved = torch.amp.GradScaler("cpu", enabled=False).state_dict()
+    assert saved == {}
+    scaler = torch.amp.GradScaler("cpu", enabled=True)
+    with pytest.raises(RuntimeError, match="empty"):
+        scaler.load_state_dict(saved)
+    load_scaler_state(scaler, saved)
+    assert scaler.is_enabled() and scaler.get_scale() == 65536.0
+    full = torch.amp.GradScaler("cpu", init_scale=8.0, enabled=True)
+    full.scale(torch.ones(()))
+    load_scaler_state(scaler, full.state_dict())
+    assert scaler.get_scale() == 8.0

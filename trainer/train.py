@@ -347,6 +347,16 @@ def _open_checkpoint(cfg: TrainConfig, out: Path, resume: bool) -> dict | None:
     return None
 
 
+def load_scaler_state(scaler: torch.amp.GradScaler, state: dict) -> None:
+    """A checkpoint of a run without fp16 loss scaling (CPU, bf16) holds an empty scaler state;
+    resumed where fp16 is on (``amp = "auto"`` on a GPU) the scaler starts afresh instead of
+    failing to load it."""
+    if state:
+        scaler.load_state_dict(state)
+    elif scaler.is_enabled():
+        log.info("the checkpoint has no loss-scaler state (saved without fp16): starting one")
+
+
 def _build_run(cfg: TrainConfig, ck: dict | None, env: DistEnv) -> _Run:
     if ck is not None:
         steps = cfg.run.steps
@@ -365,7 +375,7 @@ def _build_run(cfg: TrainConfig, ck: dict | None, env: DistEnv) -> _Run:
     model.load_state_dict(ck["model"])
     optimizer.load_state_dict(ck["optimizer"])
     run.scheduler.load_state_dict(ck["scheduler"])
-    run.scaler.load_state_dict(ck["scaler"])
+    load_scaler_state(run.scaler, ck["scaler"])
     run.step = int(ck["step"])
     log.info("resuming at step %d", run.step)
     ranks, rngs = ck.get("loader") or [], ck.get("rng") or []
