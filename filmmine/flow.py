@@ -143,25 +143,27 @@ class SgbmFlow(FlowBackend):
                            P2=32 * sgbm_block_size ** 2, disp12MaxDiff=-1,
                            uniquenessRatio=sgbm_uniqueness, speckleWindowSize=sgbm_speckle_window,
                            speckleRange=sgbm_speckle_range_px, mode=self.MODES[sgbm_mode])
-        self._matchers: dict[int, Any] = {}
-
-    def _matcher(self, width: int):
-        # films have both signs of disparity: search [-R, R), R a multiple of 16
-        r = max(16, int(np.ceil(self.max_disparity_frac * width / 16)) * 16)
-        if r not in self._matchers:
-            self._matchers[r] = cv2.StereoSGBM_create(minDisparity=-r, numDisparities=2 * r,
-                                                     **self.params)
-        return self._matchers[r], r
+        self._sgbm = cv2.StereoSGBM_create(**self.params)
 
     def disparity(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        """[H, W] float32 px of the left view, ``d = x_left - x_right``; NaN = unmatched."""
-        m, r = self._matcher(left.shape[1])
-        # SGBM leaves the first and last R columns unmatched: pad them away (what the padding
-        # matches is out of the other view and fails the left-right check later)
-        pad = [cv2.copyMakeBorder(v, 0, 0, r, r, cv2.BORDER_REPLICATE) for v in (left, right)]
-        raw = m.compute(*pad)[:, r:-r]                    # int16, 1/16 px
+        """[H, W] float32 px of the left view, ``d = x_left - x_right``; NaN = unmatched.
+        Films have both signs of disparity: the search is [-R, R), R a multiple of 16."""
+        r = max(16, int(np.ceil(self.max_disparity_frac * left.shape[1] / 16)) * 16)
+        return self.disparity_range(left, right, -r, r)
+
+    def disparity_range(self, left: np.ndarray, right: np.ndarray, lo: int,
+                        hi: int) -> np.ndarray:
+        """``disparity`` searching [lo, hi) (hi - lo a multiple of 16). SGBM leaves the first
+        ``hi`` and the last ``-lo`` columns unmatched: they are padded away (what the padding
+        matches is out of the other view and fails the left-right check later)."""
+        m = self._sgbm
+        m.setMinDisparity(lo)
+        m.setNumDisparities(hi - lo)
+        pl, pr = max(hi, 0), max(-lo, 0)
+        pad = [cv2.copyMakeBorder(v, 0, 0, pl, pr, cv2.BORDER_REPLICATE) for v in (left, right)]
+        raw = m.compute(*pad)[:, pl:pl + left.shape[1]]   # int16, 1/16 px
         d = raw.astype(np.float32) / 16.0
-        d[raw < (-r) * 16] = np.nan                       # minDisparity - 1 marks no match
+        d[raw < lo * 16] = np.nan                          # minDisparity - 1 marks no match
         return d
 
     def flow(self, src: Sequence[np.ndarray], dst: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -218,7 +220,6 @@ class DisSgbmFlow(SgbmFlow):
         self.percentiles = (float(range_percentiles[0]), float(range_percentiles[1]))
         self._coarse = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
         self._coarse.setFinestScale(0)
-        self._sgbm = cv2.StereoSGBM_create(**self.params)
 
     def coarse_factor(self, width: int) -> int:
         """The integer downscale of the coarse pass: at least ``coarse_width`` px wide."""
@@ -238,19 +239,6 @@ class DisSgbmFlow(SgbmFlow):
         n = max(16, int(np.ceil((hi - lo) / 16)) * 16)   # SGBM: a multiple of 16
         return lo, lo + n
 
-    def _sgbm_range(self, left: np.ndarray, right: np.ndarray, lo: int, hi: int) -> np.ndarray:
-        """d = x_left - x_right in [lo, hi), NaN unmatched (SGBM leaves the first ``hi`` and
-        the last ``-lo`` columns unmatched: pad them away)."""
-        m = self._sgbm
-        m.setMinDisparity(lo)
-        m.setNumDisparities(hi - lo)
-        pl, pr = max(hi, 0), max(-lo, 0)
-        pad = [cv2.copyMakeBorder(v, 0, 0, pl, pr, cv2.BORDER_REPLICATE) for v in (left, right)]
-        raw = m.compute(*pad)[:, pl:pl + left.shape[1]]
-        d = raw.astype(np.float32) / 16.0
-        d[raw < lo * 16] = np.nan                          # minDisparity - 1 marks no match
-        return d
-
     def stereo(self, left: Sequence[np.ndarray], right: Sequence[np.ndarray]) -> StereoFlows:
         if len(left) != len(right):
             raise ValueError(f"{len(left)} left views but {len(right)} right views")
@@ -267,8 +255,8 @@ class DisSgbmFlow(SgbmFlow):
             f_lr = self._coarse.calc(ac, bc, None)
             f_rl = self._coarse.calc(bc, ac, None)
             lo, hi = self.search_range(f_lr[..., 0], w)
-            np.negative(self._sgbm_range(a, b, lo, hi), out=lr[i, 0])
-            rl[i, 0] = self._sgbm_range(np.ascontiguousarray(b[:, ::-1]),
+            np.negative(self.disparity_range(a, b, lo, hi), out=lr[i, 0])
+            rl[i, 0] = self.disparity_range(np.ascontiguousarray(b[:, ::-1]),
                                         np.ascontiguousarray(a[:, ::-1]), lo, hi)[:, ::-1]
             lr[i, 1] = self._vertical(f_lr, f_rl, (w, h), cs[1])
             rl[i, 1] = self._vertical(f_rl, f_lr, (w, h), cs[1])
