@@ -54,3 +54,23 @@ def corpus(library, tmp_path_factory) -> Path:
     report = extract([str(library / "library.json")], out, workers=2, progress=False)
     assert report.exit_code == 0, report.summary()
     return out
+
+
+@pytest.fixture(scope="session")
+def moto_half():
+    """scikit-image's Middlebury Motorcycle pair at half size: grey left, right, and the
+    ground-truth disparity halved (NaN where unknown)."""
+    import cv2
+    import numpy as np
+
+    from filmmine.bench_disparity import load_motorcycle
+
+    pair = load_motorcycle()
+    if pair is None:
+        pytest.skip("scikit-image not installed")
+    h, w = pair.left.shape
+    size = (w // 2, h // 2)
+    left = cv2.resize(pair.left, size, interpolation=cv2.INTER_AREA)
+    right = cv2.resize(pair.right, size, interpolation=cv2.INTER_AREA)
+    gt = cv2.resize(np.nan_to_num(pair.gt, nan=-1.0), size, interpolation=cv2.INTER_NEAREST)
+    return left, right, np.where(gt > 0, gt * 0.5, np.nan).astype(np.float32)

@@ -7,9 +7,7 @@ changes no other member.
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import cv2
@@ -18,7 +16,7 @@ import pytest
 import webdataset as wds
 from conftest import truth_of
 from test_extract import FILMS, gt_for, samples_of
-from test_verify import DAMAGED, copy_corpus
+from test_verify import DAMAGED, copy_corpus, rewrite_shard
 
 from filmmine.encode import decode_confidence, decode_disparity, encode_confidence
 from filmmine.recipe import load_recipe
@@ -107,29 +105,6 @@ def test_confidence_ranks_pixels_by_their_error_against_ground_truth(corpus, lib
 # ---------------------------------------------------------------------------- verify
 
 
-def _rewrite(c: Path, name: str, edit) -> None:
-    """Rewrite a shard's members through ``edit(name, bytes) -> [(name, bytes)...]`` (none drops
-    the member, more add some) and re-sign it in the manifest: only the content checks can find
-    what changed."""
-    import hashlib
-
-    src = c / "shards" / name
-    buf = io.BytesIO()
-    with tarfile.open(src) as tin, tarfile.open(fileobj=buf, mode="w") as tout:
-        for m in tin:
-            for new_name, data in edit(m.name, tin.extractfile(m).read()):
-                info = tarfile.TarInfo(new_name)
-                info.size = len(data)
-                tout.addfile(info, io.BytesIO(data))
-    src.write_bytes(buf.getvalue())
-    man = json.loads((c / "manifest.json").read_text())
-    for s in man["shards"]:
-        if s["name"] == name:
-            s["sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
-            s["bytes"] = len(buf.getvalue())
-    (c / "manifest.json").write_text(json.dumps(man))
-
-
 def _png(a: np.ndarray) -> bytes:
     return cv2.imencode(".png", a)[1].tobytes()
 
@@ -170,7 +145,7 @@ def test_verify_finds_bad_confidence_maps(corpus, tmp_path):
             return []
         return [(name, _png(q))]
 
-    _rewrite(c, DAMAGED, edit)
+    rewrite_shard(c, DAMAGED, edit)
     report = verify_corpus(c, workers=1)
     msgs = [p.message for p in report.problems]
     assert report.bad_shards == [DAMAGED] and not any("sha256" in m for m in msgs), msgs
@@ -243,7 +218,7 @@ def test_verify_holds_a_corpus_to_its_recipe(no_conf, corpus, tmp_path):
             return [(f"{key}.conf.png", conf[key]), (name, data)]
         return [(name, data)]
 
-    _rewrite(c, shard, add)
+    rewrite_shard(c, shard, add)
     msgs = [p.message for p in verify_corpus(c, workers=1).problems]
     assert msgs == [f"sample {key}: has a .conf.png member, but the recipe says "
                     "output.confidence = false"], msgs

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from filmmine.bench_disparity import evaluate, load_motorcycle, synthetic_pairs
+from filmmine.bench_disparity import evaluate, synthetic_pairs
 from filmmine.disparity import compute_disparity
 from filmmine.flow import BACKENDS, DisSgbmFlow, SgbmFlow, backend_options, get_backend
 from filmmine.recipe import load_recipe
@@ -26,19 +26,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def cfg() -> dict:
     return load_recipe()["disparity"]
-
-
-@pytest.fixture(scope="module")
-def moto_half():
-    pair = load_motorcycle()
-    if pair is None:
-        pytest.skip("scikit-image not installed")
-    h, w = pair.left.shape
-    size = (w // 2, h // 2)
-    gt = cv2.resize(np.nan_to_num(pair.gt, nan=-1.0), size, interpolation=cv2.INTER_NEAREST)
-    return (cv2.resize(pair.left, size, interpolation=cv2.INTER_AREA),
-            cv2.resize(pair.right, size, interpolation=cv2.INTER_AREA),
-            np.where(gt > 0, gt * 0.5, np.nan).astype(np.float32))
 
 
 def test_registry_names_and_unknown_backend() -> None:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from filmmine import synth
-from filmmine.bench_disparity import evaluate, load_motorcycle, synthetic_pairs
+from filmmine.bench_disparity import evaluate, synthetic_pairs
 from filmmine.disparity import compute_disparity
 from filmmine.flow import backend_options, get_backend
 from filmmine.flow_torch import CensusSgmFlow, box_mean, census, popcount, shear_to_right
@@ -35,19 +35,6 @@ def backend(cfg) -> CensusSgmFlow:
     be = get_backend("census_sgm", device="cpu", **backend_options(cfg))
     assert isinstance(be, CensusSgmFlow)
     return be
-
-
-@pytest.fixture(scope="module")
-def moto_half():
-    pair = load_motorcycle()
-    if pair is None:
-        pytest.skip("scikit-image not installed")
-    h, w = pair.left.shape
-    size = (w // 2, h // 2)
-    left = cv2.resize(pair.left, size, interpolation=cv2.INTER_AREA)
-    right = cv2.resize(pair.right, size, interpolation=cv2.INTER_AREA)
-    gt = cv2.resize(np.nan_to_num(pair.gt, nan=-1.0), size, interpolation=cv2.INTER_NEAREST)
-    return left, right, np.where(gt > 0, gt * 0.5, np.nan).astype(np.float32)
 
 
 def synthetic_frames(n: int = 4) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

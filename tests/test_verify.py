@@ -73,18 +73,18 @@ def test_damaged_shard_is_named(corpus, tmp_path, capsys, damage, kind, words, w
         assert any("holds" in p.message and p.kind == "mismatch" for p in report.problems)
 
 
-def _rewrite_shard(c: Path, name: str, edit) -> None:
-    """Rewrite a shard's members through ``edit(name, bytes) -> (name, bytes)`` and re-sign it in
-    the manifest, so only the content checks (not the hash) can find what changed."""
+def rewrite_shard(c: Path, name: str, edit) -> None:
+    """Rewrite a shard's members through ``edit(name, bytes) -> [(name, bytes)...]`` (none drops
+    the member, more add some) and re-sign it in the manifest, so only the content checks (not
+    the hash) can find what changed."""
     src = c / "shards" / name
     buf = io.BytesIO()
     with tarfile.open(src) as tin, tarfile.open(fileobj=buf, mode="w") as tout:
         for m in tin:
-            data = tin.extractfile(m).read()
-            new_name, data = edit(m.name, data)
-            info = tarfile.TarInfo(new_name)
-            info.size = len(data)
-            tout.addfile(info, io.BytesIO(data))
+            for new_name, data in edit(m.name, tin.extractfile(m).read()):
+                info = tarfile.TarInfo(new_name)
+                info.size = len(data)
+                tout.addfile(info, io.BytesIO(data))
     src.write_bytes(buf.getvalue())
     man = json.loads((c / "manifest.json").read_text())
     for s in man["shards"]:
@@ -107,9 +107,9 @@ def test_content_checks_find_what_a_rehashed_shard_hides(corpus, tmp_path):
             data = json.dumps(meta).encode()
         if name == f"{cut_key}.jpg":
             data = data[: len(data) // 3]  # a JPEG cut short
-        return name, data
+        return [(name, data)]
 
-    _rewrite_shard(c, DAMAGED, edit)
+    rewrite_shard(c, DAMAGED, edit)
     report = verify_corpus(c, workers=1)
     msgs = [p.message for p in report.problems]
     assert {p.where for p in report.problems} == {DAMAGED}, msgs
