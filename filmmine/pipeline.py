@@ -170,8 +170,17 @@ class UnitMiner:
         self.result.transitions = [[s, e] for s, e in b.transitions if u.start <= s < u.end]
         return self.result
 
+    def _pts_s(self, frame: int) -> float:
+        """When the frame is shown, in seconds from the container's start: its time in the
+        film's timestamp index (exact on variable frame rates and after dropped frames), else
+        the nominal ``frame / fps``."""
+        index = self.probe.pts
+        if index is None or not 0 <= frame < index.n:
+            return round(frame / self.probe.fps, 6)
+        return round(index.time_us(frame) / 1e6, 6)
+
     def _row(self, frame: int, stage: str, reason: str | None, **scores) -> dict:
-        row = {"frame_index": frame, "pts_s": frame / self.probe.fps, "accepted": reason is None,
+        row = {"frame_index": frame, "pts_s": self._pts_s(frame), "accepted": reason is None,
                "stage": stage, "reason": reason, "key": None}
         # NaN scores (e.g. no previous frame) are stored as nulls
         row.update({k: (v if v == v else None) for k, v in scores.items()})
@@ -241,7 +250,7 @@ class UnitMiner:
             "film": self.probe.name,
             "key": key,
             "frame_index": frame_index,
-            "pts_s": round(frame_index / self.probe.fps, 6),
+            "pts_s": self._pts_s(frame_index),
             "layout": self.probe.layout,
             "view_size": list(view_wh),
             "crop": list(crop),

@@ -392,9 +392,14 @@ def test_vfr_film_split_into_units_gives_the_samples_of_one_unit(tmp_path):
     seams = [r for r in rows if r["frame_index"] in (30, 60, 90)]     # units of 30 frames
     assert all(r["frozen_diff"] is not None for r in seams if r["stage"] != "sampling"), seams
     assert [r["frame_index"] for r in rows] == list(range(0, len(kept), 6))
+    # pts_s is the frame's own timestamp, not frame_index / fps (off by up to 5 frames here)
+    fps = spec.fps
+    assert all(abs(r["pts_s"] - kept[r["frame_index"]] / fps) < 1e-5 for r in rows), rows
+    assert any(kept[r["frame_index"]] != r["frame_index"] for r in rows)
     # index i is the i-th kept frame: its picture is the one rendered for frame kept[i]
     for s in samples_of(tmp_path / "split", "vfr"):
         meta = json.loads(s["json"])
+        assert abs(meta["pts_s"] - kept[meta["frame_index"]] / fps) < 1e-5, meta
         left, _, _ = synth.render_frame(spec, kept[meta["frame_index"]])
         x, y, w, h = meta["crop"]
         view = left[y : y + h, x : x + w]
