@@ -325,3 +325,30 @@ def test_a_checkpoint_without_loss_scaling_resumes_with_it():
     full.scale(torch.ones(()))
     load_scaler_state(scaler, full.state_dict())
     assert scaler.get_scale() == 8.0
+
+
+def test_an_overflowed_fp16_step_does_not_advance_the_schedule(tmp_path, monkeypatch):
+    """fp16 loss scaling skips a step whose gradients overflowed: the optimizer does not move,
+    so the learning-rate schedule must not move either (it counts optimizer steps)."""
+    from test_trainer_data import write_synthetic_corpus
+
+    import trainer.train as train_mod
+
+    real = torch.amp.GradScaler
+
+    def scaler(device, enabled=True, **_kw):
+        # the first step's scale overflows every gradient; the back-off makes the next ones fine
+        return real("cpu", init_scale=1e38, backoff_factor=1e-30, enabled=True)
+
+    monkeypatch.setattr(train_mod.torch.amp, "GradScaler", scaler)
+    cfg = tiny_config(write_synthetic_corpus(tmp_path / "c", shards=1, per_shard=4), steps=3)
+    cfg.optim.warmup_steps = 4
+    cfg.run.log_every = 1
+    train(cfg, tmp_path / "run")
+    recs = metrics(tmp_path / "run")
+    assert [r["skipped_steps"] for r in recs] == [1, 0, 0]
+    # step 1 was skipped: step 2 still uses the first rate, step 3 the second
+    want = [cfg.optim.lr * k / 4 for k in (1, 1, 2)]
+    np.testing.assert_allclose([r["lr"] for r in recs], want)
+    ck = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ck["scheduler"]["last_epoch"] == 2

@@ -224,6 +224,7 @@ class StepStats:
     per_dataset: dict[int, float]
     grad_norm: float
     weights: list[float] | None = None
+    skipped: bool = False   # fp16 loss scaling found inf/NaN gradients: no optimizer step
 
 
 def pareto_backward(params: list[nn.Parameter], terms: LossTerms, dataset: torch.Tensor,
@@ -293,12 +294,15 @@ def train_one_step(model: nn.Module, raw_model: MidasNet, batch: dict[str, Any],
     scaler.unscale_(optimizer)
     clip = cfg.optim.clip_grad_norm
     gn = nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    before = scaler.get_scale() if scaler.is_enabled() else None
     scaler.step(optimizer)
     scaler.update()
+    # the scaler skips the step and lowers its scale when a gradient overflowed
+    skipped = before is not None and scaler.get_scale() < before
     with torch.no_grad():
         per = {i: float(terms.value(dataset == i)) for i in range(n_datasets)
                if bool((dataset == i).any())}
-    return StepStats(float(loss.detach()), per, float(gn), weights)
+    return StepStats(float(loss.detach()), per, float(gn), weights, skipped)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -433,7 +437,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, env: DistEnv) -> TrainResu
             stats = train_one_step(wrapped, model, batch, loss_fn, run.optimizer, run.scaler,
                                    cfg, env, len(names))
             lrs = _group_lrs(run.optimizer)  # the rates this step used
-            run.scheduler.step()
+            if not stats.skipped:  # the schedule counts optimizer steps, not overflowed ones
+                run.scheduler.step()
             run.step += 1
             n_log += len(batch["key"])
             _accumulate(acc, stats)
@@ -459,6 +464,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, env: DistEnv) -> TrainResu
 def _accumulate(acc: dict[str, Any], stats: StepStats) -> None:
     acc["loss"].append(stats.loss)
     acc["grad_norm"].append(stats.grad_norm)
+    acc["skipped"].append(int(stats.skipped))
     for i, v in stats.per_dataset.items():
         acc[f"ds{i}"].append(v)
     if stats.weights is not None:
@@ -497,6 +503,7 @@ def _log_record(step: int, acc: dict[str, Any], names: list[str],
         "lr_pretrained": groups.get("encoder"),
         "samples_per_s": n * env.world_size / max(dt, 1e-9),
         "grad_norm": float(np.mean(acc["grad_norm"])),
+        "skipped_steps": int(sum(acc["skipped"])),   # overflowed fp16 steps since the last record
         "failed": dict(zip(names, state.failed() or [0] * len(names), strict=True)),
     }
     if acc.get("weights"):
