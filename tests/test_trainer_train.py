@@ -352,3 +352,55 @@ def test_an_overflowed_fp16_step_does_not_advance_the_schedule(tmp_path, monkeyp
     np.testing.assert_allclose([r["lr"] for r in recs], want)
     ck = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert ck["scheduler"]["last_epoch"] == 2
+
+
+def _pareto_batch(rank: int):
+    """Rank 0: datasets 0 and 1; rank 1: dataset 0 only (mixing draws per rank)."""
+    g = torch.Generator().manual_seed(10 + rank)
+    image, target = torch.rand(4, 3, 8, 8, generator=g), torch.rand(4, 8, 8, generator=g)
+    mask = torch.rand(4, 8, 8, generator=g) > 0.2
+    dataset = torch.tensor([0, 0, 1, 1]) if rank == 0 else torch.tensor([0, 0, 0, 0])
+    return image, target, mask, dataset
+
+
+def _pareto_ddp_worker(rank: int, world: int, init: str, result: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        net = torch.nn.Conv2d(3, 1, 3, padding=1)
+        params = list(net.parameters())
+        image, target, mask, dataset = _pareto_batch(rank)
+        terms = MidasLoss().terms(net(image)[:, 0], target, mask)
+        w = pareto_backward(params, terms, dataset, 2, 1.0, DistEnv(rank=rank, world_size=world))
+        torch.save({"w": torch.tensor(w), "grad": torch.cat([p.grad.reshape(-1) for p in params])},
+                   f"{result}/pareto{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_pareto_averages_a_dataset_over_the_ranks_that_drew_it(tmp_path):
+    # a rank without a dataset has no gradient for it; averaging its zero row in would shrink
+    # that dataset's gradient by the share of ranks that lack it and bias the min-norm weights
+    mp.spawn(_pareto_ddp_worker, nprocs=2, join=True,
+             args=(2, f"file://{tmp_path / 'init'}", str(tmp_path)))
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 1, 3, padding=1)
+    params = list(net.parameters())
+    loss = MidasLoss()
+
+    def grad(rank: int, ds: int) -> torch.Tensor:
+        image, target, mask, dataset = _pareto_batch(rank)
+        sel = dataset == ds
+        terms = loss.terms(net(image)[:, 0], target, mask)
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(terms.value(sel), params)])
+
+    rows = torch.stack([(grad(0, 0) + grad(1, 0)) / 2, grad(0, 1)])
+    want_w = min_norm_weights(rows)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"pareto{rank}.pt", weights_only=True)
+        torch.testing.assert_close(got["w"], want_w.to(got["w"].dtype), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got["grad"], want_w.to(rows.dtype) @ rows, rtol=1e-4,
+                                   atol=1e-7)

@@ -233,7 +233,8 @@ def pareto_backward(params: list[nn.Parameter], terms: LossTerms, dataset: torch
     min-norm convex combination, written to ``p.grad``. Returns the weights.
 
     A dataset with no valid pixel in the batch (on every rank) is no task at this step: its
-    zero row would be the min-norm point and cancel the update; it gets weight 0."""
+    zero row would be the min-norm point and cancel the update; it gets weight 0. Under DDP a
+    task's gradient is the mean over the ranks whose batch has a valid pixel of it."""
     rows = []
     count = torch.zeros(k, dtype=torch.float64, device=dataset.device)  # valid pixels
     for i in range(k):
@@ -247,9 +248,13 @@ def pareto_backward(params: list[nn.Parameter], terms: LossTerms, dataset: torch
         rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
                                for g, p in zip(grads, params, strict=True)]))
     g = torch.stack(rows)  # [K, P]
-    if env.distributed:  # DDP is bypassed in this mode: average the task gradients here
+    if env.distributed:
+        # DDP is bypassed in this mode: average each task's gradient here, over the ranks that
+        # drew the dataset (a rank without it has a zero row, which would shrink the average)
+        ranks = (count > 0).to(g.dtype)
         dist.all_reduce(g)
-        g /= env.world_size
+        dist.all_reduce(ranks)
+        g /= ranks.clamp(min=1)[:, None]
         dist.all_reduce(count)
     live = count > 0
     w = torch.zeros(k, dtype=g.dtype, device=g.device)
