@@ -58,22 +58,25 @@ def assemble_film(out: Path, probe: ProbeResult, units: list[WorkUnit], recipe: 
     transitions = sorted(t for m in markers for t in m["transitions"])
     shot_of, n_shots = shot_indexer(cuts, transitions)
 
+    frame_rows = []
+    for m in markers:
+        for r in m["frames"]:
+            frame_rows.append({"film": probe.name, "shot_index": shot_of(r["frame_index"]), **r})
+    frame_rows.sort(key=lambda r: r["frame_index"])
+    frame_rows, over_quota = apply_shot_quota(frame_rows, int(recipe["sampling"]["max_per_shot"]))
+
     o = recipe["output"]
     sink = ShardSink(out / "shards", probe.name, o["shard_max_samples"], o["shard_max_bytes"])
     sample_rows = []
     for u in units:
         for s in read_samples(unit_paths(work, u)[0]):
             meta = json.loads(s["json"])
+            if meta["key"] in over_quota:
+                continue
             meta["shot_index"] = shot_of(meta["frame_index"])
             s["json"] = dumps(meta)
             sample_rows.append(_sample_row(meta, sink.write(s)))
     shards = sink.close()
-
-    frame_rows = []
-    for m in markers:
-        for r in m["frames"]:
-            frame_rows.append({"film": probe.name, "shot_index": shot_of(r["frame_index"]), **r})
-    frame_rows.sort(key=lambda r: r["frame_index"])
     films_dir = out / "films"
     write_bytes(films_dir / f"{probe.name}.samples.parquet",
                 parquet_bytes(table(sample_rows, SAMPLES_SCHEMA)))
@@ -113,6 +116,29 @@ def assemble_film(out: Path, probe: ProbeResult, units: list[WorkUnit], recipe: 
     write_bytes(record_path, json.dumps(record, indent=1, sort_keys=True).encode())
     shutil.rmtree(work, ignore_errors=True)
     return record
+
+
+def apply_shot_quota(rows: list[dict], cap: int) -> tuple[list[dict], set[str]]:
+    """``sampling.max_per_shot`` over the whole film: the rows of a film's candidates (frame
+    order) with every candidate past the first ``cap`` sampled ones of its shot turned into a
+    ``shot_quota`` row, as a single work unit would have written it; and the keys of the
+    samples so dropped. A work unit only counts its own candidates, so a shot spanning units
+    can exceed the cap there (0 = no cap)."""
+    if cap <= 0:
+        return rows, set()
+    taken: Counter[int] = Counter()
+    out, dropped = [], set()
+    for r in rows:
+        if r["stage"] != "sampling" and r["shot_index"] >= 0:
+            taken[r["shot_index"]] += 1
+            if taken[r["shot_index"]] > cap:
+                if r["key"] is not None:
+                    dropped.add(r["key"])
+                r = {"film": r["film"], "shot_index": r["shot_index"],
+                     "frame_index": r["frame_index"], "pts_s": r["pts_s"], "accepted": False,
+                     "stage": "sampling", "reason": "shot_quota", "key": None}
+        out.append(r)
+    return out, dropped
 
 
 def _sample_row(meta: dict, shard: str) -> dict:

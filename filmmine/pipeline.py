@@ -189,7 +189,7 @@ class UnitMiner:
 
     def _decide(self, frame: Frame) -> None:
         b = self.tracker.boundaries
-        start = max(b.shot_start(frame.index, 0), 0)
+        start = max(b.shot_begin(frame.index, 0), 0)   # the shot's key: its first frame
         reason = sampling_reason(frame.index, b, self.plan, film_start=0,
                                  film_end=self.probe.n_frames,
                                  taken_in_shot=self.taken.get(start, 0))

@@ -41,10 +41,7 @@ def sampling_reason(frame: int, bounds: ShotBoundaries, plan: SamplingPlan, *,
         return "transition"
     if bounds.distance_to_boundary(frame) < plan.margin:
         return "near_cut"
-    start = max(bounds.shot_start(frame, film_start), film_start)
-    for _, e in bounds.transitions:  # a transition ending before the frame also starts a shot
-        if e <= frame:
-            start = max(start, e)
+    start = max(bounds.shot_begin(frame, film_start), film_start)
     nxt = bounds.next_boundary(frame)
     end = film_end if nxt is None else min(nxt, film_end)
     if end - start < plan.min_shot:

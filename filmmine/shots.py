@@ -24,8 +24,12 @@ class ShotBoundaries:
     cuts: list[int] = field(default_factory=list)            # first frame of each new shot
     transitions: list[tuple[int, int]] = field(default_factory=list)  # [start, end) in no shot
 
-    def shot_start(self, frame: int, default: int = 0) -> int:
-        starts = [c for c in self.cuts if c <= frame]
+    def shot_begin(self, frame: int, default: int = 0) -> int:
+        """First frame of the shot holding ``frame``: the last cut or transition end at or
+        before it (``default`` when there is none). The corpus's ``shot_index`` counts the
+        same boundaries."""
+        starts = [c for c in self.cuts if c <= frame] + [e for _, e in self.transitions
+                                                          if e <= frame]
         return max(starts) if starts else default
 
     def next_boundary(self, frame: int) -> int | None:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -407,3 +408,31 @@ def test_vfr_film_split_into_units_gives_the_samples_of_one_unit(tmp_path):
             view = cv2.resize(view, tuple(meta["size"]), interpolation=cv2.INTER_AREA)
         err = float(np.abs(decode_jpeg(s["jpg"]).astype(np.float32) - view).mean())
         assert err < 6.0, (meta["key"], err)
+
+
+def test_shot_quota_counts_the_whole_shot_across_work_units(tmp_path):
+    """sampling.max_per_shot caps a shot's samples even when the shot spans several work
+    units (each unit only sees its own candidates): a split run gives the samples and rows of
+    a single-unit run."""
+    spec = FilmSpec(shots=(ShotSpec("textured", 60, seed=31), ShotSpec("textured", 60, seed=32)),
+                    view_width=320, view_height=180, seed=3)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    synth.write_film(spec, lib / "quota.mp4", "sbs")
+    got = {}
+    for name, chunk_s in (("one", 0.0), ("split", 1.0)):
+        recipe = tmp_path / f"{name}.toml"
+        recipe.write_text(f'base = "default"\n[decode]\nchunk_s = {chunk_s}\n'
+                          '[sampling]\nmax_per_shot = 2\n')
+        out = tmp_path / name
+        report = extract([str(lib / "quota.mp4")], out, layout="sbs", recipe=recipe,
+                         workers=0, progress=False)
+        assert report.exit_code == 0, report.summary()
+        assert report.records["quota"]["units"] == (1 if name == "one" else 5)
+        got[name] = _film_digest(out, "quota")
+    keys, members, rows = got["one"]
+    sampled = Counter(r["shot_index"] for r in rows if r["stage"] != "sampling")
+    assert sampled == {0: 2, 1: 2}, rows
+    assert sum(r["reason"] == "shot_quota" for r in rows) >= 4
+    assert got["split"][0] == keys and got["split"][1] == members
+    assert got["split"][2] == rows

@@ -145,8 +145,10 @@ def test_static_window_has_no_change(two_shots) -> None:
 
 def test_boundaries_queries() -> None:
     b = ShotBoundaries(cuts=[24, 84], transitions=[(43, 65)])
-    assert b.shot_start(10) == 0 and b.shot_start(24) == 24 and b.shot_start(100) == 84
-    assert b.shot_start(5, default=-1) == -1
+    assert b.shot_begin(10) == 0 and b.shot_begin(24) == 24 and b.shot_begin(100) == 84
+    assert b.shot_begin(5, default=-1) == -1
+    # a shot also begins where a transition ends (the corpus's shot_index counts both)
+    assert b.shot_begin(70) == 65 and b.shot_begin(30) == 24
     assert b.next_boundary(0) == 24 and b.next_boundary(24) == 43 and b.next_boundary(90) is None
     assert b.in_transition(43) and b.in_transition(64) and not b.in_transition(65)
     assert b.distance_to_boundary(30) == 6 and b.distance_to_boundary(70) == 5
