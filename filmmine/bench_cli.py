@@ -59,6 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", default="default", help="recipe for the [disparity] table")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a [disparity] key, e.g. --set work_width=480 (repeatable)")
+    p.add_argument("--sweep", metavar="KEY=V1,V2,...",
+                   help="run every backend once per value of a [disparity] key, one row each "
+                        "(e.g. --sweep sgbm_uniqueness=15,25,35): the bad-k / density trade-off "
+                        "of a threshold")
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     p.add_argument("--synthetic", type=int, default=8, metavar="N",
                    help="synthetic film frames (0 = none; default: %(default)s)")

@@ -206,6 +206,7 @@ class Row:
     ms_per_pair: float
     pairs_per_s: float
     device: str
+    setting: str = ""        # the --sweep value of this row ("" = the recipe's)
 
 
 def _mean(rows: list[dict], key: str) -> float:
@@ -219,7 +220,7 @@ def _sync(device: str) -> None:
 
 
 def bench_backend(backend: FlowBackend, pairs: list[Pair], cfg: dict, device: str,
-                  batch: int) -> list[Row]:
+                  batch: int, setting: str = "") -> list[Row]:
     """Rows per dataset (and ``real``) for one backend."""
     name = backend.name
     # warm-up: lazy allocations, cuDNN/kernel selection
@@ -250,7 +251,7 @@ def bench_backend(backend: FlowBackend, pairs: list[Pair], cfg: dict, device: st
         rows.append(Row(name, ds, len(ms), _mean(ms, "bad1"), _mean(ms, "bad2"),
                         _mean(ms, "bad4"), _mean(ms, "epe"), _mean(ms, "density"),
                         _mean(ms, "vepe"), float(np.median([m["ms"] for m in ms])), rate,
-                        device))
+                        device, setting))
     return rows
 
 
@@ -288,12 +289,16 @@ def format_table(rows: list[Row]) -> str:
             return "-".rjust(_width(fmt))
         return fmt.format(value)
 
+    columns = COLUMNS
+    if any(r.setting for r in rows):  # a sweep: its value after the backend
+        wide = max(len(r.setting) for r in rows)
+        columns = (COLUMNS[0], ("setting", f"{{:<{max(wide, 7)}}}"), *COLUMNS[1:])
     head = [(HEADERS.get(k, k).ljust(_width(f)) if "<" in f else HEADERS.get(k, k).rjust(_width(f)))
-            for k, f in COLUMNS]
+            for k, f in columns]
     lines = [" ".join(head).rstrip()]
     for r in rows:
         d = asdict(r)
-        lines.append(" ".join(cell(k, f, d[k]) for k, f in COLUMNS).rstrip())
+        lines.append(" ".join(cell(k, f, d[k]) for k, f in columns).rstrip())
     return "\n".join(lines)
 
 
@@ -312,6 +317,18 @@ def _parse_set(items: list[str]) -> dict:
     return out
 
 
+def _parse_sweep(text: str | None, cfg: dict) -> tuple[str, list]:
+    """``KEY=V1,V2,...`` -> (key, values); no sweep: ("", [None])."""
+    if not text:
+        return "", [None]
+    key, sep, values = text.partition("=")
+    if not sep or not values:
+        raise ValueError(f"--sweep takes KEY=V1,V2,..., got {text!r}")
+    if key not in cfg:
+        raise ValueError(f"unknown [disparity] key in --sweep: {key!r}")
+    return key, [_parse_set([f"{key}={v.strip()}"])[key] for v in values.split(",")]
+
+
 def run(args: argparse.Namespace) -> dict:
     """Build the pairs, run every backend; returns the JSON-able report."""
     recipe = load_recipe(args.recipe)
@@ -321,6 +338,7 @@ def run(args: argparse.Namespace) -> dict:
     if unknown:
         raise ValueError(f"unknown [disparity] keys in --set: {unknown}")
     cfg.update(overrides)
+    sweep_key, sweep_values = _parse_sweep(getattr(args, "sweep", None), cfg)
     if args.threads:
         torch.set_num_threads(args.threads)
     pairs: list[Pair] = []
@@ -347,14 +365,19 @@ def run(args: argparse.Namespace) -> dict:
             options["raft_weights"] = weights
         # the OpenCV baselines run on the CPU whatever --device says (the row tells)
         device = "cpu" if name in CPU_ONLY else args.device
-        try:
-            backend = get_backend(name, device=device, **dict(backend_options(cfg), **options))
-        except ValueError as e:            # a backend that cannot run here: say so, go on
-            skipped[name] = str(e)
-            continue
-        rows += bench_backend(backend, pairs, cfg, device, args.batch)
+        for value in sweep_values:
+            c = cfg if value is None else dict(cfg, **{sweep_key: value})
+            try:
+                backend = get_backend(name, device=device, **dict(backend_options(c), **options))
+            except ValueError as e:            # a backend that cannot run here: say so, go on
+                skipped[name] = str(e)
+                break
+            setting = "" if value is None else f"{sweep_key}={value}"
+            rows += bench_backend(backend, pairs, c, device, args.batch, setting)
     return {"device": args.device, "torch_threads": torch.get_num_threads(),
-            "batch": args.batch, "overrides": overrides, "rows": [asdict(r) for r in rows],
+            "batch": args.batch, "overrides": overrides,
+            "sweep": {sweep_key: sweep_values} if sweep_key else None,
+            "rows": [asdict(r) for r in rows],
             "skipped": skipped,
             "pairs": [{"dataset": p.dataset, "name": p.name, "size": [p.left.shape[1],
                                                                       p.left.shape[0]]}

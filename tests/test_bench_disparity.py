@@ -104,3 +104,23 @@ def test_cli_table_and_bad_options(capsys) -> None:
     assert "synthetic_160x90" in out and "density" in out
     assert main(["bench-disparity", "--no-real", "--synthetic", "1", "--set", "nope=1"]) == 2
     assert "unknown [disparity] keys" in capsys.readouterr().err
+
+
+def test_cli_sweep_gives_one_row_per_value(capsys) -> None:
+    """--sweep runs each backend once per value of a key: a stricter SGBM uniqueness margin
+    labels fewer pixels (the trade-off the table shows)."""
+    code = main(["bench-disparity", "--no-real", "--synthetic", "2", "--synthetic-size",
+                 "160x90", "--backends", "sgbm", "--sweep", "sgbm_uniqueness=5,40", "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["sweep"] == {"sgbm_uniqueness": [5, 40]}
+    loose, strict = report["rows"]
+    assert (loose["setting"], strict["setting"]) == ("sgbm_uniqueness=5", "sgbm_uniqueness=40")
+    assert strict["density"] < loose["density"]
+    assert main(["bench-disparity", "--no-real", "--synthetic", "1", "--synthetic-size",
+                 "160x90", "--backends", "sgbm", "--sweep", "lr_max_px=0.5,2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["backend", "setting"]
+    assert [ln.split()[1] for ln in lines[1:3]] == ["lr_max_px=0.5", "lr_max_px=2"]
+    assert main(["bench-disparity", "--no-real", "--synthetic", "1", "--sweep", "nope=1,2"]) == 2
+    assert "unknown [disparity] key in --sweep" in capsys.readouterr().err
