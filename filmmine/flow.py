@@ -202,11 +202,14 @@ class DisSgbmFlow(SgbmFlow):
 
     name = "dis_sgbm"
 
+    V_MODELS = ("quadratic", "none")
+
     def __init__(self, device: str = "cpu", max_disparity_frac: float = 0.15,
                  sgbm_mode: str = "3way", coarse_width: int = 240, margin_px: float = 8.0,
                  margin_frac: float = 0.25,
                  range_percentiles: tuple[float, float] = (0.5, 99.5), v_median: int = 5,
-                 **options: Any) -> None:
+                 v_model: str = "quadratic", v_sigma_px: float = 24.0,
+                 v_deadband_px: float = 0.75, **options: Any) -> None:
         super().__init__(device=device, max_disparity_frac=max_disparity_frac,
                          sgbm_mode=sgbm_mode, **options)
         if coarse_width < 16:
@@ -215,7 +218,12 @@ class DisSgbmFlow(SgbmFlow):
             raise ValueError("dis_sgbm margins must be >= 0")
         if v_median not in (0, 1, 3, 5):
             raise ValueError(f"dis_sgbm_v_median must be 0, 1, 3 or 5, got {v_median}")
+        if v_model not in self.V_MODELS:
+            raise ValueError(f"unknown dis_sgbm_v_model {v_model!r}; choose from {self.V_MODELS}")
+        if v_sigma_px <= 0 or v_deadband_px < 0:
+            raise ValueError("dis_sgbm_v_sigma_px must be > 0 and dis_sgbm_v_deadband_px >= 0")
         self.coarse_width, self.v_median = coarse_width, v_median
+        self.v_model, self.v_sigma_px, self.v_deadband_px = v_model, v_sigma_px, v_deadband_px
         self.margin_px, self.margin_frac = float(margin_px), float(margin_frac)
         self.percentiles = (float(range_percentiles[0]), float(range_percentiles[1]))
         self._coarse = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
@@ -269,14 +277,28 @@ class DisSgbmFlow(SgbmFlow):
         v is only measured where the coarse match is consistent (the flow ``back`` found at
         the match points back within 1 coarse px, both components); elsewhere (occlusions,
         content leaving the frame) DIS returns arbitrary v, which the scale would multiply into
-        failed vertical checks of the pixels around it. There v is filled from its consistent
-        neighbours (normalised Gaussian, else their median); then a median filter."""
+        failed vertical checks of the pixels around it.
+
+        ``v_model = "quadratic"``: a stereo pair's vertical disparity comes from the rig's
+        misalignment (offset, rotation, keystone, scale), smooth over the frame; the
+        consistent v gets a robust quadratic fit in x and y (iteratively reweighted), plus
+        what stays of the residual smoothed over ``v_sigma_px`` (normalised Gaussian) beyond
+        a dead band of ``v_deadband_px``: a local deviation that is not noise. On MiddEval3's
+        imperfect Motorcycle the vertical EPE fell from 0.256 to 0.094 px (``none``), and
+        the vertical check stopped rejecting 1 % of good labels on rectified pairs.
+        ``none``: per-pixel v, filled from its consistent neighbours (normalised Gaussian,
+        else their median) where inconsistent; then a median filter."""
         h, w = f.shape[:2]
         xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
         b = cv2.remap(back, xs + f[..., 0], ys + f[..., 1], cv2.INTER_LINEAR,
                       borderMode=cv2.BORDER_CONSTANT, borderValue=(1e6, 1e6))
         ok = (np.abs(f[..., 0] + b[..., 0]) <= 1.0) & (np.abs(f[..., 1] + b[..., 1]) <= 1.0)
         v = np.ascontiguousarray(f[..., 1], np.float32)
+        scale = size[1] / coarse_h                     # coarse px -> output px
+        if self.v_model == "quadratic" and ok.sum() >= 12:
+            smooth = _smooth_vertical(v, ok, self.v_sigma_px / scale,
+                                      self.v_deadband_px / scale)
+            return cv2.resize(smooth, size, interpolation=cv2.INTER_LINEAR) * scale
         if not ok.all():
             fill = float(np.median(v[ok])) if ok.any() else 0.0
             wgt = cv2.GaussianBlur(ok.astype(np.float32), (0, 0), 3.0)
@@ -285,7 +307,54 @@ class DisSgbmFlow(SgbmFlow):
             v = np.where(ok, v, smooth).astype(np.float32)
         if self.v_median > 1:
             v = cv2.medianBlur(v, self.v_median)
-        return cv2.resize(v, size, interpolation=cv2.INTER_LINEAR) * (size[1] / coarse_h)
+        return cv2.resize(v, size, interpolation=cv2.INTER_LINEAR) * scale
+
+
+def _quadratic_terms(x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
+    return [np.ones_like(x), x, y, x * x, x * y, y * y]
+
+
+def _smooth_vertical(v: np.ndarray, ok: np.ndarray, sigma: float,
+                     deadband: float) -> np.ndarray:
+    """[h, w] vertical flow: a robust quadratic fit of ``v`` over the ``ok`` pixels plus their
+    residual, Gaussian-smoothed (``sigma`` px, normalised over ``ok``) and shrunk by
+    ``deadband`` px towards 0. Coordinates are normalised to [-0.5, 0.5].
+
+    Cheap at any size: the fit uses at most ~4000 of the pixels (a regular subgrid) and the
+    smoothing runs on a grid downscaled to ~sigma / 2 px cells (the result is low-frequency)."""
+    h, w = v.shape
+    step = max(1, int(np.sqrt(ok.sum() / 4000.0)))
+    sub = ok[::step, ::step]
+    ys, xs = np.nonzero(sub)
+    x = (xs * step).astype(np.float64) / w - 0.5
+    y = (ys * step).astype(np.float64) / h - 0.5
+    a = np.stack(_quadratic_terms(x, y), 1)
+    t = v[::step, ::step][sub].astype(np.float64)
+    wgt = np.ones_like(t)
+    coef = np.zeros(a.shape[1])
+    ridge = 1e-9 * np.eye(a.shape[1])
+    for _ in range(5):  # IRLS with Cauchy weights at twice the residuals' robust spread
+        # normal equations by einsum: a BLAS call here woke OpenBLAS's threads, which then
+        # spun against OpenCV's (+25 ms a pair on 2 cores)
+        aw = a * (wgt * wgt)[:, None]
+        coef = np.linalg.solve(np.einsum("ni,nj->ij", aw, a) + ridge, np.einsum("ni,n->i", aw, t))
+        r = t - np.einsum("ni,i->n", a, coef)
+        s = 1.4826 * float(np.median(np.abs(r))) + 1e-3
+        wgt = 1.0 / (1.0 + (r / (2.0 * s)) ** 2)
+    gx = (np.arange(w, dtype=np.float64) / w - 0.5)[None, :]
+    gy = (np.arange(h, dtype=np.float64) / h - 0.5)[:, None]
+    model = sum(c * term for c, term in zip(coef, _quadratic_terms(gx, gy), strict=True))
+    model = np.broadcast_to(model, (h, w)).astype(np.float32)
+    okf = ok.astype(np.float32)
+    resid = (v - model) * okf
+    k = max(1, int(sigma / 2))                  # cell size of the smoothing grid
+    small = (max(1, round(w / k)), max(1, round(h / k)))
+    sig = sigma * small[0] / w
+    num = cv2.GaussianBlur(cv2.resize(resid, small, interpolation=cv2.INTER_AREA), (0, 0), sig)
+    den = cv2.GaussianBlur(cv2.resize(okf, small, interpolation=cv2.INTER_AREA), (0, 0), sig)
+    local = np.where(den > 0.05, num / np.maximum(den, 1e-3), 0.0).astype(np.float32)
+    local = np.sign(local) * np.maximum(np.abs(local) - deadband, 0.0)
+    return model + cv2.resize(local, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def _lazy(module: str, cls: str) -> Callable[..., FlowBackend]:
@@ -316,6 +385,8 @@ _OPTION_KEYS: dict[str, str] = {
     "dis_vr_iterations": "vr_iterations",
     "dis_sgbm_coarse_width": "coarse_width", "dis_sgbm_margin_px": "margin_px",
     "dis_sgbm_margin_frac": "margin_frac", "dis_sgbm_v_median": "v_median",
+    "dis_sgbm_v_model": "v_model", "dis_sgbm_v_sigma_px": "v_sigma_px",
+    "dis_sgbm_v_deadband_px": "v_deadband_px",
 }
 _OPTION_PREFIXES = ("sgbm_", "sgm_", "raft_")
 _OPTION_SHARED = ("max_disparity_frac", "half_precision")
