@@ -3,10 +3,10 @@
 Measured with the default recipe on the inputs below (CPU):
 * dis: synthetic frames EPE 0.05-0.26 px, 87-91 % valid; motorcycle half size bad-2px 6.4 %,
   density 87.6 %.
-* sgbm (3way, block 3, uniqueness 15): synthetic frames EPE 0.15-0.17 px, 93-94 % valid;
-  motorcycle half size bad-2px 4.6 %, density 89.4 %.
-* dis_sgbm: synthetic frames EPE 0.15-0.17 px, 93-94 % valid; motorcycle half size bad-2px
-  4.7 %, density 88.8 %.
+* sgbm (3way, block 3, uniqueness 20): synthetic frames EPE 0.15-0.16 px, 93-94 % valid;
+  motorcycle half size bad-2px 4.4 %, density 88.7 %.
+* dis_sgbm (quadratic vertical model): synthetic frames EPE 0.15-0.16 px, 93-94 % valid;
+  motorcycle half size bad-2px 4.6 %, density 88.8 %.
 """
 
 from __future__ import annotations
