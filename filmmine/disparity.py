@@ -11,7 +11,8 @@ Per batch of stereo pairs (``compute_disparity``):
    ``v * out_h / work_h``. A half-width (squeezed) view given as is with ``out_size`` at full
    aspect gets its disparities doubled; a half-height one, its vertical flow.
 2. **Flow** both ways from the backend in one call (``FlowBackend.stereo``).
-3. **Checks** (torch on CUDA, numpy on the CPU): left-right consistency (a left pixel's match
+3. **Checks** (torch on CUDA; numpy/OpenCV on the CPU, where an OpenCV backend never imports
+   torch): left-right consistency (a left pixel's match
    must map back within ``lr_max_px``), per-pixel vertical flow (``|v| > vertical_max_px``
    fails), occlusion (an inconsistent pixel whose match sees something nearer), and a
    speckle filter (consistent islands smaller than ``speckle_max_px`` pixels are dropped).
@@ -27,14 +28,16 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .encode import confidence_to_uint8  # noqa: F401  (re-exported: the KEY.conf.png values)
-from .flow import FlowBackend, StereoFlows
+from .flow import Batch, FlowBackend, StereoFlows
+
+if TYPE_CHECKING:
+    import torch
 
 REASONS = ("vertical_misaligned", "few_valid", "flat")
 POST_FILTERS = ("none", "guided")
@@ -81,27 +84,56 @@ def resize_grey(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(img, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
-def rescale_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Flow [B, 2, h, w] px resampled to size (W, H) px: u scaled by W / w, v by H / h."""
+def _on_cuda(x: Batch) -> bool:
+    return not isinstance(x, np.ndarray) and x.is_cuda
+
+
+def _numpy(x: Batch) -> np.ndarray:
+    """A batch as float32 numpy (a torch tensor is copied to the host)."""
+    if isinstance(x, np.ndarray):
+        return x if x.dtype == np.float32 else x.astype(np.float32)
+    return x.detach().float().cpu().numpy()
+
+
+def _resize_planes(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[B, ..., h, w] float32 -> [B, ..., H, W], bilinear with pixel centres aligned (as
+    ``F.interpolate(mode="bilinear", align_corners=False)``)."""
+    flat = x.reshape(-1, *x.shape[-2:])
+    out = np.stack([cv2.resize(p, size, interpolation=cv2.INTER_LINEAR) for p in flat])
+    return out.reshape(*x.shape[:-2], size[1], size[0])
+
+
+def rescale_flow(flow: Batch, size: tuple[int, int]) -> Batch:
+    """Flow [B, 2, h, w] px resampled to size (W, H) px: u scaled by W / w, v by H / h.
+    numpy in, numpy out (OpenCV); a torch tensor stays a tensor on its device."""
     _b, _, h, w = flow.shape
     if (w, h) == size:
         return flow
+    if isinstance(flow, np.ndarray):
+        out = _resize_planes(_numpy(flow), size)
+        out[:, 0] *= np.float32(size[0] / w)
+        out[:, 1] *= np.float32(size[1] / h)
+        return out
+    import torch
+    import torch.nn.functional as F
+
     out = F.interpolate(flow.float(), size=(size[1], size[0]), mode="bilinear",
                         align_corners=False)
     scale = torch.tensor([size[0] / w, size[1] / h], device=flow.device).view(1, 2, 1, 1)
     return out * scale
 
 
-def rescale_map(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def rescale_map(m: Batch, size: tuple[int, int]) -> Batch:
     """A per-pixel map [B, h, w] resampled (bilinear, pixel centres aligned) to size (W, H);
-    no value scaling. OpenCV on the CPU (see ``check_batch``), torch on CUDA."""
+    no value scaling. OpenCV on the CPU (numpy out; see ``check_batch``), torch on CUDA."""
     if (m.shape[2], m.shape[1]) == size:
         return m
-    if m.is_cuda:
+    if _on_cuda(m):
+        import torch.nn.functional as F
+
         return F.interpolate(m[:, None].float(), size=(size[1], size[0]), mode="bilinear",
                              align_corners=False)[:, 0]
-    return torch.from_numpy(np.stack([cv2.resize(x, size, interpolation=cv2.INTER_LINEAR)
-                                      for x in m.float().numpy()]))
+    return _resize_planes(_numpy(m), size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,6 +143,9 @@ def rescale_map(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def _sample_torch(field_b: torch.Tensor, map_x: torch.Tensor, map_y: torch.Tensor) -> torch.Tensor:
     """Bilinear lookup of field [B, C, H, W] at (map_x, map_y) [B, H, W]; NaN outside (the last
     row/column counts as inside, as in ``sample_at``)."""
+    import torch
+    import torch.nn.functional as F
+
     _b, _c, h, w = field_b.shape
     gx = map_x * (2.0 / max(w - 1, 1)) - 1.0
     gy = map_y * (2.0 / max(h - 1, 1)) - 1.0
@@ -172,6 +207,8 @@ def _core_numpy(lr: np.ndarray, rl: np.ndarray, lr_max: float,
 def _core_torch(flow_lr: torch.Tensor, flow_rl: torch.Tensor, lr_max: float,
                 vmax: float) -> dict[str, np.ndarray]:
     """The same checks for a batch [B, 2, H, W] on the flows' device (one transfer back)."""
+    import torch
+
     _, _, h, w = flow_lr.shape
     dev = flow_lr.device
     ys, xs = torch.meshgrid(torch.arange(h, device=dev, dtype=torch.float32),
@@ -191,9 +228,8 @@ def _core_torch(flow_lr: torch.Tensor, flow_rl: torch.Tensor, lr_max: float,
         "conf": conf, "vert_fail": vert_fail}.items()}
 
 
-@torch.inference_mode()
-def check_batch(flow_lr: torch.Tensor, flow_rl: torch.Tensor, cfg: dict, stored_width: int,
-                match_confidence: torch.Tensor | None = None,
+def check_batch(flow_lr: Batch, flow_rl: Batch, cfg: dict, stored_width: int,
+                match_confidence: Batch | None = None,
                 guides: Sequence[np.ndarray] | None = None) -> list[DisparityResult]:
     """Verdicts and labels from both flows [B, 2, H, W]. ``cfg`` = recipe['disparity'];
     guides: the left views (grey, [H, W]) for the post-filter.
@@ -204,13 +240,16 @@ def check_batch(flow_lr: torch.Tensor, flow_rl: torch.Tensor, cfg: dict, stored_
     lr_max = float(cfg["lr_max_px"])
     vmax = float(cfg["vertical_max_px"])
     b = flow_lr.shape[0]
-    if flow_lr.is_cuda:
-        core = _core_torch(flow_lr.float(), flow_rl.float(), lr_max, vmax)
+    if _on_cuda(flow_lr):
+        import torch
+
+        with torch.inference_mode():
+            core = _core_torch(flow_lr.float(), flow_rl.float(), lr_max, vmax)
         per = [{k: a[i] for k, a in core.items()} for i in range(b)]
     else:
-        lr, rl = flow_lr.float().numpy(), flow_rl.float().numpy()
+        lr, rl = _numpy(flow_lr), _numpy(flow_rl)
         per = [_core_numpy(lr[i], rl[i], lr_max, vmax) for i in range(b)]
-    mc = None if match_confidence is None else match_confidence.float().cpu().numpy()
+    mc = None if match_confidence is None else _numpy(match_confidence)
     out = []
     for i, c in enumerate(per):
         conf = c["conf"] if mc is None else c["conf"] * np.clip(mc[i], 0.0, 1.0)
@@ -275,10 +314,9 @@ def check_flows(flow_lr: np.ndarray, flow_rl: np.ndarray, cfg: dict, stored_widt
                 match_confidence: np.ndarray | None = None,
                 guide: np.ndarray | None = None) -> DisparityResult:
     """Verdict and label from the two flows [H, W, 2] (numpy). ``cfg`` = recipe['disparity']."""
-    lr = torch.from_numpy(np.ascontiguousarray(flow_lr, np.float32)).permute(2, 0, 1)[None]
-    rl = torch.from_numpy(np.ascontiguousarray(flow_rl, np.float32)).permute(2, 0, 1)[None]
-    # (the batch path on the CPU goes back to these arrays without a copy)
-    mc = None if match_confidence is None else torch.from_numpy(match_confidence)[None]
+    lr = np.ascontiguousarray(flow_lr, np.float32).transpose(2, 0, 1)[None]
+    rl = np.ascontiguousarray(flow_rl, np.float32).transpose(2, 0, 1)[None]
+    mc = None if match_confidence is None else np.asarray(match_confidence, np.float32)[None]
     return check_batch(lr, rl, cfg, stored_width, mc, None if guide is None else [guide])[0]
 
 

@@ -24,22 +24,30 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Union
 
 import cv2
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported by the backends that use it: the OpenCV ones do not
+    import torch
+
+# [B, ...] per-pair arrays: numpy from the OpenCV backends, torch tensors from the torch ones
+Batch = Union[np.ndarray, "torch.Tensor"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class StereoFlows:
-    """Both flow directions of a batch of same-size stereo pairs, on the backend's device."""
+    """Both flow directions of a batch of same-size stereo pairs, on the backend's device:
+    numpy arrays from the OpenCV (CPU) backends, so that extraction with them never imports
+    torch (470 MiB of resident memory and 1.5 s a worker process), torch tensors from the
+    torch backends."""
 
-    lr: torch.Tensor                       # [B, 2, H, W] float32 px, left -> right (u, v)
-    rl: torch.Tensor                       # [B, 2, H, W] float32 px, right -> left
-    match_confidence: torch.Tensor | None = None  # [B, H, W] in [0, 1], left view; None = 1
+    lr: Batch                              # [B, 2, H, W] float32 px, left -> right (u, v)
+    rl: Batch                              # [B, 2, H, W] float32 px, right -> left
+    match_confidence: Batch | None = None  # [B, H, W] in [0, 1], left view; None = 1
 
 
 class FlowBackend(ABC):
@@ -56,12 +64,14 @@ class FlowBackend(ABC):
         """Left->right and right->left flow of same-size pairs (default: one ``flow`` call)."""
         n = len(left)
         flows = self.flow([*left, *right], [*right, *left])
-        t = torch.from_numpy(np.stack(flows)).permute(0, 3, 1, 2)  # [2B, 2, H, W]
-        return StereoFlows(t[:n].contiguous(), t[n:].contiguous())
+        t = np.stack(flows).transpose(0, 3, 1, 2)  # [2B, 2, H, W]
+        return StereoFlows(np.ascontiguousarray(t[:n]), np.ascontiguousarray(t[n:]))
 
 
 def check_device(name: str, device: str) -> torch.device:
     """A torch device a backend can run on, or a one-line error."""
+    import torch
+
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"the {name} backend was asked for {device!r} but CUDA is not "
@@ -183,7 +193,7 @@ class SgbmFlow(FlowBackend):
                                  np.ascontiguousarray(a[:, ::-1]))[:, ::-1]
             lr.append(np.stack([-d_l, np.zeros_like(d_l)]))
             rl.append(np.stack([d_r, np.zeros_like(d_r)]))
-        return StereoFlows(torch.from_numpy(np.stack(lr)), torch.from_numpy(np.stack(rl)))
+        return StereoFlows(np.stack(lr), np.stack(rl))
 
 
 class DisSgbmFlow(SgbmFlow):
@@ -272,7 +282,7 @@ class DisSgbmFlow(SgbmFlow):
                 f_rl = self._coarse.calc(bc, ac, None)
                 lr[i, 1] = self._vertical(f_lr, f_rl, (w, h), cs[1])
                 rl[i, 1] = self._vertical(f_rl, f_lr, (w, h), cs[1])
-        return StereoFlows(torch.from_numpy(lr), torch.from_numpy(rl))
+        return StereoFlows(lr, rl)
 
     def _vertical_model(self, f: np.ndarray, d_left: np.ndarray, d_right: np.ndarray,
                         size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

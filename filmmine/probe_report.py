@@ -154,7 +154,7 @@ def probe_inputs(inputs: list[str], recipe: dict, layout: str = "auto",
             fp.letterbox_note = None if fp.letterbox else "no frame decoded"
         else:
             fp.letterbox_note = "not looked for (--frames 0)"
-        # imported here: pipeline imports the shard writer, webdataset and so torch (seconds)
+        # imported here, only when a plan is asked for: the pipeline imports every stage
         from .pipeline import plan_units, stored_size
 
         plan = SamplingPlan.from_recipe(probe.fps, recipe)

@@ -83,13 +83,17 @@ def versions() -> dict[str, str]:
 
 def _worker_setup() -> None:
     import cv2
-    import torch
 
     # one Dask worker per core: OpenCV's and torch's own threads would only contend (and the
     # result of a single-threaded DIS is the same on every machine). Measured on the 60 s
     # benchmark film (2 cores): torch's default threads cost ~30 s of system time spinning.
+    # torch is imported only by the backends that use it (470 MiB, 1.5 s a process):
+    # OMP_NUM_THREADS gives it one thread when it is; a worker that has it already is set.
     cv2.setNumThreads(1)
-    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
 
 
 @dataclass(frozen=True)
