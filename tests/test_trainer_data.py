@@ -389,3 +389,22 @@ def test_empty_dataset_is_an_error(tmp_path):
     (tmp_path / "shards").mkdir()
     with pytest.raises(TrainerError, match="nothing found"):
         MixedStream([CorpusSource(DatasetSpec(path=str(tmp_path)))], MixConfig(), NO_AUG)
+
+
+def test_wds_adapter_on_a_filmmine_corpus_takes_the_disparity_not_the_confidence(corpus):
+    """A filmmine corpus read as a generic WebDataset: KEY.conf.png sorts before KEY.disp.png;
+    without label_key the adapter must still take the disparity (here: its raw uint16 values,
+    0 = invalid), never the confidence map."""
+    from trainer.sources import decode_png16
+
+    src = WdsSource(DatasetSpec.parse(f"wds:{corpus / 'shards'}"))
+    unit = src.units()[0]
+    key, rec = next(iter(src.records(unit)))
+    assert "conf.png" in rec and list(rec).index("conf.png") < list(rec).index("disp.png")
+    s = src.decode(key, rec)
+    raw = decode_png16(rec["disp.png"])
+    np.testing.assert_array_equal(s.valid, raw > 0)
+    assert s.valid.mean() > 0.5
+    # the label is the disparity (up to the adapter's scale), not the confidence
+    v = s.valid
+    assert np.corrcoef(s.disparity[v], raw[v].astype(np.float64))[0, 1] > 0.999

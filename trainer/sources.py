@@ -321,8 +321,30 @@ class CorpusSource(Source):
         return Sample(key, image, disp.astype(np.float32), valid)
 
 
+_LABEL_FIRST = ("disp", "depth")
+_LABEL_LAST = ("conf", "mask", "valid", "seg")
+
+
+def _label_member(record: dict, image_key: str | None) -> str | None:
+    """The label member of a record: label-typed (png/npy/pfm), not the image; ``disp*`` and
+    ``depth*`` before others, confidence/mask/validity maps last (a filmmine corpus holds
+    ``conf.png`` beside ``disp.png``, and tar order puts it first)."""
+    names = [k for k in record if k != image_key and not k.startswith("_")
+             and ("." + k.rsplit(".", 1)[-1]) in LABEL_EXTS]
+
+    def rank(k: str) -> int:
+        stem = k.rsplit(".", 1)[0].lower()
+        if any(h in stem for h in _LABEL_LAST):
+            return 2
+        return 0 if any(h in stem for h in _LABEL_FIRST) else 1
+
+    return min(names, key=rank) if names else None
+
+
 class WdsSource(Source):
-    """Another WebDataset corpus: an image member and a label member per key."""
+    """Another WebDataset corpus: an image member and a label member per key (without
+    ``label_key``: the first label-typed member, one named like a disparity or depth first,
+    one named like a confidence, mask or validity map last)."""
 
     kind = "wds"
 
@@ -335,8 +357,7 @@ class WdsSource(Source):
     def decode(self, key: str, record: Any) -> Sample:
         ik = self.spec.image_key or next(
             (k for k in record if "." + k in IMAGE_EXTS and k != self.spec.label_key), None)
-        lk = self.spec.label_key or next(
-            (k for k in record if k != ik and ("." + k.rsplit(".", 1)[-1]) in LABEL_EXTS), None)
+        lk = self.spec.label_key or _label_member(record, ik)
         if ik not in record or lk not in record:
             raise SampleError(f"no image/label members among {sorted(record)}")
         image = decode_image(record[ik])
