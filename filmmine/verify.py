@@ -206,6 +206,17 @@ def _iter_samples(tf: tarfile.TarFile, check: ShardCheck) -> Iterator[tuple[str,
         yield key, current
 
 
+def _imdecode(data: bytes, flags: int) -> np.ndarray | None:
+    """cv2.imdecode, None also where OpenCV raises instead (an empty member, a header past
+    its pixel limit): the sample is then reported as not decoding."""
+    if not data:
+        return None
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error:
+        return None
+
+
 def check_sample(key: str, members: dict[str, bytes], film: str | None,
                  decode: bool = True, confidence: bool | None = None) -> list[str]:
     """Problems of one sample (empty when it is sound). ``confidence``: whether the corpus's
@@ -234,15 +245,14 @@ def check_sample(key: str, members: dict[str, bytes], film: str | None,
     size = meta.get("size")
     want = (size[1], size[0]) if isinstance(size, list) and len(size) == 2 else None
     with _DecoderMessages() as jpeg_msgs:
-        img = cv2.imdecode(np.frombuffer(members["jpg"], np.uint8), cv2.IMREAD_COLOR)
+        img = _imdecode(members["jpg"], cv2.IMREAD_COLOR)
     with _DecoderMessages() as png_msgs:
-        q = cv2.imdecode(np.frombuffer(members["disp.png"], np.uint8), cv2.IMREAD_UNCHANGED)
+        q = _imdecode(members["disp.png"], cv2.IMREAD_UNCHANGED)
     decoded_members = [("JPEG", jpeg_msgs, img), ("disparity PNG", png_msgs, q)]
     conf = None
     if "conf.png" in members:
         with _DecoderMessages() as conf_msgs:
-            conf = cv2.imdecode(np.frombuffer(members["conf.png"], np.uint8),
-                                cv2.IMREAD_UNCHANGED)
+            conf = _imdecode(members["conf.png"], cv2.IMREAD_UNCHANGED)
         decoded_members.append(("confidence PNG", conf_msgs, conf))
     for what, msgs, decoded in decoded_members:
         said = f": {msgs.text.splitlines()[0]}" if msgs.text else ""

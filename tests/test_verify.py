@@ -6,7 +6,9 @@ import hashlib
 import io
 import json
 import shutil
+import struct
 import tarfile
+import zlib
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -161,3 +163,26 @@ def test_a_manifest_cannot_point_outside_the_shards(corpus, tmp_path):
     assert "MISMATCH manifest.json: shard entry '../../manifest.json' is not a shard name" in lines
     assert f"UNLISTED {real}: shard file not in the manifest" in lines
     assert report.shards == 4
+
+
+def _huge_png(data: bytes) -> bytes:
+    """The PNG with its IHDR (CRC fixed) claiming 200000 x 200000 px: OpenCV raises."""
+    b = bytearray(data)
+    b[16:24] = struct.pack(">II", 200000, 200000)
+    b[29:33] = struct.pack(">I", zlib.crc32(bytes(b[12:29])))
+    return bytes(b)
+
+
+@pytest.mark.parametrize(("ext", "damage"), [
+    ("jpg", lambda d: b""), ("disp.png", lambda d: b""), ("conf.png", lambda d: b""),
+    ("disp.png", _huge_png),
+])
+def test_an_image_opencv_refuses_is_reported_not_a_crash(corpus, tmp_path, ext, damage):
+    c = copy_corpus(corpus, tmp_path / "c")
+    row = pq.read_table(c / "samples.parquet").to_pylist()[-1]
+    key, shard = row["key"], row["shard"]
+    rewrite_shard(c, shard, lambda name, data: [(name, damage(data) if name == f"{key}.{ext}"
+                                                 else data)])
+    report = verify_corpus(c, workers=1)
+    assert [(p.where, p.kind) for p in report.problems] == [(shard, "corrupt")]
+    assert key in report.problems[0].message and "does not decode" in report.problems[0].message
