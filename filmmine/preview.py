@@ -218,7 +218,7 @@ def read_samples(corpus: Path, rows: list[dict]) -> dict[str, Sample]:
                 out[key] = Sample(key, meta, decode_jpeg(mem["jpg"]),
                                   decode_disparity(mem["disp.png"], meta["disp_scale"],
                                                    meta["disp_offset"]))
-            except (KeyError, ValueError) as e:
+            except (KeyError, ValueError, cv2.error) as e:  # cv2: e.g. an empty member
                 log.warning("%s in %s unreadable: %s (run filmmine verify)", key, shard, e)
     return out
 
