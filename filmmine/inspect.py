@@ -38,6 +38,7 @@ class Corpus:
     records: dict[str, dict]
     samples: pa.Table
     frames: pa.Table
+    unreadable: set[str] = field(default_factory=set)  # films whose record does not parse
 
     def film_samples(self, film: str) -> pa.Table:
         return _rows_of(self.samples, film)
@@ -79,13 +80,20 @@ def read_manifest(path: str | Path) -> dict:
 def load_corpus(path: str | Path) -> Corpus:
     path = Path(path)
     man = read_manifest(path)
-    records = {}
+    records, unreadable = {}, set()
     for f in man.get("films", {}):
         rp = path / "films" / f"{f}.json"
         if rp.is_file():
-            records[f] = json.loads(rp.read_text())
+            try:
+                rec = json.loads(rp.read_text())
+            except (OSError, ValueError):
+                rec = None
+            if isinstance(rec, dict):
+                records[f] = rec
+            else:  # summarize warns; the counts still come from the tables
+                unreadable.add(f)
     return Corpus(path, man, records, read_table(path / "samples.parquet", SAMPLES_SCHEMA),
-                  read_table(path / "frames.parquet", FRAMES_SCHEMA))
+                  read_table(path / "frames.parquet", FRAMES_SCHEMA), unreadable)
 
 
 def quantiles(values, qs=QUANTILES) -> list[float] | None:
@@ -210,7 +218,9 @@ def summarize(corpus: Corpus, film: str | None = None) -> CorpusSummary:
             shards=len(shards), nbytes=sum(s["bytes"] for s in shards), note=rec.get("reason"),
         )
         rows.append(row)
-        if not rec:
+        if name in corpus.unreadable:
+            warnings.append(f"{name}: film record films/{name}.json unreadable")
+        elif not rec:
             warnings.append(f"{name}: film record films/{name}.json missing")
         counts = rec.get("counts") or info.get("counts") or {}
         for what, got in (("accepted", row.accepted), ("candidates", row.candidates)):

@@ -105,3 +105,18 @@ def test_text_table_alignment():
     assert lines[3] == "a        5"
     assert lines[-1] == "TOTAL  125"
     assert lines[0].endswith("grp")
+
+
+def test_an_unreadable_film_record_is_a_warning_not_a_crash(corpus, tmp_path, capsys):
+    copy = tmp_path / "c"
+    shutil.copytree(corpus, copy, ignore=shutil.ignore_patterns("shards"))
+    (copy / "films" / "film_tab.json").write_text('{"counts": {"accepted": 1')  # cut short
+    s = summarize(load_corpus(copy))
+    assert [f.film for f in s.films] == FILMS  # counts still come from the tables
+    tab = next(f for f in s.films if f.film == "film_tab")
+    assert tab.accepted == tab.samples == sum(
+        r["film"] == "film_tab" for r in pq.read_table(copy / "samples.parquet").to_pylist())
+    assert [w for w in s.warnings if "film_tab" in w] == [
+        "film_tab: film record films/film_tab.json unreadable"]
+    assert cli.main(["inspect", str(copy)]) == 0
+    assert "film_tab: film record films/film_tab.json unreadable" in capsys.readouterr().out
