@@ -239,6 +239,15 @@ def summarize(corpus: Corpus, film: str | None = None) -> CorpusSummary:
     if film is not None:
         frames, samples = corpus.film_frames(film), corpus.film_samples(film)
     known = pa.array(names, pa.string())
+    if film is None:  # rows of films the manifest does not list: left out of every count
+        ghosts: dict[str, list[int]] = {}
+        for i, tbl in enumerate((samples, frames)):
+            rest = tbl.filter(pc.invert(pc.is_in(tbl["film"], value_set=known)))
+            for f in rest["film"].to_pylist():
+                ghosts.setdefault(str(f), [0, 0])[i] += 1
+        warnings += [f"{g}: {ns} samples.parquet rows and {nf} frames.parquet rows of a film "
+                     "the manifest does not list (not counted)"
+                     for g, (ns, nf) in sorted(ghosts.items())]
     frames = frames.filter(pc.is_in(frames["film"], value_set=known))
     samples = samples.filter(pc.is_in(samples["film"], value_set=known))
     durations = [r.duration_s for r in rows if r.duration_s is not None]

@@ -120,3 +120,24 @@ def test_an_unreadable_film_record_is_a_warning_not_a_crash(corpus, tmp_path, ca
         "film_tab: film record films/film_tab.json unreadable"]
     assert cli.main(["inspect", str(copy)]) == 0
     assert "film_tab: film record films/film_tab.json unreadable" in capsys.readouterr().out
+
+
+def test_table_rows_of_a_film_the_manifest_does_not_know_are_a_warning(corpus, tmp_path):
+    import pyarrow as pa
+
+    copy = tmp_path / "c"
+    shutil.copytree(corpus, copy, ignore=shutil.ignore_patterns("shards"))
+    for name in ("samples", "frames"):
+        tbl = pq.read_table(copy / f"{name}.parquet")
+        ghost = [dict(r, film="ghost") for r in tbl.to_pylist() if r["film"] == "film_tab"]
+        pq.write_table(pa.concat_tables([tbl, pa.Table.from_pylist(ghost, tbl.schema)]),
+                       copy / f"{name}.parquet")
+    s = summarize(load_corpus(copy))
+    assert s.total.accepted == len(pq.read_table(corpus / "samples.parquet"))
+    n_s = sum(r["film"] == "film_tab" for r in pq.read_table(corpus / "samples.parquet")
+              .to_pylist())
+    n_f = sum(r["film"] == "film_tab" for r in pq.read_table(corpus / "frames.parquet")
+              .to_pylist())
+    assert [w for w in s.warnings if "ghost" in w] == [
+        f"ghost: {n_s} samples.parquet rows and {n_f} frames.parquet rows of a film the "
+        "manifest does not list (not counted)"]
