@@ -64,7 +64,7 @@ REASON_SCORE = {
     "dark": ("mean_luma", "mean luma", "<=", ("filters", "dark_max_luma")),
     "low_texture": ("texture", "texture", "<", ("filters", "lowtex_min_grad")),
     "mono": ("mono_ratio", "L/R difference ratio", "<", ("filters", "mono_max_ratio")),
-    "frozen": ("frozen_diff", "change", "<", ("filters", "frozen_max_diff")),
+    "frozen": ("frozen_diff", "change", "<=", ("filters", "frozen_max_diff")),
     "credits": ("black_frac", "black fraction", ">=", ("filters", "credits_min_black")),
     "vertical_misaligned": ("vertical_fail_fraction", "vertical fail", ">",
                             ("disparity", "max_vertical_frac")),

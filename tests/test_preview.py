@@ -207,3 +207,25 @@ def test_a_sample_with_an_empty_image_member_is_left_out_not_a_crash(corpus, tmp
     pv = build_preview(c, n=3)
     # the other two picks are still shown
     assert [t.key for t in pv.sample_tiles] == [rows[len(rows) // 2]["key"], rows[-1]["key"]]
+
+
+def test_rejected_caption_operator_is_the_filters_own():
+    """A score exactly at its threshold: the caption's comparison says what filters.decide
+    did with it (frozen is "<=": a change equal to frozen_max_diff is still frozen)."""
+    from filmmine import filters
+    from filmmine.preview import REASON_SCORE, _score_text
+    from filmmine.recipe import load_recipe
+
+    recipe = load_recipe("default")
+    cfg = recipe["filters"]
+    passing = {"black_frac": 0.0, "white_frac": 0.0, "mean_luma": 128.0, "texture": 50.0,
+               "mono_ratio": 5.0, "frozen_diff": 50.0}
+    for reason in filters.REASONS:
+        col, _, _, (_, key) = REASON_SCORE[reason]
+        scores = dict(passing, **{col: float(cfg[key])})
+        if reason == "credits":
+            scores["white_frac"] = cfg["credits_min_white"]
+        at_threshold_rejects = filters.decide(scores, cfg) == reason
+        row = {"reason": reason, "film": "f", "frame_index": 0, "shot_index": 0, **scores}
+        text = _score_text(row, recipe)
+        assert ("=" in text) == at_threshold_rejects, (reason, text)
