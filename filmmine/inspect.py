@@ -72,9 +72,13 @@ def read_manifest(path: str | Path) -> dict:
         raise FilmmineError(f"not a filmmine corpus (no manifest.json): {path}; an extract "
                             "writes it last, so rerun an interrupted extract to finish it")
     try:
-        return json.loads(mf.read_text())
+        man = json.loads(mf.read_text())
     except (OSError, ValueError) as e:
         raise FilmmineError(f"manifest.json unreadable: {e}") from e
+    if not isinstance(man, dict):
+        raise FilmmineError(f"manifest.json unreadable: a JSON {type(man).__name__}, not an "
+                            "object")
+    return man
 
 
 def load_corpus(path: str | Path) -> Corpus:

@@ -186,3 +186,14 @@ def test_an_image_opencv_refuses_is_reported_not_a_crash(corpus, tmp_path, ext, 
     report = verify_corpus(c, workers=1)
     assert [(p.where, p.kind) for p in report.problems] == [(shard, "corrupt")]
     assert key in report.problems[0].message and "does not decode" in report.problems[0].message
+
+
+@pytest.mark.parametrize("text", ["[]", "null", '"filmmine-corpus/1"'])
+@pytest.mark.parametrize("command", ["verify", "inspect"])
+def test_a_manifest_that_is_not_an_object_is_a_one_line_error(tmp_path, capsys, text, command):
+    c = tmp_path / "c"
+    c.mkdir()
+    (c / "manifest.json").write_text(text)
+    assert cli.main([command, str(c)]) == 2
+    err = capsys.readouterr().err
+    assert "manifest.json" in err and err.count("\n") == 1, err
