@@ -197,3 +197,30 @@ def test_a_manifest_that_is_not_an_object_is_a_one_line_error(tmp_path, capsys, 
     assert cli.main([command, str(c)]) == 2
     err = capsys.readouterr().err
     assert "manifest.json" in err and err.count("\n") == 1, err
+
+
+def _set_shard(field, value):
+    def edit(man):
+        man["shards"][0][field] = value
+    return edit
+
+
+@pytest.mark.parametrize(("edit", "words"), [
+    (_set_shard("samples", None), "samples is None"),
+    (_set_shard("samples", "19"), "samples is '19'"),
+    (_set_shard("bytes", "1e6"), "bytes is '1e6'"),
+    (_set_shard("sha256", 5), "sha256 is 5"),
+    # a shard the manifest gives no hash for was hashed against nothing, and passed
+    (lambda man: man["shards"][0].pop("sha256"), "sha256 is missing"),
+    (lambda man: man.update(totals=None), "totals is None"),
+    (lambda man: man["films"].update(film_tab=None), "films.film_tab is None"),
+])
+def test_malformed_manifest_fields_are_reported_not_a_crash(corpus, tmp_path, edit, words):
+    c = copy_corpus(corpus, tmp_path / "c")
+    man = json.loads((c / "manifest.json").read_text())
+    edit(man)
+    (c / "manifest.json").write_text(json.dumps(man))
+    report = verify_corpus(c, workers=1)
+    assert not report.ok
+    assert any(p.where == "manifest.json" and words in p.message for p in report.problems), [
+        p.line() for p in report.problems]
