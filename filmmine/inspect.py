@@ -206,9 +206,16 @@ def summarize(corpus: Corpus, film: str | None = None) -> CorpusSummary:
             raise FilmmineError(f"no film {film!r} in {corpus.path} (films: {', '.join(names)})")
         names = [film]
     shards_of: dict[str, list[dict]] = {}
-    for s in man.get("shards", []):
-        shards_of.setdefault(s["film"], []).append(s)
     rows, warnings = [], []
+    for s in man.get("shards", []):
+        bad = [k for k, t in (("film", str), ("samples", int), ("bytes", int))
+               if not isinstance(s.get(k), t)] if isinstance(s, dict) else ["entry"]
+        if bad:  # a damaged manifest (verify names it): counted as no shard, not a crash
+            what = f"{s.get('name')} malformed ({bad[0]} is {s.get(bad[0])!r})" if isinstance(
+                s, dict) else f"{s!r} malformed"
+            warnings.append(f"manifest.json: shard entry {what}, not counted")
+            continue
+        shards_of.setdefault(s["film"], []).append(s)
     for name in names:
         rec = corpus.records.get(name, {})
         info = man.get("films", {}).get(name, {})

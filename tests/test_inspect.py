@@ -141,3 +141,18 @@ def test_table_rows_of_a_film_the_manifest_does_not_know_are_a_warning(corpus, t
     assert [w for w in s.warnings if "ghost" in w] == [
         f"ghost: {n_s} samples.parquet rows and {n_f} frames.parquet rows of a film the "
         "manifest does not list (not counted)"]
+
+
+@pytest.mark.parametrize(("field", "value"), [("bytes", None), ("samples", "19")])
+def test_a_malformed_manifest_shard_entry_is_a_warning_not_a_crash(corpus, tmp_path, field,
+                                                                   value):
+    copy = tmp_path / "c"
+    shutil.copytree(corpus, copy, ignore=shutil.ignore_patterns("shards"))
+    man = json.loads((copy / "manifest.json").read_text())
+    bad = man["shards"][0]
+    bad[field] = value
+    (copy / "manifest.json").write_text(json.dumps(man))
+    s = summarize(load_corpus(copy))
+    assert s.total.accepted == len(pq.read_table(corpus / "samples.parquet"))
+    assert f"manifest.json: shard entry {bad['name']} malformed ({field} is {value!r}), " \
+           "not counted" in s.warnings, s.warnings
