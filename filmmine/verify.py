@@ -245,7 +245,10 @@ def check_sample(key: str, members: dict[str, bytes], film: str | None,
     if not decode:
         return out
     size = meta.get("size")
-    want = (size[1], size[0]) if isinstance(size, list) and len(size) == 2 else None
+    want = (size[1], size[0]) if isinstance(size, list) and len(size) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size) else None
+    if want is None:  # the images cannot be checked against it
+        out.append(f"sample {key}: JSON size is {size!r}, not [w, h]")
     with _DecoderMessages() as jpeg_msgs:
         img = _imdecode(members["jpg"], cv2.IMREAD_COLOR)
     with _DecoderMessages() as png_msgs:

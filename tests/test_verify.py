@@ -224,3 +224,28 @@ def test_malformed_manifest_fields_are_reported_not_a_crash(corpus, tmp_path, ed
     assert not report.ok
     assert any(p.where == "manifest.json" and words in p.message for p in report.problems), [
         p.line() for p in report.problems]
+
+
+@pytest.mark.parametrize("size", ["drop", None, [312], ["a", "b"]])
+def test_a_sample_json_without_a_usable_size_is_reported(corpus, tmp_path, size):
+    """The images are checked against the JSON's size: a size that is not [w, h] is a
+    finding, not a check silently skipped."""
+    c = copy_corpus(corpus, tmp_path / "c")
+    row = pq.read_table(c / "samples.parquet").to_pylist()[0]
+    key, shard = row["key"], row["shard"]
+
+    def edit(name: str, data: bytes):
+        if name == f"{key}.json":
+            meta = json.loads(data)
+            if size == "drop":
+                del meta["size"]
+            else:
+                meta["size"] = size
+            data = json.dumps(meta).encode()
+        return [(name, data)]
+
+    rewrite_shard(c, shard, edit)
+    report = verify_corpus(c, workers=1)
+    assert [(p.where, p.kind) for p in report.problems] == [(shard, "corrupt")], [
+        p.line() for p in report.problems]
+    assert key in report.problems[0].message and "size" in report.problems[0].message
