@@ -38,6 +38,7 @@ class Corpus:
     records: dict[str, dict]
     samples: pa.Table
     frames: pa.Table
+    unreadable: set[str] = field(default_factory=set)  # films whose record does not parse
 
     def film_samples(self, film: str) -> pa.Table:
         return _rows_of(self.samples, film)
@@ -71,21 +72,32 @@ def read_manifest(path: str | Path) -> dict:
         raise FilmmineError(f"not a filmmine corpus (no manifest.json): {path}; an extract "
                             "writes it last, so rerun an interrupted extract to finish it")
     try:
-        return json.loads(mf.read_text())
+        man = json.loads(mf.read_text())
     except (OSError, ValueError) as e:
         raise FilmmineError(f"manifest.json unreadable: {e}") from e
+    if not isinstance(man, dict):
+        raise FilmmineError(f"manifest.json unreadable: a JSON {type(man).__name__}, not an "
+                            "object")
+    return man
 
 
 def load_corpus(path: str | Path) -> Corpus:
     path = Path(path)
     man = read_manifest(path)
-    records = {}
+    records, unreadable = {}, set()
     for f in man.get("films", {}):
         rp = path / "films" / f"{f}.json"
         if rp.is_file():
-            records[f] = json.loads(rp.read_text())
+            try:
+                rec = json.loads(rp.read_text())
+            except (OSError, ValueError):
+                rec = None
+            if isinstance(rec, dict):
+                records[f] = rec
+            else:  # summarize warns; the counts still come from the tables
+                unreadable.add(f)
     return Corpus(path, man, records, read_table(path / "samples.parquet", SAMPLES_SCHEMA),
-                  read_table(path / "frames.parquet", FRAMES_SCHEMA))
+                  read_table(path / "frames.parquet", FRAMES_SCHEMA), unreadable)
 
 
 def quantiles(values, qs=QUANTILES) -> list[float] | None:
@@ -194,9 +206,16 @@ def summarize(corpus: Corpus, film: str | None = None) -> CorpusSummary:
             raise FilmmineError(f"no film {film!r} in {corpus.path} (films: {', '.join(names)})")
         names = [film]
     shards_of: dict[str, list[dict]] = {}
-    for s in man.get("shards", []):
-        shards_of.setdefault(s["film"], []).append(s)
     rows, warnings = [], []
+    for s in man.get("shards", []):
+        bad = [k for k, t in (("film", str), ("samples", int), ("bytes", int))
+               if not isinstance(s.get(k), t)] if isinstance(s, dict) else ["entry"]
+        if bad:  # a damaged manifest (verify names it): counted as no shard, not a crash
+            what = f"{s.get('name')} malformed ({bad[0]} is {s.get(bad[0])!r})" if isinstance(
+                s, dict) else f"{s!r} malformed"
+            warnings.append(f"manifest.json: shard entry {what}, not counted")
+            continue
+        shards_of.setdefault(s["film"], []).append(s)
     for name in names:
         rec = corpus.records.get(name, {})
         info = man.get("films", {}).get(name, {})
@@ -210,7 +229,9 @@ def summarize(corpus: Corpus, film: str | None = None) -> CorpusSummary:
             shards=len(shards), nbytes=sum(s["bytes"] for s in shards), note=rec.get("reason"),
         )
         rows.append(row)
-        if not rec:
+        if name in corpus.unreadable:
+            warnings.append(f"{name}: film record films/{name}.json unreadable")
+        elif not rec:
             warnings.append(f"{name}: film record films/{name}.json missing")
         counts = rec.get("counts") or info.get("counts") or {}
         for what, got in (("accepted", row.accepted), ("candidates", row.candidates)):
@@ -229,6 +250,15 @@ def summarize(corpus: Corpus, film: str | None = None) -> CorpusSummary:
     if film is not None:
         frames, samples = corpus.film_frames(film), corpus.film_samples(film)
     known = pa.array(names, pa.string())
+    if film is None:  # rows of films the manifest does not list: left out of every count
+        ghosts: dict[str, list[int]] = {}
+        for i, tbl in enumerate((samples, frames)):
+            rest = tbl.filter(pc.invert(pc.is_in(tbl["film"], value_set=known)))
+            for f in rest["film"].to_pylist():
+                ghosts.setdefault(str(f), [0, 0])[i] += 1
+        warnings += [f"{g}: {ns} samples.parquet rows and {nf} frames.parquet rows of a film "
+                     "the manifest does not list (not counted)"
+                     for g, (ns, nf) in sorted(ghosts.items())]
     frames = frames.filter(pc.is_in(frames["film"], value_set=known))
     samples = samples.filter(pc.is_in(samples["film"], value_set=known))
     durations = [r.duration_s for r in rows if r.duration_s is not None]

@@ -64,7 +64,7 @@ REASON_SCORE = {
     "dark": ("mean_luma", "mean luma", "<=", ("filters", "dark_max_luma")),
     "low_texture": ("texture", "texture", "<", ("filters", "lowtex_min_grad")),
     "mono": ("mono_ratio", "L/R difference ratio", "<", ("filters", "mono_max_ratio")),
-    "frozen": ("frozen_diff", "change", "<", ("filters", "frozen_max_diff")),
+    "frozen": ("frozen_diff", "change", "<=", ("filters", "frozen_max_diff")),
     "credits": ("black_frac", "black fraction", ">=", ("filters", "credits_min_black")),
     "vertical_misaligned": ("vertical_fail_fraction", "vertical fail", ">",
                             ("disparity", "max_vertical_frac")),
@@ -218,7 +218,7 @@ def read_samples(corpus: Path, rows: list[dict]) -> dict[str, Sample]:
                 out[key] = Sample(key, meta, decode_jpeg(mem["jpg"]),
                                   decode_disparity(mem["disp.png"], meta["disp_scale"],
                                                    meta["disp_offset"]))
-            except (KeyError, ValueError) as e:
+            except (KeyError, ValueError, cv2.error) as e:  # cv2: e.g. an empty member
                 log.warning("%s in %s unreadable: %s (run filmmine verify)", key, shard, e)
     return out
 

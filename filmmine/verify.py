@@ -47,6 +47,8 @@ VALID_FRACTION_TOL = 1e-5
 MAX_PROBLEMS_PER_SHARD = 20
 READ_BLOCK = 1 << 20
 PARALLEL_MIN_BYTES = 64 << 20
+# a shard entry's fields besides its name (manifest.schema.json: all required)
+SHARD_FIELDS = {"film": str, "samples": int, "bytes": int, "sha256": str}
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,17 @@ def _iter_samples(tf: tarfile.TarFile, check: ShardCheck) -> Iterator[tuple[str,
         yield key, current
 
 
+def _imdecode(data: bytes, flags: int) -> np.ndarray | None:
+    """cv2.imdecode, None also where OpenCV raises instead (an empty member, a header past
+    its pixel limit): the sample is then reported as not decoding."""
+    if not data:
+        return None
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error:
+        return None
+
+
 def check_sample(key: str, members: dict[str, bytes], film: str | None,
                  decode: bool = True, confidence: bool | None = None) -> list[str]:
     """Problems of one sample (empty when it is sound). ``confidence``: whether the corpus's
@@ -232,17 +245,19 @@ def check_sample(key: str, members: dict[str, bytes], film: str | None,
     if not decode:
         return out
     size = meta.get("size")
-    want = (size[1], size[0]) if isinstance(size, list) and len(size) == 2 else None
+    want = (size[1], size[0]) if isinstance(size, list) and len(size) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size) else None
+    if want is None:  # the images cannot be checked against it
+        out.append(f"sample {key}: JSON size is {size!r}, not [w, h]")
     with _DecoderMessages() as jpeg_msgs:
-        img = cv2.imdecode(np.frombuffer(members["jpg"], np.uint8), cv2.IMREAD_COLOR)
+        img = _imdecode(members["jpg"], cv2.IMREAD_COLOR)
     with _DecoderMessages() as png_msgs:
-        q = cv2.imdecode(np.frombuffer(members["disp.png"], np.uint8), cv2.IMREAD_UNCHANGED)
+        q = _imdecode(members["disp.png"], cv2.IMREAD_UNCHANGED)
     decoded_members = [("JPEG", jpeg_msgs, img), ("disparity PNG", png_msgs, q)]
     conf = None
     if "conf.png" in members:
         with _DecoderMessages() as conf_msgs:
-            conf = cv2.imdecode(np.frombuffer(members["conf.png"], np.uint8),
-                                cv2.IMREAD_UNCHANGED)
+            conf = _imdecode(members["conf.png"], cv2.IMREAD_UNCHANGED)
         decoded_members.append(("confidence PNG", conf_msgs, conf))
     for what, msgs, decoded in decoded_members:
         said = f": {msgs.text.splitlines()[0]}" if msgs.text else ""
@@ -363,9 +378,10 @@ def verify_corpus(corpus: str | Path, *, workers: int | None = None,
     report = VerifyReport(str(root), decoded=decode)
     problems = report.problems
     listed = []
-    for s in man.get("shards", []):
+    entries = _manifest_field(man, "shards", list, [], problems)
+    for s in entries:
         if isinstance(s, dict) and SHARD_NAME_RE.match(str(s.get("name", ""))):
-            listed.append(s)
+            listed.append(_shard_entry(s, problems))
         else:  # never open a path a manifest made up (../../x)
             name = s.get("name") if isinstance(s, dict) else s
             problems.append(Problem("manifest.json", "mismatch",
@@ -428,6 +444,30 @@ def verify_corpus(corpus: str | Path, *, workers: int | None = None,
     return report
 
 
+def _manifest_field(man: dict, key: str, typ: type, default, problems: list[Problem]):
+    """``man[key]`` when it has the type the schema gives it, else ``default`` (reported)."""
+    value = man.get(key, default)
+    if not isinstance(value, typ):
+        problems.append(Problem("manifest.json", "mismatch", f"{key} is {value!r}, not a "
+                                f"{typ.__name__}"))
+        return default
+    return value
+
+
+def _shard_entry(s: dict, problems: list[Problem]) -> dict:
+    """The entry with every field of the wrong type (or missing) reported and set to None, so
+    the checks below treat it as unknown: a manifest's damage is a finding, not a crash."""
+    out = dict(s)
+    for key, typ in SHARD_FIELDS.items():
+        v = s.get(key)
+        if not isinstance(v, typ) or isinstance(v, bool):
+            problems.append(Problem("manifest.json", "mismatch",
+                                    f"shard entry {s['name']}: {key} is "
+                                    f"{'missing' if key not in s else repr(v)}"))
+            out[key] = None
+    return out
+
+
 def _some(label: str, keys: list[str], k: int = 3) -> str:
     if not keys:
         return ""
@@ -445,8 +485,8 @@ def _check_totals(root: Path, man: dict, listed: list[dict], tables: dict,
     on_disk = {p.name for p in shard_dir.glob("*.tar")} if shard_dir.is_dir() else set()
     for name in sorted(on_disk - set(names)):
         problems.append(Problem(name, "unlisted", "shard file not in the manifest"))
-    total = sum(s.get("samples", 0) for s in listed)
-    declared = man.get("totals", {}).get("samples")
+    total = sum(s["samples"] or 0 for s in listed)
+    declared = _manifest_field(man, "totals", dict, {}, problems).get("samples")
     if declared is not None and declared != total:
         problems.append(Problem("manifest.json", "mismatch",
                                 f"totals.samples is {declared}, its shards hold {total}"))
@@ -473,11 +513,15 @@ def _check_totals(root: Path, man: dict, listed: list[dict], tables: dict,
                                         f"accepted keys differ from samples.parquet: "
                                         f"{len(a - b)} only in frames, {len(b - a)} only in "
                                         "samples"))
-    for film, info in man.get("films", {}).items():
+    for film, info in _manifest_field(man, "films", dict, {}, problems).items():
+        if not isinstance(info, dict):
+            problems.append(Problem("manifest.json", "mismatch", f"films.{film} is {info!r}"))
+            info = {}
         if not (root / "films" / f"{film}.json").is_file():
             problems.append(Problem(f"films/{film}.json", "missing", "film record not found"))
-        acc = info.get("counts", {}).get("accepted")
-        have = sum(s.get("samples", 0) for s in listed if s.get("film") == film)
+        counts = info.get("counts")
+        acc = counts.get("accepted") if isinstance(counts, dict) else None
+        have = sum(s["samples"] or 0 for s in listed if s["film"] == film)
         if acc is not None and acc != have:
             problems.append(Problem("manifest.json", "mismatch",
                                     f"film {film}: {acc} accepted, its shards hold {have}"))

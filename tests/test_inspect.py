@@ -105,3 +105,54 @@ def test_text_table_alignment():
     assert lines[3] == "a        5"
     assert lines[-1] == "TOTAL  125"
     assert lines[0].endswith("grp")
+
+
+def test_an_unreadable_film_record_is_a_warning_not_a_crash(corpus, tmp_path, capsys):
+    copy = tmp_path / "c"
+    shutil.copytree(corpus, copy, ignore=shutil.ignore_patterns("shards"))
+    (copy / "films" / "film_tab.json").write_text('{"counts": {"accepted": 1')  # cut short
+    s = summarize(load_corpus(copy))
+    assert [f.film for f in s.films] == FILMS  # counts still come from the tables
+    tab = next(f for f in s.films if f.film == "film_tab")
+    assert tab.accepted == tab.samples == sum(
+        r["film"] == "film_tab" for r in pq.read_table(copy / "samples.parquet").to_pylist())
+    assert [w for w in s.warnings if "film_tab" in w] == [
+        "film_tab: film record films/film_tab.json unreadable"]
+    assert cli.main(["inspect", str(copy)]) == 0
+    assert "film_tab: film record films/film_tab.json unreadable" in capsys.readouterr().out
+
+
+def test_table_rows_of_a_film_the_manifest_does_not_know_are_a_warning(corpus, tmp_path):
+    import pyarrow as pa
+
+    copy = tmp_path / "c"
+    shutil.copytree(corpus, copy, ignore=shutil.ignore_patterns("shards"))
+    for name in ("samples", "frames"):
+        tbl = pq.read_table(copy / f"{name}.parquet")
+        ghost = [dict(r, film="ghost") for r in tbl.to_pylist() if r["film"] == "film_tab"]
+        pq.write_table(pa.concat_tables([tbl, pa.Table.from_pylist(ghost, tbl.schema)]),
+                       copy / f"{name}.parquet")
+    s = summarize(load_corpus(copy))
+    assert s.total.accepted == len(pq.read_table(corpus / "samples.parquet"))
+    n_s = sum(r["film"] == "film_tab" for r in pq.read_table(corpus / "samples.parquet")
+              .to_pylist())
+    n_f = sum(r["film"] == "film_tab" for r in pq.read_table(corpus / "frames.parquet")
+              .to_pylist())
+    assert [w for w in s.warnings if "ghost" in w] == [
+        f"ghost: {n_s} samples.parquet rows and {n_f} frames.parquet rows of a film the "
+        "manifest does not list (not counted)"]
+
+
+@pytest.mark.parametrize(("field", "value"), [("bytes", None), ("samples", "19")])
+def test_a_malformed_manifest_shard_entry_is_a_warning_not_a_crash(corpus, tmp_path, field,
+                                                                   value):
+    copy = tmp_path / "c"
+    shutil.copytree(corpus, copy, ignore=shutil.ignore_patterns("shards"))
+    man = json.loads((copy / "manifest.json").read_text())
+    bad = man["shards"][0]
+    bad[field] = value
+    (copy / "manifest.json").write_text(json.dumps(man))
+    s = summarize(load_corpus(copy))
+    assert s.total.accepted == len(pq.read_table(corpus / "samples.parquet"))
+    assert f"manifest.json: shard entry {bad['name']} malformed ({field} is {value!r}), " \
+           "not counted" in s.warnings, s.warnings

@@ -191,3 +191,41 @@ def test_rejected_frame_of_a_vfr_film_is_the_frame_of_its_index(tmp_path):
         left, right = decode_views(record, k)
         ref_l, ref_r = views(full[k].full, "sbs")
         assert np.array_equal(left, ref_l) and np.array_equal(right, ref_r), k
+
+
+@pytest.mark.parametrize("ext", ["jpg", "disp.png"])
+def test_a_sample_with_an_empty_image_member_is_left_out_not_a_crash(corpus, tmp_path, ext):
+    from test_verify import rewrite_shard
+
+    c = tmp_path / "c"
+    shutil.copytree(corpus, c)
+    rows = sorted(pq.read_table(c / "samples.parquet").to_pylist(),
+                  key=lambda r: (r["film"], r["frame_index"]))
+    bad = rows[0]  # the first of the 3 picks (first, middle, last)
+    rewrite_shard(c, bad["shard"], lambda name, data: [
+        (name, b"" if name == f"{bad['key']}.{ext}" else data)])
+    pv = build_preview(c, n=3)
+    # the other two picks are still shown
+    assert [t.key for t in pv.sample_tiles] == [rows[len(rows) // 2]["key"], rows[-1]["key"]]
+
+
+def test_rejected_caption_operator_is_the_filters_own():
+    """A score exactly at its threshold: the caption's comparison says what filters.decide
+    did with it (frozen is "<=": a change equal to frozen_max_diff is still frozen)."""
+    from filmmine import filters
+    from filmmine.preview import REASON_SCORE, _score_text
+    from filmmine.recipe import load_recipe
+
+    recipe = load_recipe("default")
+    cfg = recipe["filters"]
+    passing = {"black_frac": 0.0, "white_frac": 0.0, "mean_luma": 128.0, "texture": 50.0,
+               "mono_ratio": 5.0, "frozen_diff": 50.0}
+    for reason in filters.REASONS:
+        col, _, _, (_, key) = REASON_SCORE[reason]
+        scores = dict(passing, **{col: float(cfg[key])})
+        if reason == "credits":
+            scores["white_frac"] = cfg["credits_min_white"]
+        at_threshold_rejects = filters.decide(scores, cfg) == reason
+        row = {"reason": reason, "film": "f", "frame_index": 0, "shot_index": 0, **scores}
+        text = _score_text(row, recipe)
+        assert ("=" in text) == at_threshold_rejects, (reason, text)

@@ -6,7 +6,9 @@ import hashlib
 import io
 import json
 import shutil
+import struct
 import tarfile
+import zlib
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -161,3 +163,89 @@ def test_a_manifest_cannot_point_outside_the_shards(corpus, tmp_path):
     assert "MISMATCH manifest.json: shard entry '../../manifest.json' is not a shard name" in lines
     assert f"UNLISTED {real}: shard file not in the manifest" in lines
     assert report.shards == 4
+
+
+def _huge_png(data: bytes) -> bytes:
+    """The PNG with its IHDR (CRC fixed) claiming 200000 x 200000 px: OpenCV raises."""
+    b = bytearray(data)
+    b[16:24] = struct.pack(">II", 200000, 200000)
+    b[29:33] = struct.pack(">I", zlib.crc32(bytes(b[12:29])))
+    return bytes(b)
+
+
+@pytest.mark.parametrize(("ext", "damage"), [
+    ("jpg", lambda d: b""), ("disp.png", lambda d: b""), ("conf.png", lambda d: b""),
+    ("disp.png", _huge_png),
+])
+def test_an_image_opencv_refuses_is_reported_not_a_crash(corpus, tmp_path, ext, damage):
+    c = copy_corpus(corpus, tmp_path / "c")
+    row = pq.read_table(c / "samples.parquet").to_pylist()[-1]
+    key, shard = row["key"], row["shard"]
+    rewrite_shard(c, shard, lambda name, data: [(name, damage(data) if name == f"{key}.{ext}"
+                                                 else data)])
+    report = verify_corpus(c, workers=1)
+    assert [(p.where, p.kind) for p in report.problems] == [(shard, "corrupt")]
+    assert key in report.problems[0].message and "does not decode" in report.problems[0].message
+
+
+@pytest.mark.parametrize("text", ["[]", "null", '"filmmine-corpus/1"'])
+@pytest.mark.parametrize("command", ["verify", "inspect"])
+def test_a_manifest_that_is_not_an_object_is_a_one_line_error(tmp_path, capsys, text, command):
+    c = tmp_path / "c"
+    c.mkdir()
+    (c / "manifest.json").write_text(text)
+    assert cli.main([command, str(c)]) == 2
+    err = capsys.readouterr().err
+    assert "manifest.json" in err and err.count("\n") == 1, err
+
+
+def _set_shard(field, value):
+    def edit(man):
+        man["shards"][0][field] = value
+    return edit
+
+
+@pytest.mark.parametrize(("edit", "words"), [
+    (_set_shard("samples", None), "samples is None"),
+    (_set_shard("samples", "19"), "samples is '19'"),
+    (_set_shard("bytes", "1e6"), "bytes is '1e6'"),
+    (_set_shard("sha256", 5), "sha256 is 5"),
+    # a shard the manifest gives no hash for was hashed against nothing, and passed
+    (lambda man: man["shards"][0].pop("sha256"), "sha256 is missing"),
+    (lambda man: man.update(totals=None), "totals is None"),
+    (lambda man: man["films"].update(film_tab=None), "films.film_tab is None"),
+])
+def test_malformed_manifest_fields_are_reported_not_a_crash(corpus, tmp_path, edit, words):
+    c = copy_corpus(corpus, tmp_path / "c")
+    man = json.loads((c / "manifest.json").read_text())
+    edit(man)
+    (c / "manifest.json").write_text(json.dumps(man))
+    report = verify_corpus(c, workers=1)
+    assert not report.ok
+    assert any(p.where == "manifest.json" and words in p.message for p in report.problems), [
+        p.line() for p in report.problems]
+
+
+@pytest.mark.parametrize("size", ["drop", None, [312], ["a", "b"]])
+def test_a_sample_json_without_a_usable_size_is_reported(corpus, tmp_path, size):
+    """The images are checked against the JSON's size: a size that is not [w, h] is a
+    finding, not a check silently skipped."""
+    c = copy_corpus(corpus, tmp_path / "c")
+    row = pq.read_table(c / "samples.parquet").to_pylist()[0]
+    key, shard = row["key"], row["shard"]
+
+    def edit(name: str, data: bytes):
+        if name == f"{key}.json":
+            meta = json.loads(data)
+            if size == "drop":
+                del meta["size"]
+            else:
+                meta["size"] = size
+            data = json.dumps(meta).encode()
+        return [(name, data)]
+
+    rewrite_shard(c, shard, edit)
+    report = verify_corpus(c, workers=1)
+    assert [(p.where, p.kind) for p in report.problems] == [(shard, "corrupt")], [
+        p.line() for p in report.problems]
+    assert key in report.problems[0].message and "size" in report.problems[0].message
