@@ -34,11 +34,8 @@ import numpy as np
 from .errors import FilmmineError
 from .inspect import human_bytes, read_manifest, read_table
 from .schema import FRAMES_SCHEMA, SAMPLES_SCHEMA
+from .shards import MEMBERS, OPTIONAL_MEMBERS
 
-# = filmmine.shards.MEMBERS, not imported from there: shards imports webdataset, which imports
-# torch (seconds in every worker process)
-MEMBERS = ("jpg", "disp.png", "json")
-OPTIONAL_MEMBERS = ("conf.png",)  # = filmmine.shards.OPTIONAL_MEMBERS
 KNOWN_MEMBERS = MEMBERS + OPTIONAL_MEMBERS
 SHARD_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+-[0-9]{5}\.tar$")
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
