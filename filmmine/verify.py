@@ -274,7 +274,7 @@ def check_sample(key: str, members: dict[str, bytes], film: str | None,
         out.append(f"sample {key}: disparity is {q.shape[1]}x{q.shape[0]}, JSON size {size}")
     vf = float(np.count_nonzero(q)) / q.size
     stored = meta.get("valid_fraction")
-    if not isinstance(stored, (int, float)) or abs(vf - stored) > VALID_FRACTION_TOL:
+    if not isinstance(stored, (int, float)) or not abs(vf - stored) <= VALID_FRACTION_TOL:
         out.append(f"sample {key}: disparity PNG valid fraction {vf:.6f}, JSON says {stored}")
     if conf is not None:
         out.extend(_confidence_problems(key, conf, q))

@@ -249,3 +249,21 @@ def test_a_sample_json_without_a_usable_size_is_reported(corpus, tmp_path, size)
     assert [(p.where, p.kind) for p in report.problems] == [(shard, "corrupt")], [
         p.line() for p in report.problems]
     assert key in report.problems[0].message and "size" in report.problems[0].message
+
+
+def test_a_nan_valid_fraction_is_reported(corpus, tmp_path):
+    """JSON allows NaN: a NaN valid_fraction compares unequal to nothing, so it passed."""
+    c = copy_corpus(corpus, tmp_path / "c")
+    keys = [r["key"] for r in pq.read_table(c / "samples.parquet").to_pylist()
+            if r["shard"] == DAMAGED]
+
+    def edit(name: str, data: bytes):
+        if name == f"{keys[1]}.json":
+            meta = json.loads(data)
+            meta["valid_fraction"] = float("nan")
+            data = json.dumps(meta).encode()
+        return [(name, data)]
+
+    rewrite_shard(c, DAMAGED, edit)
+    msgs = [p.message for p in verify_corpus(c, workers=1).problems]
+    assert any(keys[1] in m and "valid fraction" in m for m in msgs), msgs
