@@ -436,3 +436,33 @@ def test_shot_quota_counts_the_whole_shot_across_work_units(tmp_path):
     assert sum(r["reason"] == "shot_quota" for r in rows) >= 4
     assert got["split"][0] == keys and got["split"][1] == members
     assert got["split"][2] == rows
+
+
+def _truncated_film(tmp_path: Path) -> Path:
+    """A 120-frame mkv whose last 40 % of bytes are lost (about 60 frames decode)."""
+    spec = FilmSpec(shots=(ShotSpec("textured", 40, seed=21), ShotSpec("textured", 40, seed=22),
+                           ShotSpec("textured", 40, seed=23)), view_width=320, view_height=180,
+                    seed=9)
+    synth.write_film(spec, tmp_path / "src.mp4", "sbs")
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(tmp_path / "src.mp4"),
+                    "-c", "copy", str(tmp_path / "full.mkv")], check=True)
+    data = (tmp_path / "full.mkv").read_bytes()
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "cut.mkv").write_bytes(data[: int(len(data) * 0.6)])
+    return lib / "cut.mkv"
+
+
+def test_a_truncated_films_record_and_manifest_are_deterministic(tmp_path):
+    """The reason of a film that stopped early quotes ffmpeg's message, which names a memory
+    address (`[matroska,webm @ 0x55...]`, different in every process): two runs gave
+    different film records and manifests."""
+    film = _truncated_film(tmp_path)
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        report = extract([str(film)], out, layout="sbs", workers=0, progress=False)
+        assert report.exit_code == 0, report.summary()
+        assert report.records["cut"]["reason"].startswith("decoded ")
+    for name in ("films/cut.json", "manifest.json"):
+        assert (outs[0] / name).read_text() == (outs[1] / name).read_text(), name
+
