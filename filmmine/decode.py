@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import ffmpeg
 import numpy as np
 
-from .errors import DecodeError
+from .errors import DecodeError, NoFrameDecoded
 from .ffmpeg_bin import find_binary
 from .layout import is_side_by_side, view_size
 from .probe import ProbeResult
@@ -297,7 +297,7 @@ def iter_frames(probe: ProbeResult, *, start_frame: int = 0, n_frames: int | Non
     if timed_out.is_set():
         raise DecodeError(f"decode timed out after {timeout_s:.0f} s")
     if stats.frames == 0:
-        raise DecodeError(f"no frame decoded: {err[-1] if err else 'ffmpeg failed'}")
+        raise NoFrameDecoded(f"no frame decoded: {err[-1] if err else 'ffmpeg failed'}")
     if stats.frames < n_frames:
         why = err[-1] if err else "stream ended"
         stats.stopped_early = (f"decoded {stats.frames} of {n_frames} frames ({why})")

@@ -466,3 +466,24 @@ def test_a_truncated_films_record_and_manifest_are_deterministic(tmp_path):
     for name in ("films/cut.json", "manifest.json"):
         assert (outs[0] / name).read_text() == (outs[1] / name).read_text(), name
 
+
+def test_a_truncated_film_split_into_units_is_mined_like_one_unit(tmp_path):
+    """Work units that lie wholly past the end of a truncated file decode nothing: the film
+    must still be mined as in a single-unit run (same samples, rows, counts and reason), not
+    failed with 'no frame decoded'."""
+    film = _truncated_film(tmp_path)
+    got = {}
+    for name, chunk_s in (("one", 0.0), ("split", 0.5)):
+        recipe = tmp_path / f"{name}.toml"
+        recipe.write_text(f'base = "default"\n[decode]\nchunk_s = {chunk_s}\n')
+        out = tmp_path / name
+        report = extract([str(film)], out, layout="sbs", recipe=recipe, workers=0,
+                         progress=False)
+        assert report.exit_code == 0, report.summary()
+        rec = report.records["cut"]
+        assert rec["units"] == (1 if name == "one" else 10)
+        got[name] = (rec["counts"], rec["reason"], *_film_digest(out, "cut"))
+    counts, reason, keys, _, _ = got["one"]
+    assert counts["decoded"] < counts["frames"] and len(keys) >= 5
+    assert reason.startswith(f"decoded {counts['decoded']} of {counts['frames']} frames (")
+    assert got["split"] == got["one"]
