@@ -259,3 +259,21 @@ def test_unreadable_film_gets_a_reason_and_the_rest_is_mined(library, tmp_path):
     by_source = {i["source"]: i for i in man["inputs"]}
     assert by_source[str(locked)]["reason"] == "unreadable file: Permission denied"
     assert man["totals"]["films_ok"] == 1 and man["totals"]["samples"] > 0
+
+
+def _no_space(*_args, **_kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_write_that_fails_on_commit_leaves_no_temp_file(tmp_path, monkeypatch):
+    """Disk full at the last moment (the final flush or the fsync of a small file, as on a
+    full tmpfs or over quota on NFS): the error propagates and no `.tmp-*` file is left."""
+    from filmmine.atomic import write_bytes
+
+    monkeypatch.setattr(os, "fsync", _no_space)
+    with pytest.raises(OSError, match="No space left"):
+        write_bytes(tmp_path / "marker.json", b"{}")
+    assert list(tmp_path.iterdir()) == []
+
