@@ -69,15 +69,19 @@ def assemble_film(out: Path, probe: ProbeResult, units: list[WorkUnit], recipe: 
     o = recipe["output"]
     sink = ShardSink(out / "shards", probe.name, o["shard_max_samples"], o["shard_max_bytes"])
     sample_rows = []
-    for u in units:
-        for s in read_samples(unit_paths(work, u)[0]):
-            meta = json.loads(s["json"])
-            if meta["key"] in over_quota:
-                continue
-            meta["shot_index"] = shot_of(meta["frame_index"])
-            s["json"] = dumps(meta)
-            sample_rows.append(_sample_row(meta, sink.write(s)))
-    shards = sink.close()
+    try:
+        for u in units:
+            for s in read_samples(unit_paths(work, u)[0]):
+                meta = json.loads(s["json"])
+                if meta["key"] in over_quota:
+                    continue
+                meta["shot_index"] = shot_of(meta["frame_index"])
+                s["json"] = dumps(meta)
+                sample_rows.append(_sample_row(meta, sink.write(s)))
+        shards = sink.close()
+    except BaseException:
+        sink.abort()  # e.g. a full disk: no half-written shard left as a temp file
+        raise
     films_dir = out / "films"
     write_bytes(films_dir / f"{probe.name}.samples.parquet",
                 parquet_bytes(table(sample_rows, SAMPLES_SCHEMA)))

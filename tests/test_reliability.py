@@ -277,3 +277,28 @@ def test_a_write_that_fails_on_commit_leaves_no_temp_file(tmp_path, monkeypatch)
         write_bytes(tmp_path / "marker.json", b"{}")
     assert list(tmp_path.iterdir()) == []
 
+
+def test_a_write_error_while_writing_shards_leaves_no_temp_file(tmp_path, monkeypatch):
+    """Disk full while a film's shards are written: the run stops with the one-line output
+    error, and the shard being written does not stay behind as a temp file."""
+    from filmmine import shards, synth
+    from filmmine.runner import OutputError
+    from filmmine.synth import FilmSpec, ShotSpec
+
+    spec = FilmSpec(shots=(ShotSpec("textured", 30, seed=2),), view_width=320,
+                    view_height=180, seed=3)
+    film = tmp_path / "f.mp4"
+    synth.write_film(spec, film, "sbs")
+    write = shards.StagingWriter.write
+
+    def full_in_shards(self, sample):
+        if self.path.parent.name == "shards" and self.count == 2:
+            _no_space()
+        write(self, sample)
+
+    monkeypatch.setattr(shards.StagingWriter, "write", full_in_shards)
+    out = tmp_path / "out"
+    with pytest.raises(OutputError, match="No space left"):
+        extract([str(film)], out, layout="sbs", workers=0, progress=False)
+    assert not list(out.rglob(".tmp-*"))
+    assert not (out / "films" / "f.json").exists()
