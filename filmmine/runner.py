@@ -16,6 +16,7 @@ import shutil
 import sys
 import threading
 import time
+import tomllib
 import traceback
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -172,11 +173,14 @@ def _describe(exc: BaseException) -> str:
 def _check_recipe(out: Path, recipe: dict, digest: str) -> None:
     existing = out / "recipe.toml"
     if existing.is_file():
+        # the resolved recipe as the corpus was made: compared as stored, not merged over
+        # today's defaults (which would fill in keys an older corpus was made without)
         try:
-            old = load_recipe(existing)
-        except RecipeError:
-            old = None
-        if old is not None and recipe_digest(old) != digest:
+            old = tomllib.loads(existing.read_text())
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise RecipeError(f"cannot read the recipe of {out} ({existing.name}: {e}); "
+                              "use another --out") from e
+        if recipe_digest(old) != digest:
             raise RecipeError(
                 f"{out} was made with a different recipe ({recipe_digest(old)}); "
                 "use another --out or the same recipe"

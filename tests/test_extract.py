@@ -487,3 +487,32 @@ def test_a_truncated_film_split_into_units_is_mined_like_one_unit(tmp_path):
     assert counts["decoded"] < counts["frames"] and len(keys) >= 5
     assert reason.startswith(f"decoded {counts['decoded']} of {counts['frames']} frames (")
     assert got["split"] == got["one"]
+
+
+@pytest.mark.parametrize("stored", ["older", "unreadable"])
+def test_a_corpus_whose_recipe_differs_or_cannot_be_read_is_not_mixed_into(tmp_path, stored):
+    """A rerun into a corpus made with another recipe is refused. recipe.toml was merged over
+    the current defaults before comparing, so a corpus from a version without a key (e.g.
+    output.confidence: no KEY.conf.png) passed as made with today's recipe, and an unreadable
+    recipe.toml was silently replaced: new films were mixed into a corpus of other outputs."""
+    from filmmine.errors import RecipeError
+
+    spec = FilmSpec(shots=(ShotSpec("textured", 24, seed=1),), view_width=320,
+                    view_height=180, seed=1)
+    for name in ("a", "b"):
+        synth.write_film(spec, tmp_path / f"{name}.mp4", "sbs")
+    out = tmp_path / "out"
+    assert extract([str(tmp_path / "a.mp4")], out, layout="sbs", workers=0,
+                   progress=False).exit_code == 0
+    recipe = out / "recipe.toml"
+    text = recipe.read_text()
+    if stored == "older":
+        assert "\nconfidence = true\n" in text
+        text = text.replace("\nconfidence = true\n", "\n")
+    else:
+        text = text.replace("[output]", "[output")
+    recipe.write_text(text)
+    with pytest.raises(RecipeError, match="recipe"):
+        extract([str(tmp_path / "b.mp4")], out, layout="sbs", workers=0, progress=False)
+    assert recipe.read_text() == text
+    assert not (out / "films" / "b.json").exists()
