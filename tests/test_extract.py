@@ -516,3 +516,25 @@ def test_a_corpus_whose_recipe_differs_or_cannot_be_read_is_not_mixed_into(tmp_p
         extract([str(tmp_path / "b.mp4")], out, layout="sbs", workers=0, progress=False)
     assert recipe.read_text() == text
     assert not (out / "films" / "b.json").exists()
+
+
+def test_film_ids_are_distinct_when_a_suffixed_id_is_taken(tmp_path):
+    """Later duplicates of an id get a numeric suffix; 'a.mkv' became 'a-2', the id of
+    'a-2.mp4' beside it: two films with one id (shards and records overwrite each other, and
+    extract crashed with KeyError 'probe-a-2-0-...' on the duplicate Dask key)."""
+    from filmmine.inputs import resolve_inputs
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("a-2.mp4", "a.mkv", "a.mp4"):
+        (lib / name).write_bytes(b"x")
+    manifest = tmp_path / "lib.json"
+    manifest.write_text(json.dumps({"films": [{"name": "b", "path": "lib/a.mp4"},
+                                              {"name": "b", "path": "lib/a.mkv"},
+                                              {"name": "b-2", "path": "lib/a-2.mp4"}]}))
+    for inputs in ([str(lib)], [str(manifest)]):
+        films, issues = resolve_inputs(inputs, "sbs")
+        assert issues == [] and len(films) == 3
+        names = [f.name for f in films]
+        assert len(set(names)) == 3, names
+    assert [f.name for f in resolve_inputs([str(lib)], "sbs")[0]] == ["a-2", "a", "a-3"]
