@@ -9,6 +9,7 @@ skipped, so rerunning after a crash repeats only unfinished work.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -340,6 +341,9 @@ class _Run:
     def __init__(self, out: Path, rec: dict, digest: str, device: str, statuses: dict,
                  report: RunReport, events: EventLog, progress: bool, debug: bool) -> None:
         self.out, self.rec, self.digest, self.device = out, rec, digest, device
+        # task keys name the corpus too: on a shared scheduler, runs of the same film and
+        # recipe into other corpora must not get these tasks (Dask dedupes by key)
+        self.out_tag = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:8]
         self.statuses, self.report, self.events, self.debug = statuses, report, events, debug
         self.meta: dict[str, tuple] = {}
         self.pending_units: dict[str, int] = {}
@@ -365,7 +369,8 @@ class _Run:
                                  f"samples {self.samples}", refresh=True)
 
     def submit(self, client: Client, kind: str, name: str, unit, fn, *args):
-        key = f"{kind}-{name}-{unit.index if unit is not None else 0}-{self.digest}"
+        key = (f"{kind}-{name}-{unit.index if unit is not None else 0}-{self.digest}-"
+               f"{self.out_tag}")
         resources = unit_resources(self.device) if kind == "unit" else None
         fut = client.submit(fn, *args, key=key, pure=False, resources=resources)
         self.meta[fut.key] = (kind, name, unit)
@@ -378,7 +383,9 @@ class _Run:
 
     def run(self, client: Client, films: list[FilmInput]) -> None:
         by_name = {f.name: f for f in films}
-        ac = as_completed()
+        # this run's client's loop: as_completed() alone takes the default client's, which is
+        # another run's when two runs share the process (it closes, and this run hangs)
+        ac = as_completed(loop=client.loop)
         for f in films:
             ac.add(self.submit(client, "probe", f.name, None, _probe_task, f))
         for fut in ac:

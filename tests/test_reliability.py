@@ -302,3 +302,35 @@ def test_a_write_error_while_writing_shards_leaves_no_temp_file(tmp_path, monkey
         extract([str(film)], out, layout="sbs", workers=0, progress=False)
     assert not list(out.rglob(".tmp-*"))
     assert not (out / "films" / "f.json").exists()
+
+
+def test_two_runs_on_one_scheduler_into_different_corpora(tmp_path):
+    """Task keys named the film, unit and recipe but not the corpus: a second run of the same
+    film and recipe on a shared `--scheduler` got the first run's tasks (Dask dedupes keys),
+    its work units were staged in the other corpus, and both films failed with
+    FileNotFoundError .../.work/f/unit-00000.json."""
+    import threading
+
+    from distributed import LocalCluster
+
+    from filmmine import synth
+    from filmmine.synth import FilmSpec, ShotSpec
+
+    spec = FilmSpec(shots=(ShotSpec("textured", 24, seed=1),), view_width=320,
+                    view_height=180, seed=1)
+    synth.write_film(spec, tmp_path / "f.mp4", "sbs")
+    reports = {}
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=":0") as cluster:
+        def run(name):
+            reports[name] = extract([str(tmp_path / "f.mp4")], tmp_path / name, layout="sbs",
+                                    scheduler=cluster.scheduler_address, progress=False)
+
+        threads = [threading.Thread(target=run, args=(n,)) for n in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for name in ("a", "b"):
+        assert reports[name].exit_code == 0, reports[name].summary()
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
