@@ -33,10 +33,14 @@ class AtomicFile:
         self.file: BinaryIO = os.fdopen(fd, "wb")
 
     def commit(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(self.tmp, self.path)
+        try:
+            self.file.flush()  # a full disk may only show here, or at the fsync
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         with contextlib.suppress(OSError):  # closing flushes: it may fail on a full disk

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -68,15 +69,19 @@ def assemble_film(out: Path, probe: ProbeResult, units: list[WorkUnit], recipe: 
     o = recipe["output"]
     sink = ShardSink(out / "shards", probe.name, o["shard_max_samples"], o["shard_max_bytes"])
     sample_rows = []
-    for u in units:
-        for s in read_samples(unit_paths(work, u)[0]):
-            meta = json.loads(s["json"])
-            if meta["key"] in over_quota:
-                continue
-            meta["shot_index"] = shot_of(meta["frame_index"])
-            s["json"] = dumps(meta)
-            sample_rows.append(_sample_row(meta, sink.write(s)))
-    shards = sink.close()
+    try:
+        for u in units:
+            for s in read_samples(unit_paths(work, u)[0]):
+                meta = json.loads(s["json"])
+                if meta["key"] in over_quota:
+                    continue
+                meta["shot_index"] = shot_of(meta["frame_index"])
+                s["json"] = dumps(meta)
+                sample_rows.append(_sample_row(meta, sink.write(s)))
+        shards = sink.close()
+    except BaseException:
+        sink.abort()  # e.g. a full disk: no half-written shard left as a temp file
+        raise
     films_dir = out / "films"
     write_bytes(films_dir / f"{probe.name}.samples.parquet",
                 parquet_bytes(table(sample_rows, SAMPLES_SCHEMA)))
@@ -87,10 +92,11 @@ def assemble_film(out: Path, probe: ProbeResult, units: list[WorkUnit], recipe: 
     by_stage = Counter(r["stage"] for r in frame_rows)
     decoded = sum(m["decoded"] for m in markers)
     stopped = [m["stopped_early"] for m in markers if m["stopped_early"]]
+    reason = _film_stopped_reason(stopped[0], decoded, probe.n_frames) if stopped else None
     record = {
         "film": probe.name,
         "status": "ok",
-        "reason": stopped[0] if stopped else None,
+        "reason": reason,
         "source": source,
         "probe": probe.to_json(),
         "recipe_digest": digest,
@@ -116,6 +122,14 @@ def assemble_film(out: Path, probe: ProbeResult, units: list[WorkUnit], recipe: 
     write_bytes(record_path, json.dumps(record, indent=1, sort_keys=True).encode())
     shutil.rmtree(work, ignore_errors=True)
     return record
+
+
+def _film_stopped_reason(unit_reason: str, decoded: int, n_frames: int) -> str:
+    """The film's reason from the first unit that stopped early: a unit's "decoded a of b
+    frames (why)" counts its own range (with context); the film's counts the whole film, as a
+    single-unit run says it."""
+    m = re.fullmatch(r"decoded \d+ of \d+ frames \((.*)\)", unit_reason, re.DOTALL)
+    return f"decoded {decoded} of {n_frames} frames ({m.group(1)})" if m else unit_reason
 
 
 def apply_shot_quota(rows: list[dict], cap: int) -> tuple[list[dict], set[str]]:

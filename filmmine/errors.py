@@ -19,6 +19,10 @@ class DecodeError(FilmmineError):
     """ffmpeg failed or timed out while decoding."""
 
 
+class NoFrameDecoded(DecodeError):
+    """ffmpeg gave no frame of the range (e.g. it lies past the end of a truncated file)."""
+
+
 class RecipeError(FilmmineError):
     """A recipe file is missing, malformed or names an unknown option."""
 

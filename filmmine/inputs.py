@@ -105,12 +105,19 @@ def resolve_inputs(inputs: list[str], layout: str = "auto"
     # absolute paths: records compare them on resume, whatever the working directory
     films = [FilmInput(f.name, tuple(os.path.abspath(p) for p in f.paths), f.layout,
                        f.layout_from, f.source) for f in films]
-    # distinct ids, deterministic: the later duplicates get a numeric suffix
-    seen: dict[str, int] = {}
+    # distinct ids, deterministic: the later duplicates get the first numeric suffix that is
+    # no other film's id (a film may be named "a-2" itself)
+    taken = {f.name for f in films}
+    first: set[str] = set()
     unique = []
     for f in films:
-        n = seen.get(f.name, 0)
-        seen[f.name] = n + 1
-        unique.append(f if n == 0 else FilmInput(f"{f.name}-{n + 1}", f.paths, f.layout,
-                                                 f.layout_from, f.source))
+        if f.name not in first:
+            first.add(f.name)
+            unique.append(f)
+            continue
+        n = 2
+        while f"{f.name}-{n}" in taken:
+            n += 1
+        taken.add(f"{f.name}-{n}")
+        unique.append(FilmInput(f"{f.name}-{n}", f.paths, f.layout, f.layout_from, f.source))
     return unique, issues

@@ -25,6 +25,7 @@ from .crop import detect_crop
 from .decode import DecodeStats, Frame, iter_frames
 from .disparity import compute_disparity
 from .encode import dumps, encode_confidence, encode_disparity, encode_jpeg
+from .errors import NoFrameDecoded
 from .flow import FlowBackend, get_backend
 from .layout import views
 from .probe import ProbeResult
@@ -338,18 +339,26 @@ def mine_unit(probe: ProbeResult, unit: WorkUnit, recipe: dict, work_dir: Path,
     t_wait = time.perf_counter()
     reported = 0
     try:
-        for frame in iter_frames(probe, start_frame=start, n_frames=stop - start,
-                                 grid_step=miner.plan.grid_step,
-                                 lowres_width=recipe["decode"]["lowres_width"],
-                                 timeout_s=recipe["decode"]["timeout_s"], stats=stats):
-            miner._tick("decode_wait", t_wait)
-            miner.push(frame)
-            last = frame.index
-            done = max(0, min(last + 1, unit.end) - unit.start)
-            if progress is not None and done - reported >= PROGRESS_EVERY:
-                progress(done - reported)
-                reported = done
-            t_wait = time.perf_counter()
+        try:
+            for frame in iter_frames(probe, start_frame=start, n_frames=stop - start,
+                                     grid_step=miner.plan.grid_step,
+                                     lowres_width=recipe["decode"]["lowres_width"],
+                                     timeout_s=recipe["decode"]["timeout_s"], stats=stats):
+                miner._tick("decode_wait", t_wait)
+                miner.push(frame)
+                last = frame.index
+                done = max(0, min(last + 1, unit.end) - unit.start)
+                if progress is not None and done - reported >= PROGRESS_EVERY:
+                    progress(done - reported)
+                    reported = done
+                t_wait = time.perf_counter()
+        except NoFrameDecoded as e:
+            if start == 0:
+                raise  # nothing of the film decodes: it fails, as in a single-unit run
+            # the range lies past where a truncated file ends: the unit stopped early with
+            # nothing decoded (a single-unit run stops before it), not a failed film
+            why = str(e).removeprefix("no frame decoded: ")
+            stats.stopped_early = f"decoded 0 of {stop - start} frames ({why})"
         result = miner.finish(last)
     except BaseException:
         staging.abort()

@@ -9,6 +9,7 @@ skipped, so rerunning after a crash repeats only unfinished work.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import shutil
 import sys
 import threading
 import time
+import tomllib
 import traceback
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -176,11 +178,14 @@ def _describe(exc: BaseException) -> str:
 def _check_recipe(out: Path, recipe: dict, digest: str) -> None:
     existing = out / "recipe.toml"
     if existing.is_file():
+        # the resolved recipe as the corpus was made: compared as stored, not merged over
+        # today's defaults (which would fill in keys an older corpus was made without)
         try:
-            old = load_recipe(existing)
-        except RecipeError:
-            old = None
-        if old is not None and recipe_digest(old) != digest:
+            old = tomllib.loads(existing.read_text())
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise RecipeError(f"cannot read the recipe of {out} ({existing.name}: {e}); "
+                              "use another --out") from e
+        if recipe_digest(old) != digest:
             raise RecipeError(
                 f"{out} was made with a different recipe ({recipe_digest(old)}); "
                 "use another --out or the same recipe"
@@ -340,6 +345,9 @@ class _Run:
     def __init__(self, out: Path, rec: dict, digest: str, device: str, statuses: dict,
                  report: RunReport, events: EventLog, progress: bool, debug: bool) -> None:
         self.out, self.rec, self.digest, self.device = out, rec, digest, device
+        # task keys name the corpus too: on a shared scheduler, runs of the same film and
+        # recipe into other corpora must not get these tasks (Dask dedupes by key)
+        self.out_tag = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:8]
         self.statuses, self.report, self.events, self.debug = statuses, report, events, debug
         self.meta: dict[str, tuple] = {}
         self.pending_units: dict[str, int] = {}
@@ -365,7 +373,8 @@ class _Run:
                                  f"samples {self.samples}", refresh=True)
 
     def submit(self, client: Client, kind: str, name: str, unit, fn, *args):
-        key = f"{kind}-{name}-{unit.index if unit is not None else 0}-{self.digest}"
+        key = (f"{kind}-{name}-{unit.index if unit is not None else 0}-{self.digest}-"
+               f"{self.out_tag}")
         resources = unit_resources(self.device) if kind == "unit" else None
         fut = client.submit(fn, *args, key=key, pure=False, resources=resources)
         self.meta[fut.key] = (kind, name, unit)
@@ -378,7 +387,9 @@ class _Run:
 
     def run(self, client: Client, films: list[FilmInput]) -> None:
         by_name = {f.name: f for f in films}
-        ac = as_completed()
+        # this run's client's loop: as_completed() alone takes the default client's, which is
+        # another run's when two runs share the process (it closes, and this run hangs)
+        ac = as_completed(loop=client.loop)
         for f in films:
             ac.add(self.submit(client, "probe", f.name, None, _probe_task, f))
         for fut in ac:

@@ -92,8 +92,12 @@ class StagingWriter:
         self.count += 1
 
     def close(self) -> None:
-        self._tw.tarstream.close()  # ends the tar; the file itself stays open for commit
-        self._file.commit()
+        try:
+            self._tw.tarstream.close()  # ends the tar; the file itself stays open for commit
+            self._file.commit()
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         self._file.abort()
@@ -174,3 +178,9 @@ class ShardSink:
         if self._writer is not None:
             self._finish()
         return self.shards
+
+    def abort(self) -> None:
+        """Drop the shard being written (its temp file); finished shards stay."""
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None

@@ -436,3 +436,105 @@ def test_shot_quota_counts_the_whole_shot_across_work_units(tmp_path):
     assert sum(r["reason"] == "shot_quota" for r in rows) >= 4
     assert got["split"][0] == keys and got["split"][1] == members
     assert got["split"][2] == rows
+
+
+def _truncated_film(tmp_path: Path) -> Path:
+    """A 120-frame mkv whose last 40 % of bytes are lost (about 60 frames decode)."""
+    spec = FilmSpec(shots=(ShotSpec("textured", 40, seed=21), ShotSpec("textured", 40, seed=22),
+                           ShotSpec("textured", 40, seed=23)), view_width=320, view_height=180,
+                    seed=9)
+    synth.write_film(spec, tmp_path / "src.mp4", "sbs")
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(tmp_path / "src.mp4"),
+                    "-c", "copy", str(tmp_path / "full.mkv")], check=True)
+    data = (tmp_path / "full.mkv").read_bytes()
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "cut.mkv").write_bytes(data[: int(len(data) * 0.6)])
+    return lib / "cut.mkv"
+
+
+def test_a_truncated_films_record_and_manifest_are_deterministic(tmp_path):
+    """The reason of a film that stopped early quotes ffmpeg's message, which names a memory
+    address (`[matroska,webm @ 0x55...]`, different in every process): two runs gave
+    different film records and manifests."""
+    film = _truncated_film(tmp_path)
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        report = extract([str(film)], out, layout="sbs", workers=0, progress=False)
+        assert report.exit_code == 0, report.summary()
+        assert report.records["cut"]["reason"].startswith("decoded ")
+    for name in ("films/cut.json", "manifest.json"):
+        assert (outs[0] / name).read_text() == (outs[1] / name).read_text(), name
+
+
+def test_a_truncated_film_split_into_units_is_mined_like_one_unit(tmp_path):
+    """Work units that lie wholly past the end of a truncated file decode nothing: the film
+    must still be mined as in a single-unit run (same samples, rows, counts and reason), not
+    failed with 'no frame decoded'."""
+    film = _truncated_film(tmp_path)
+    got = {}
+    for name, chunk_s in (("one", 0.0), ("split", 0.5)):
+        recipe = tmp_path / f"{name}.toml"
+        recipe.write_text(f'base = "default"\n[decode]\nchunk_s = {chunk_s}\n')
+        out = tmp_path / name
+        report = extract([str(film)], out, layout="sbs", recipe=recipe, workers=0,
+                         progress=False)
+        assert report.exit_code == 0, report.summary()
+        rec = report.records["cut"]
+        assert rec["units"] == (1 if name == "one" else 10)
+        got[name] = (rec["counts"], rec["reason"], *_film_digest(out, "cut"))
+    counts, reason, keys, _, _ = got["one"]
+    assert counts["decoded"] < counts["frames"] and len(keys) >= 5
+    assert reason.startswith(f"decoded {counts['decoded']} of {counts['frames']} frames (")
+    assert got["split"] == got["one"]
+
+
+@pytest.mark.parametrize("stored", ["older", "unreadable"])
+def test_a_corpus_whose_recipe_differs_or_cannot_be_read_is_not_mixed_into(tmp_path, stored):
+    """A rerun into a corpus made with another recipe is refused. recipe.toml was merged over
+    the current defaults before comparing, so a corpus from a version without a key (e.g.
+    output.confidence: no KEY.conf.png) passed as made with today's recipe, and an unreadable
+    recipe.toml was silently replaced: new films were mixed into a corpus of other outputs."""
+    from filmmine.errors import RecipeError
+
+    spec = FilmSpec(shots=(ShotSpec("textured", 24, seed=1),), view_width=320,
+                    view_height=180, seed=1)
+    for name in ("a", "b"):
+        synth.write_film(spec, tmp_path / f"{name}.mp4", "sbs")
+    out = tmp_path / "out"
+    assert extract([str(tmp_path / "a.mp4")], out, layout="sbs", workers=0,
+                   progress=False).exit_code == 0
+    recipe = out / "recipe.toml"
+    text = recipe.read_text()
+    if stored == "older":
+        assert "\nconfidence = true\n" in text
+        text = text.replace("\nconfidence = true\n", "\n")
+    else:
+        text = text.replace("[output]", "[output")
+    recipe.write_text(text)
+    with pytest.raises(RecipeError, match="recipe"):
+        extract([str(tmp_path / "b.mp4")], out, layout="sbs", workers=0, progress=False)
+    assert recipe.read_text() == text
+    assert not (out / "films" / "b.json").exists()
+
+
+def test_film_ids_are_distinct_when_a_suffixed_id_is_taken(tmp_path):
+    """Later duplicates of an id get a numeric suffix; 'a.mkv' became 'a-2', the id of
+    'a-2.mp4' beside it: two films with one id (shards and records overwrite each other, and
+    extract crashed with KeyError 'probe-a-2-0-...' on the duplicate Dask key)."""
+    from filmmine.inputs import resolve_inputs
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("a-2.mp4", "a.mkv", "a.mp4"):
+        (lib / name).write_bytes(b"x")
+    manifest = tmp_path / "lib.json"
+    manifest.write_text(json.dumps({"films": [{"name": "b", "path": "lib/a.mp4"},
+                                              {"name": "b", "path": "lib/a.mkv"},
+                                              {"name": "b-2", "path": "lib/a-2.mp4"}]}))
+    for inputs in ([str(lib)], [str(manifest)]):
+        films, issues = resolve_inputs(inputs, "sbs")
+        assert issues == [] and len(films) == 3
+        names = [f.name for f in films]
+        assert len(set(names)) == 3, names
+    assert [f.name for f in resolve_inputs([str(lib)], "sbs")[0]] == ["a-2", "a", "a-3"]

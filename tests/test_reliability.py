@@ -259,3 +259,78 @@ def test_unreadable_film_gets_a_reason_and_the_rest_is_mined(library, tmp_path):
     by_source = {i["source"]: i for i in man["inputs"]}
     assert by_source[str(locked)]["reason"] == "unreadable file: Permission denied"
     assert man["totals"]["films_ok"] == 1 and man["totals"]["samples"] > 0
+
+
+def _no_space(*_args, **_kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_write_that_fails_on_commit_leaves_no_temp_file(tmp_path, monkeypatch):
+    """Disk full at the last moment (the final flush or the fsync of a small file, as on a
+    full tmpfs or over quota on NFS): the error propagates and no `.tmp-*` file is left."""
+    from filmmine.atomic import write_bytes
+
+    monkeypatch.setattr(os, "fsync", _no_space)
+    with pytest.raises(OSError, match="No space left"):
+        write_bytes(tmp_path / "marker.json", b"{}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_error_while_writing_shards_leaves_no_temp_file(tmp_path, monkeypatch):
+    """Disk full while a film's shards are written: the run stops with the one-line output
+    error, and the shard being written does not stay behind as a temp file."""
+    from filmmine import shards, synth
+    from filmmine.runner import OutputError
+    from filmmine.synth import FilmSpec, ShotSpec
+
+    spec = FilmSpec(shots=(ShotSpec("textured", 30, seed=2),), view_width=320,
+                    view_height=180, seed=3)
+    film = tmp_path / "f.mp4"
+    synth.write_film(spec, film, "sbs")
+    write = shards.StagingWriter.write
+
+    def full_in_shards(self, sample):
+        if self.path.parent.name == "shards" and self.count == 2:
+            _no_space()
+        write(self, sample)
+
+    monkeypatch.setattr(shards.StagingWriter, "write", full_in_shards)
+    out = tmp_path / "out"
+    with pytest.raises(OutputError, match="No space left"):
+        extract([str(film)], out, layout="sbs", workers=0, progress=False)
+    assert not list(out.rglob(".tmp-*"))
+    assert not (out / "films" / "f.json").exists()
+
+
+def test_two_runs_on_one_scheduler_into_different_corpora(tmp_path):
+    """Task keys named the film, unit and recipe but not the corpus: a second run of the same
+    film and recipe on a shared `--scheduler` got the first run's tasks (Dask dedupes keys),
+    its work units were staged in the other corpus, and both films failed with
+    FileNotFoundError .../.work/f/unit-00000.json."""
+    import threading
+
+    from distributed import LocalCluster
+
+    from filmmine import synth
+    from filmmine.synth import FilmSpec, ShotSpec
+
+    spec = FilmSpec(shots=(ShotSpec("textured", 24, seed=1),), view_width=320,
+                    view_height=180, seed=1)
+    synth.write_film(spec, tmp_path / "f.mp4", "sbs")
+    reports = {}
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=":0") as cluster:
+        def run(name):
+            reports[name] = extract([str(tmp_path / "f.mp4")], tmp_path / name, layout="sbs",
+                                    scheduler=cluster.scheduler_address, progress=False)
+
+        threads = [threading.Thread(target=run, args=(n,)) for n in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for name in ("a", "b"):
+        assert reports[name].exit_code == 0, reports[name].summary()
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
