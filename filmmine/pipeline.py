@@ -8,6 +8,7 @@ film is assembled into shards from the staged units afterwards (see ``assemble``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -29,6 +30,7 @@ from .errors import NoFrameDecoded
 from .flow import FlowBackend, get_backend
 from .layout import views
 from .probe import ProbeResult
+from .recipe import recipe_digest
 from .sampling import SamplingPlan, sampling_reason
 from .shards import StagingWriter
 from .shots import ShotTracker
@@ -326,8 +328,15 @@ def mine_unit(probe: ProbeResult, unit: WorkUnit, recipe: dict, work_dir: Path,
     since the last call.
     """
     tar_path, marker = unit_paths(work_dir, unit)
+    made_from = unit_fingerprint(probe, unit, recipe)
     if marker.is_file():
-        return json.loads(marker.read_text())
+        done = json.loads(marker.read_text())
+        if done.get("made_from") == made_from:
+            return done
+        # staged by a run that saw another film, layout, frame range or recipe (a rerun
+        # after a crash with other arguments): never mixed into this film, mined again
+        log.warning("%s %s: staged from other inputs, mined again", probe.name, unit.stem)
+        marker.unlink()
     backend = backend_for(recipe, device)
     staging = StagingWriter(tar_path)
     miner = UnitMiner(probe, unit, recipe, backend, staging, disparity_batch(recipe, device))
@@ -367,5 +376,15 @@ def mine_unit(probe: ProbeResult, unit: WorkUnit, recipe: dict, work_dir: Path,
     result.decoded = max(0, min(last + 1, unit.end) - unit.start)
     result.stopped_early = stats.stopped_early if last + 1 < unit.end else None
     data = result.to_json()
+    data["made_from"] = made_from
     write_bytes(marker, dumps(data))
     return data
+
+
+def unit_fingerprint(probe: ProbeResult, unit: WorkUnit, recipe: dict) -> str:
+    """What a staged unit was computed from: the film's files, layout, size, frame count and
+    rate, the unit's frame range and the recipe. A resumed run reuses a staged unit only when
+    they are the same."""
+    what = [list(probe.paths), probe.layout, list(probe.frame_size), probe.n_frames,
+            probe.fps, unit.start, unit.end, recipe_digest(recipe)]
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]

@@ -236,15 +236,22 @@ def extract(inputs: list[str], out: str | Path, *, layout: str = "auto",
             todo.append(f)
             continue
         record = json.loads(rp.read_text())
-        if record["source"]["paths"] == list(f.paths):
+        mined_layout = record.get("probe", {}).get("layout")
+        if record["source"]["paths"] != list(f.paths):
+            why = (f"film id {f.name!r} is already in {out} from "
+                   f"{', '.join(record['source']['paths'])}; give it another name")
+        elif f.layout != "auto" and f.layout != mined_layout:
+            why = (f"film {f.name!r} is already in {out} as {mined_layout}, not "
+                   f"{f.layout}; use another --out")
+        elif record.get("recipe_digest") != digest:
+            why = (f"film {f.name!r} is already in {out} from recipe "
+                   f"{record.get('recipe_digest')}, not {digest}; use another --out")
+        else:
             report.records[f.name] = record  # mined by an earlier run
             statuses[f.name].update(status="ok", reason=record.get("reason"))
             shutil.rmtree(out / ".work" / f.name, ignore_errors=True)
-        else:
-            statuses[f.name].update(
-                status="failed",
-                reason=f"film id {f.name!r} is already in {out} from "
-                       f"{', '.join(record['source']['paths'])}; give it another name")
+            continue
+        statuses[f.name].update(status="failed", reason=why)
 
     try:
         if todo:

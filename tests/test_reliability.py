@@ -334,3 +334,34 @@ def test_two_runs_on_one_scheduler_into_different_corpora(tmp_path):
     for name in ("a", "b"):
         assert reports[name].exit_code == 0, reports[name].summary()
     assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
+
+
+def test_staged_units_of_other_inputs_are_mined_again(library, tmp_path):
+    """A run killed after staging units, then run again with another --layout: the staged
+    units were made from other views, so they are mined again, never mixed into the film
+    (the corpus equals a clean run's); and a finished film asked for in another layout is
+    refused with a reason, not silently kept."""
+    from filmmine.pipeline import mine_unit, plan_units
+    from filmmine.probe import probe_film
+    from filmmine.recipe import load_recipe
+
+    film = str(library / "film_sbs.mp4")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('base = "default"\n[decode]\nchunk_s = 2.0\n')
+    rec = load_recipe(recipe)
+    out = tmp_path / "out"
+    stale = probe_film("film_sbs", (film,), "sbs")
+    units = plan_units(stale, 2.0)
+    assert len(units) >= 3
+    for u in units[:2]:  # what the killed --layout sbs run had staged
+        mine_unit(stale, u, rec, out / ".work" / "film_sbs")
+    report = extract([film], out, layout="half-sbs", recipe=recipe, workers=0, progress=False)
+    assert report.exit_code == 0, report.summary()
+    clean = tmp_path / "clean"
+    assert extract([film], clean, layout="half-sbs", recipe=recipe, workers=0,
+                   progress=False).exit_code == 0
+    for name in ("shards/film_sbs-00000.tar", "films/film_sbs.frames.parquet"):
+        assert (out / name).read_bytes() == (clean / name).read_bytes(), name
+    again = extract([film], out, layout="sbs", recipe=recipe, workers=0, progress=False)
+    (entry,) = [i for i in again.inputs if i["film"] == "film_sbs"]
+    assert entry["status"] == "failed" and "as half-sbs, not sbs" in entry["reason"]
