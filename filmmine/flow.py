@@ -299,7 +299,7 @@ class DisSgbmFlow(SgbmFlow):
         The right view's v is the left's at the matching pixel, negated:
         ``v_rl(x) = -v_lr(x + d_right(x))``. One coarse DIS pass instead of two (the
         consistency test of ``v_model = "none"`` needs both): 20 ms a pair less at 940 px.
-        On MiddEval3's imperfect Motorcycle the vertical EPE is 0.10 px (``none``: 0.255)."""
+        On MiddEval3's imperfect Motorcycle the vertical EPE is 0.10 px (``none``: 0.26)."""
         w, h = size
         ch, cw = f.shape[:2]
         sx, sy = w / cw, h / ch                          # coarse px -> output px
