@@ -66,10 +66,6 @@ class TarSampleWriter:
             self.tarstream.addfile(ti, io.BytesIO(data))
 
 
-def _tar_writer(f) -> TarSampleWriter:
-    return TarSampleWriter(f, user="filmmine", group="filmmine", mode=0o444, mtime=0)
-
-
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -84,7 +80,7 @@ class StagingWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file = AtomicFile(path)
-        self._tw = _tar_writer(self._file.file)
+        self._tw = TarSampleWriter(self._file.file)  # owner filmmine, mode 0444, mtime 0
         self.count = 0
 
     def write(self, sample: dict[str, bytes | str]) -> None:
