@@ -342,6 +342,22 @@ def test_batched_disparity_gives_the_same_samples_and_rows(corpus, library, tmp_
     assert sum(r["stage"] == "disparity" for r in rows) == 5      # the vertical shot
 
 
+def _one_unit_and_split(tmp_path: Path, film: Path, chunk_s: float,
+                        recipe_extra: str = "") -> dict[str, tuple[dict, Path]]:
+    """The film mined as one work unit ("one") and cut into units of ``chunk_s`` seconds
+    ("split"), in-process: each run's film record and corpus directory."""
+    runs = {}
+    for name, chunk in (("one", 0.0), ("split", chunk_s)):
+        recipe = tmp_path / f"{name}.toml"
+        recipe.write_text(f'base = "default"\n[decode]\nchunk_s = {chunk}\n' + recipe_extra)
+        out = tmp_path / name
+        report = extract([str(film)], out, layout="sbs", recipe=recipe, workers=0,
+                         progress=False)
+        assert report.exit_code == 0, report.summary()
+        runs[name] = (report.records[film.stem], out)
+    return runs
+
+
 def _film_digest(out: Path, film: str) -> tuple[list[str], dict[str, str], list[dict]]:
     """Sample keys in shard order, each sample's members hashed, and the candidate rows."""
     samples = samples_of(out, film)
@@ -369,14 +385,7 @@ def test_vfr_film_split_into_units_gives_the_samples_of_one_unit(tmp_path):
                     "-crf", "12", "-g", "24", str(film)], check=True)
     kept = [i for i in range(synth.n_frames(spec)) if i not in dropped]
     got = {}
-    for name, chunk_s in (("one", 0.0), ("split", 1.25)):
-        recipe = tmp_path / f"{name}.toml"
-        recipe.write_text(f'base = "default"\n[decode]\nchunk_s = {chunk_s}\n')
-        out = tmp_path / name
-        report = extract([str(film)], out, layout="sbs", recipe=recipe, workers=0,
-                         progress=False)
-        assert report.exit_code == 0, report.summary()
-        rec = report.records["vfr"]
+    for name, (rec, out) in _one_unit_and_split(tmp_path, film, 1.25).items():
         assert rec["units"] == (1 if name == "one" else 4)
         assert rec["counts"]["frames"] == rec["counts"]["decoded"] == len(kept)
         assert rec["reason"] is None
@@ -420,15 +429,9 @@ def test_shot_quota_counts_the_whole_shot_across_work_units(tmp_path):
     lib.mkdir()
     synth.write_film(spec, lib / "quota.mp4", "sbs")
     got = {}
-    for name, chunk_s in (("one", 0.0), ("split", 1.0)):
-        recipe = tmp_path / f"{name}.toml"
-        recipe.write_text(f'base = "default"\n[decode]\nchunk_s = {chunk_s}\n'
-                          '[sampling]\nmax_per_shot = 2\n')
-        out = tmp_path / name
-        report = extract([str(lib / "quota.mp4")], out, layout="sbs", recipe=recipe,
-                         workers=0, progress=False)
-        assert report.exit_code == 0, report.summary()
-        assert report.records["quota"]["units"] == (1 if name == "one" else 5)
+    runs = _one_unit_and_split(tmp_path, lib / "quota.mp4", 1.0, "[sampling]\nmax_per_shot = 2\n")
+    for name, (rec, out) in runs.items():
+        assert rec["units"] == (1 if name == "one" else 5)
         got[name] = _film_digest(out, "quota")
     keys, members, rows = got["one"]
     sampled = Counter(r["shot_index"] for r in rows if r["stage"] != "sampling")
@@ -473,14 +476,7 @@ def test_a_truncated_film_split_into_units_is_mined_like_one_unit(tmp_path):
     failed with 'no frame decoded'."""
     film = _truncated_film(tmp_path)
     got = {}
-    for name, chunk_s in (("one", 0.0), ("split", 0.5)):
-        recipe = tmp_path / f"{name}.toml"
-        recipe.write_text(f'base = "default"\n[decode]\nchunk_s = {chunk_s}\n')
-        out = tmp_path / name
-        report = extract([str(film)], out, layout="sbs", recipe=recipe, workers=0,
-                         progress=False)
-        assert report.exit_code == 0, report.summary()
-        rec = report.records["cut"]
+    for name, (rec, out) in _one_unit_and_split(tmp_path, film, 0.5).items():
         assert rec["units"] == (1 if name == "one" else 10)
         got[name] = (rec["counts"], rec["reason"], *_film_digest(out, "cut"))
     counts, reason, keys, _, _ = got["one"]
