@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import bisect
 import json
-import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -91,8 +90,10 @@ def assemble_film(out: Path, probe: ProbeResult, units: list[WorkUnit], recipe: 
     counts = Counter(r["reason"] or "accepted" for r in frame_rows)
     by_stage = Counter(r["stage"] for r in frame_rows)
     decoded = sum(m["decoded"] for m in markers)
-    stopped = [m["stopped_early"] for m in markers if m["stopped_early"]]
-    reason = _film_stopped_reason(stopped[0], decoded, probe.n_frames) if stopped else None
+    # a unit's "decoded a of b frames" counts its own range: the film's counts the whole film,
+    # as a single-unit run says it, with the first stopped unit's cause
+    stopped = [m["stop_reason"] for m in markers if m["stopped_early"]]
+    reason = f"decoded {decoded} of {probe.n_frames} frames ({stopped[0]})" if stopped else None
     record = {
         "film": probe.name,
         "status": "ok",
@@ -122,14 +123,6 @@ def assemble_film(out: Path, probe: ProbeResult, units: list[WorkUnit], recipe: 
     write_bytes(record_path, json.dumps(record, indent=1, sort_keys=True).encode())
     shutil.rmtree(work, ignore_errors=True)
     return record
-
-
-def _film_stopped_reason(unit_reason: str, decoded: int, n_frames: int) -> str:
-    """The film's reason from the first unit that stopped early: a unit's "decoded a of b
-    frames (why)" counts its own range (with context); the film's counts the whole film, as a
-    single-unit run says it."""
-    m = re.fullmatch(r"decoded \d+ of \d+ frames \((.*)\)", unit_reason, re.DOTALL)
-    return f"decoded {decoded} of {n_frames} frames ({m.group(1)})" if m else unit_reason
 
 
 def apply_shot_quota(rows: list[dict], cap: int) -> tuple[list[dict], set[str]]:

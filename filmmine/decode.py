@@ -51,6 +51,7 @@ class DecodeStats:
     frames: int = 0
     expected: int = 0
     stopped_early: str | None = None   # one line when ffmpeg stopped before the expected end
+    stop_reason: str | None = None     # its cause alone (ffmpeg's last error line)
     wall_s: float = 0.0
     unmatched: int = 0                 # decoded frames not yielded: time outside the range
     grid_missed: int = 0               # grid frames yielded without their full-res frame
@@ -297,8 +298,8 @@ def iter_frames(probe: ProbeResult, *, start_frame: int = 0, n_frames: int | Non
     if timed_out.is_set():
         raise DecodeError(f"decode timed out after {timeout_s:.0f} s")
     if stats.frames == 0:
-        raise NoFrameDecoded(f"no frame decoded: {err[-1] if err else 'ffmpeg failed'}")
+        raise NoFrameDecoded(err[-1] if err else "ffmpeg failed")
     if stats.frames < n_frames:
-        why = err[-1] if err else "stream ended"
-        stats.stopped_early = (f"decoded {stats.frames} of {n_frames} frames ({why})")
+        stats.stop_reason = err[-1] if err else "stream ended"
+        stats.stopped_early = f"decoded {stats.frames} of {n_frames} frames ({stats.stop_reason})"
     log.debug("decoded %d frames in %.2fs", stats.frames, stats.wall_s)

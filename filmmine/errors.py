@@ -22,6 +22,10 @@ class DecodeError(FilmmineError):
 class NoFrameDecoded(DecodeError):
     """ffmpeg gave no frame of the range (e.g. it lies past the end of a truncated file)."""
 
+    def __init__(self, why: str) -> None:
+        self.why = why   # ffmpeg's last error line
+        super().__init__(f"no frame decoded: {why}")
+
 
 class RecipeError(FilmmineError):
     """A recipe file is missing, malformed or names an unknown option."""

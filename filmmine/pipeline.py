@@ -93,13 +93,15 @@ class UnitResult:
     transitions: list[list[int]] = field(default_factory=list)
     decoded: int = 0
     stopped_early: str | None = None
+    stop_reason: str | None = None       # why it stopped early (``DecodeStats.stop_reason``)
     samples: int = 0
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (profiling)
 
     def to_json(self) -> dict:
         return {"unit": self.unit.__dict__, "frames": self.frames, "cuts": self.cuts,
                 "transitions": self.transitions, "decoded": self.decoded,
-                "stopped_early": self.stopped_early, "samples": self.samples,
+                "stopped_early": self.stopped_early, "stop_reason": self.stop_reason,
+                "samples": self.samples,
                 "timings": {k: round(v, 4) for k, v in sorted(self.timings.items())}}
 
 
@@ -366,15 +368,16 @@ def mine_unit(probe: ProbeResult, unit: WorkUnit, recipe: dict, work_dir: Path,
                 raise  # nothing of the film decodes: it fails, as in a single-unit run
             # the range lies past where a truncated file ends: the unit stopped early with
             # nothing decoded (a single-unit run stops before it), not a failed film
-            why = str(e).removeprefix("no frame decoded: ")
-            stats.stopped_early = f"decoded 0 of {stop - start} frames ({why})"
+            stats.stop_reason = e.why
+            stats.stopped_early = f"decoded 0 of {stop - start} frames ({e.why})"
         result = miner.finish(last)
     except BaseException:
         staging.abort()
         raise
     staging.close()
     result.decoded = max(0, min(last + 1, unit.end) - unit.start)
-    result.stopped_early = stats.stopped_early if last + 1 < unit.end else None
+    if last + 1 < unit.end:
+        result.stopped_early, result.stop_reason = stats.stopped_early, stats.stop_reason
     data = result.to_json()
     data["made_from"] = made_from
     write_bytes(marker, dumps(data))
