@@ -26,6 +26,7 @@ Tensor shapes: N = 2B (left views then right views), D labels, H × W pixels.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,9 +34,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import flow_triton
 from .flow import FlowBackend, StereoFlows, check_device
 
 _BIG = 1e4  # "no predecessor" / out-of-range label cost in SGM (costs are O(1))
+# Triton kernels for the cost volume and SGM where they can run (CUDA); FILMMINE_TRITON=0
+# keeps the torch code everywhere (for comparisons: both give the same volumes)
+USE_KERNELS = os.environ.get("FILMMINE_TRITON", "1") != "0"
+
+
+def _kernels(t: torch.Tensor) -> bool:
+    return USE_KERNELS and flow_triton.available(t)
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,6 +116,9 @@ def cost_volume(code_l: torch.Tensor, code_r: torch.Tensor, dmin: torch.Tensor, 
     with ``grad_weight`` of the absolute difference of clipped horizontal gradients (grad_l
     [B, H, W], grad_r [B, R, H, W], already scaled to [-0.5, 0.5]). ``code_r`` may carry
     extra candidate rows [B, R, H, W]: the best row is kept per label."""
+    if bits <= 31 and _kernels(code_l):
+        return flow_triton.cost_volume(code_l, code_r, dmin, labels, bits, dtype, grad_l,
+                                       grad_r, grad_weight)
     b, h, w = code_l.shape
     if code_r.dim() == 3:
         code_r = code_r[:, None]
@@ -164,8 +176,11 @@ def _window_counts(n: int, r: int, device: torch.device) -> torch.Tensor:
 
 
 def box_mean(x: torch.Tensor, r: int) -> torch.Tensor:
-    """Mean over a (2r+1)² window clipped at the border; x [..., H, W], fp32 running sums."""
+    """Mean over a (2r+1)² window clipped at the border; x [..., H, W], fp32 running sums
+    (on CUDA, small windows: two 1-D average poolings, 2 passes over x instead of 7)."""
     h, w = x.shape[-2:]
+    if x.is_cuda and 0 < r <= 8:
+        return pooled_box_mean(x, r)
     k = 2 * r + 1
     c = torch.cumsum(F.pad(x.float(), (r + 1, r)), -1)
     s = c[..., k:] - c[..., :-k]                                   # [..., H, W] row sums
@@ -173,6 +188,17 @@ def box_mean(x: torch.Tensor, r: int) -> torch.Tensor:
     s = c[..., k:, :] - c[..., :-k, :]
     counts = _window_counts(h, r, x.device).view(h, 1) * _window_counts(w, r, x.device)
     return s / counts
+
+
+def pooled_box_mean(x: torch.Tensor, r: int) -> torch.Tensor:
+    """``box_mean`` as a row then a column average pooling (clipped windows: the mean of
+    clipped row means is the clipped 2-D mean, since every row's count is the same), fp32."""
+    h, w = x.shape[-2:]
+    k = 2 * r + 1
+    t = x.float().reshape(-1, 1, h, w)
+    t = F.avg_pool2d(t, (1, k), stride=1, padding=(0, r), count_include_pad=False)
+    t = F.avg_pool2d(t, (k, 1), stride=1, padding=(r, 0), count_include_pad=False)
+    return t.reshape(x.shape)
 
 
 def guided_filter(cost: torch.Tensor, guide: torch.Tensor, r: int, eps: float,
@@ -238,6 +264,8 @@ def sgm(cost: torch.Tensor, grey: torch.Tensor, p1: float, p2: float, p2_edge: f
         paths: int) -> torch.Tensor:
     """Sum of path costs [N, D, H, W] over 4 (horizontal, vertical) or 8 paths (+ diagonals).
     cost [N, D, H, W]; grey [N, 1, H, W] fp32 0..255."""
+    if paths == 4 and _kernels(cost):
+        return flow_triton.sgm4(cost, grey, p1, p2, p2_edge)
     # horizontal scans (and diagonals): [W, N, D, H]
     c_w = cost.permute(3, 0, 1, 2).contiguous()
     g_w = grey.permute(3, 0, 1, 2).contiguous()

@@ -1,0 +1,202 @@
+"""Triton kernels for census_sgm on CUDA: one launch per SGM path instead of one per pixel row.
+
+Measured on an H100 (benchmarks/census_sgm_profile.py, 960x540, batch of 32 pairs): the
+torch SGM of flow_torch.py issued ~12 small kernels per scan step, 3000 steps per batch,
+and spent 750 ms launching them (96k launches per batch, the GPU mostly idle). Here one
+program owns a block of scan lines of one image and walks the whole path, the previous
+step's path costs held in registers; a path is one kernel, so launches no longer depend on
+the image size.
+
+Same recurrence as ``flow_torch._sgm_scan`` (straight paths: rows and columns), computed in
+fp32 whatever the volume's dtype. Optional: used when triton imports and the volume is on a
+CUDA device (``available``); tests run the kernels on the CPU with ``TRITON_INTERPRET=1``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:  # triton ships with CUDA builds of torch; CPU installs run the torch code instead
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised where triton is absent
+    triton = None
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def available(t: torch.Tensor) -> bool:
+    """Whether the kernels can run on ``t``'s device (CUDA, or any under the interpreter)."""
+    return triton is not None and (t.is_cuda or _INTERPRET)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _sgm_path(cost, grey, acc, lines, labels,
+                  s_cn, s_cd, s_cs, s_gn, s_gs, s_an, s_ad, s_as,
+                  p1, p2, p2_edge, big, steps: tl.constexpr,
+                  REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr, EDGE: tl.constexpr,
+                  BLOCK_D: tl.constexpr, BLOCK_X: tl.constexpr):
+        """One SGM path along dim 2 of cost [N, D, S, X] (X contiguous) for BLOCK_X lines of
+        image n: L(s) = C(s) + min(L(s-1), L(s-1)[d±1] + p1, min L(s-1) + P2) - min L(s-1),
+        P2 lowered by the grey step between s-1 and s. Adds (or writes) L into acc."""
+        n = tl.program_id(0)
+        xs = tl.program_id(1) * BLOCK_X + tl.arange(0, BLOCK_X)
+        ds = tl.arange(0, BLOCK_D)
+        d2 = ds[:, None]
+        x2 = xs[None, :]
+        mask = (d2 < labels) & (x2 < lines)
+        xmask = xs < lines
+        up = tl.broadcast_to(tl.minimum(d2 + 1, BLOCK_D - 1), (BLOCK_D, BLOCK_X))
+        down = tl.broadcast_to(tl.maximum(d2 - 1, 0), (BLOCK_D, BLOCK_X))
+        c_base = cost + n * s_cn + d2 * s_cd + x2
+        a_base = acc + n * s_an + d2 * s_ad + x2
+        g_base = grey + n * s_gn + xs
+        s0 = steps - 1 if REVERSE else 0
+        prev = tl.load(c_base + s0 * s_cs, mask=mask, other=big).to(tl.float32)
+        prev_g = tl.load(g_base + s0 * s_gs, mask=xmask, other=0.0).to(tl.float32)
+        if ACCUMULATE:
+            old = tl.load(a_base + s0 * s_as, mask=mask, other=0.0).to(tl.float32)
+            tl.store(a_base + s0 * s_as, (old + prev).to(acc.dtype.element_ty), mask=mask)
+        else:
+            tl.store(a_base + s0 * s_as, prev.to(acc.dtype.element_ty), mask=mask)
+        for i in tl.range(1, steps):
+            s = steps - 1 - i if REVERSE else i
+            c = tl.load(c_base + s * s_cs, mask=mask, other=big).to(tl.float32)
+            g = tl.load(g_base + s * s_gs, mask=xmask, other=0.0).to(tl.float32)
+            m = tl.min(prev, axis=0)[None, :]
+            nb = tl.minimum(tl.gather(prev, up, 0), tl.gather(prev, down, 0))
+            if EDGE:
+                pen2 = p1 + (p2 - p1) * tl.exp(-tl.abs(g - prev_g) / p2_edge)
+            else:
+                pen2 = tl.zeros_like(g) + p2
+            t = tl.minimum(tl.minimum(prev, nb + p1), m + pen2[None, :])
+            cur = c + (t - m)
+            if ACCUMULATE:
+                old = tl.load(a_base + s * s_as, mask=mask, other=0.0).to(tl.float32)
+                cur_out = old + cur
+            else:
+                cur_out = cur
+            tl.store(a_base + s * s_as, cur_out.to(acc.dtype.element_ty), mask=mask)
+            prev = cur
+            prev_g = g
+
+
+    @triton.jit
+    def _popcount32(x):
+        x = x - ((x >> 1) & 0x55555555)
+        x = (x & 0x33333333) + ((x >> 2) & 0x33333333)
+        x = (x + (x >> 4)) & 0x0F0F0F0F
+        x = x + (x >> 8)
+        return (x + (x >> 16)) & 0x3F
+
+    @triton.jit
+    def _cost_volume(code_l, code_r, grad_l, grad_r, dmin, out, height, width, labels,
+                     s_lb, s_lh, s_rb, s_rr, s_rh, s_ob, s_od, s_oh,
+                     inv_bits, grad_weight,
+                     ROWS: tl.constexpr, GRAD: tl.constexpr,
+                     BLOCK_D: tl.constexpr, BLOCK_X: tl.constexpr):
+        """out[b, i, h, x] = min over candidate rows r of the census Hamming distance / bits
+        (mixed with the clipped-gradient difference) between left (h, x) and right row r at
+        x - (dmin[b] + i); 1 where that leaves the image. Codes int32, grads fp32."""
+        bh = tl.program_id(0)
+        b = bh // height
+        h = bh % height
+        xs = tl.program_id(1) * BLOCK_X + tl.arange(0, BLOCK_X)
+        ds = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+        x2 = xs[None, :]
+        d2 = ds[:, None]
+        xmask = xs < width
+        mask = (d2 < labels) & (x2 < width)
+        xr = x2 - (tl.load(dmin + b) + d2)
+        inside = (xr >= 0) & (xr < width) & mask
+        xr = tl.minimum(tl.maximum(xr, 0), width - 1)
+        cl = tl.load(code_l + b * s_lb + h * s_lh + xs, mask=xmask, other=0)[None, :]
+        if GRAD:
+            gl = tl.load(grad_l + b * s_lb + h * s_lh + xs, mask=xmask, other=0.0)[None, :]
+        best = tl.full((BLOCK_D, BLOCK_X), 3.0, tl.float32)
+        for r in tl.static_range(ROWS):
+            off = b * s_rb + r * s_rr + h * s_rh + xr
+            cr = tl.load(code_r + off, mask=mask, other=0)
+            c = _popcount32(cl ^ cr).to(tl.float32) * inv_bits
+            if GRAD:
+                gr = tl.load(grad_r + off, mask=mask, other=0.0)
+                g = tl.minimum(tl.abs(gl - gr), 1.0)
+                c = (1.0 - grad_weight) * c + grad_weight * g
+            best = tl.minimum(best, c)
+        best = tl.where(inside, best, 1.0)
+        tl.store(out + b * s_ob + d2 * s_od + h * s_oh + x2, best.to(out.dtype.element_ty),
+                 mask=mask)
+
+
+def cost_volume(code_l: torch.Tensor, code_r: torch.Tensor, dmin: torch.Tensor, labels: int,
+                bits: int, dtype: torch.dtype, grad_l: torch.Tensor | None = None,
+                grad_r: torch.Tensor | None = None, grad_weight: float = 0.0) -> torch.Tensor:
+    """``flow_torch.cost_volume`` in one launch (census codes of up to 31 bits)."""
+    b, h, w = code_l.shape
+    if code_r.dim() == 3:
+        code_r = code_r[:, None]
+    rows = code_r.shape[1]
+    use_grad = grad_weight > 0 and grad_l is not None and grad_r is not None
+    code_l = code_l.to(torch.int32).contiguous()
+    code_r = code_r.to(torch.int32).contiguous()
+    if use_grad:
+        grad_l = grad_l.float().contiguous()
+        grad_r = grad_r.float().contiguous()
+        assert grad_l.stride() == code_l.stride() and grad_r.stride() == code_r.stride()
+    else:
+        grad_l, grad_r = code_l, code_r                       # unused
+    out = torch.empty((b, labels, h, w), dtype=dtype, device=code_l.device)
+    block_d, block_x = 16, 64
+    grid = (b * h, triton.cdiv(w, block_x), triton.cdiv(labels, block_d))
+    _cost_volume[grid](code_l, code_r, grad_l, grad_r, dmin.to(torch.int32).contiguous(), out,
+                       h, w, labels, code_l.stride(0), code_l.stride(1),
+                       code_r.stride(0), code_r.stride(1), code_r.stride(2),
+                       out.stride(0), out.stride(1), out.stride(2),
+                       1.0 / bits, float(grad_weight), ROWS=rows, GRAD=use_grad,
+                       BLOCK_D=block_d, BLOCK_X=block_x, num_warps=4)
+    return out
+
+
+def _block_sizes(labels: int) -> tuple[int, int]:
+    block_d = max(2, triton.next_power_of_2(labels))
+    # ~2048 path costs per program: registers for prev, the cost tile and the gathers
+    block_x = max(4, min(64, 2048 // block_d))
+    return block_d, block_x
+
+
+def _paths(cost: torch.Tensor, grey: torch.Tensor, out: torch.Tensor, p1: float, p2: float,
+           p2_edge: float, accumulate: bool) -> None:
+    """Both directions along dim 2 of cost [N, D, S, X] into out (same shape); grey [N, S, X]."""
+    n, labels, steps, lines = cost.shape
+    assert cost.stride(3) == 1 and grey.stride(2) == 1 and out.stride(3) == 1
+    block_d, block_x = _block_sizes(labels)
+    grid = (n, triton.cdiv(lines, block_x))
+    for i, reverse in enumerate((False, True)):
+        _sgm_path[grid](cost, grey, out, lines, labels,
+                        cost.stride(0), cost.stride(1), cost.stride(2),
+                        grey.stride(0), grey.stride(1),
+                        out.stride(0), out.stride(1), out.stride(2),
+                        float(p1), float(p2), float(max(p2_edge, 1e-6)), 1e4, steps,
+                        REVERSE=reverse, ACCUMULATE=accumulate or i > 0,
+                        EDGE=p2_edge > 0, BLOCK_D=block_d, BLOCK_X=block_x,
+                        num_warps=4)
+
+
+def sgm4(cost: torch.Tensor, grey: torch.Tensor, p1: float, p2: float,
+         p2_edge: float) -> torch.Tensor:
+    """Sum of the 4 straight path costs [N, D, H, W] (as ``flow_torch.sgm(..., paths=4)``).
+    cost [N, D, H, W] in its dtype (the sum is kept in it); grey [N, 1, H, W] 0..255."""
+    cost = cost.contiguous()
+    g = grey[:, 0].float().contiguous()
+    acc = torch.empty_like(cost)
+    _paths(cost, g, acc, p1, p2, p2_edge, accumulate=False)              # down, up
+    cost_t = cost.transpose(2, 3).contiguous()                           # [N, D, W, H]
+    acc_t = torch.empty_like(cost_t)
+    _paths(cost_t, g.transpose(1, 2).contiguous(), acc_t, p1, p2, p2_edge, accumulate=False)
+    del cost_t
+    acc += acc_t.transpose(2, 3)
+    return acc
