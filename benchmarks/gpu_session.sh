@@ -1,32 +1,59 @@
 #!/usr/bin/env bash
 # filmmine's GPU measurements in one command on a lent GPU machine (prepare .gpu-kit with
-# scripts/gpu_kit.sh first and carry it). Each step has its own time limit and its log goes to
-# $OUT: the CUDA tests (CPU and CUDA give the same labels), the disparity backends on the real
-# pairs and their speed at 960x540 with batches (issue 3: >= 200 pairs/s goal), and the trainer's
-# loader/step benchmark (issue 4: GPU steps/s, real vs synthetic batches).
-#   DEVICE=cpu bash benchmarks/gpu_session.sh   # the same steps on a CPU, to check the script
+# scripts/gpu_kit.sh first and carry it). Steps run in order of priority, each under its own
+# time limit and all within BUDGET seconds (the device tool allows 600 a call); logs go to $OUT:
+#   profile             census_sgm's time per phase at 960x540, batches of 8 to 64 (issue 3)
+#   profile_torch       the same without the Triton kernels (FILMMINE_TRITON=0's code)
+#   disparity_backends  the backends on the real pairs, and pairs/s at 960x540 (>= 200 goal)
+#   extract_gpu         extract wall / decode-only wall, --recipe gpu --device cuda (<= 1.2 goal)
+#   cuda_tests          CPU and CUDA give the same labels (tests/test_flow_torch.py, ...)
+#   extract_cpu         the same film with the default recipe on the node's CPU cores
+#   trainer_loader      the trainer's loader/step benchmark (GPU steps/s)
+#   STEPS="profile cuda_tests" bash benchmarks/gpu_session.sh   # a subset
+#   DEVICE=cpu bash benchmarks/gpu_session.sh                    # the same steps on a CPU
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/filmmine-gpu-out}
 DEVICE=${DEVICE:-cuda}
 PY=${PY:-python3}
+BUDGET=${BUDGET:-560}
+STEPS=${STEPS:-profile profile_torch disparity_backends extract_gpu cuda_tests extract_cpu trainer_loader}
+SECONDS=0
 mkdir -p "$OUT"
 "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/filmmine-site \
     .gpu-kit/wheels/*.whl || exit 1
+mkdir -p /tmp/filmmine-bin
+[ -x /tmp/filmmine-bin/ffprobe ] || tar -C /tmp/filmmine-bin -xJf .gpu-kit/ffmpeg.tar.xz || exit 1
+export PATH="/tmp/filmmine-bin:$PATH" FILMMINE_FFMPEG=/tmp/filmmine-bin/ffmpeg \
+    FILMMINE_FFPROBE=/tmp/filmmine-bin/ffprobe
 export PYTHONPATH="/tmp/filmmine-site:$PWD" FILMMINE_DATA="$PWD/.gpu-kit/data" PYTHONUNBUFFERED=1
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || true
+  nproc; ffmpeg -version | head -1
   "$PY" -c "import torch, cv2; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'cv2', cv2.__version__)"
-} | tee "$OUT/machine.txt"
+} 2>&1 | tee "$OUT/machine.txt"
+CACHE=/tmp/filmmine-bench
 step() {  # name, seconds, command...
     local name=$1 limit=$2; shift 2
+    case " $STEPS " in *" $name "*) ;; *) return ;; esac
+    local left=$((BUDGET - SECONDS))
+    [ "$left" -lt "$limit" ] && limit=$left
+    if [ "$limit" -lt 20 ]; then echo "== $name skipped: budget spent"; return; fi
     echo "== $name (limit ${limit}s)"
     local t0=$SECONDS
     timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
     echo "rc $? in $((SECONDS - t0)) s" | tee -a "$OUT/$name.txt"
-    tail -n 30 "$OUT/$name.txt"
+    tail -n 40 "$OUT/$name.txt"
 }
-step cuda_tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_flow_torch.py \
-    tests/test_flow_raft.py tests/test_disparity.py
-step disparity_backends 240 "$PY" benchmarks/disparity_backends.py --device "$DEVICE" \
+step profile 120 "$PY" benchmarks/census_sgm_profile.py --device "$DEVICE" --batch 8 32 64
+step profile_torch 60 "$PY" benchmarks/census_sgm_profile.py --device "$DEVICE" --batch 32 \
+    --torch --no-profiler
+step disparity_backends 150 "$PY" benchmarks/disparity_backends.py --device "$DEVICE" \
     --backends census_sgm,dis_sgbm --batch 32 --synthetic 8
-step trainer_loader 150 "$PY" benchmarks/trainer_loader.py
+step extract_gpu 240 "$PY" benchmarks/extract_throughput.py --cache "$CACHE" --jobs 12 \
+    --recipe gpu --device "$DEVICE" --no-stages
+step cuda_tests 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_flow_torch.py \
+    tests/test_flow_raft.py tests/test_disparity.py
+step extract_cpu 120 "$PY" benchmarks/extract_throughput.py --cache "$CACHE" --jobs 12 \
+    --recipe default --no-stages
+step trainer_loader 100 "$PY" benchmarks/trainer_loader.py
+echo "session: $SECONDS s"
