@@ -205,6 +205,8 @@ def guided_filter(cost: torch.Tensor, guide: torch.Tensor, r: int, eps: float,
                   chunk: int = 16) -> torch.Tensor:
     """Edge-aware filtering of every label slice of cost [N, D, H, W] by guide [N, 1, H, W]
     (grey 0..255); eps in (grey/255)². Runs in fp32 over label chunks, returns cost's dtype."""
+    if _kernels(cost):
+        return flow_triton.guided_filter(cost, guide, r, eps, box_mean)
     g = guide.float() / 255.0
     mean_g = box_mean(g, r)
     var_g = box_mean(g * g, r) - mean_g * mean_g

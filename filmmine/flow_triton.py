@@ -1,15 +1,20 @@
-"""Triton kernels for census_sgm on CUDA: one launch per SGM path instead of one per pixel row.
+"""Triton kernels for census_sgm on CUDA: SGM paths, the cost volume and the guided filter.
 
 Measured on an H100 (benchmarks/census_sgm_profile.py, 960x540, batch of 32 pairs): the
 torch SGM of flow_torch.py issued ~12 small kernels per scan step, 3000 steps per batch,
-and spent 750 ms launching them (96k launches per batch, the GPU mostly idle). Here one
-program owns a block of scan lines of one image and walks the whole path, the previous
-step's path costs held in registers; a path is one kernel, so launches no longer depend on
-the image size.
+and spent 750 ms launching them (96k launches per batch, the GPU mostly idle); the cost
+volume looped over labels (177 ms) and the guided filter made ~40 passes over fp32 copies of
+the volume (192 ms). Here:
+- SGM: one program owns a block of scan lines of one image and walks a whole path, the
+  previous step's path costs held in registers: one launch per path.
+- Cost volume: one launch (census Hamming + gradient term, best of the candidate rows).
+- Guided filter: two launches, each walking down the rows of a label plane with running
+  sums of row sums (the volume is read about once per stage).
 
-Same recurrence as ``flow_torch._sgm_scan`` (straight paths: rows and columns), computed in
-fp32 whatever the volume's dtype. Optional: used when triton imports and the volume is on a
-CUDA device (``available``); tests run the kernels on the CPU with ``TRITON_INTERPRET=1``.
+Same arithmetic as the torch code, in fp32 whatever the volume's dtype. Used when triton
+imports and the volume is on a CUDA device (``available``); tests run the kernels on the CPU
+under ``TRITON_INTERPRET=1`` against the torch code. Loop bounds over rows/steps are
+compile-time constants (the interpreter needs them so; one compile per image height/width).
 """
 
 from __future__ import annotations
@@ -132,6 +137,76 @@ if triton is not None:
                  mask=mask)
 
 
+    @triton.jit
+    def _row_sums(src, guide, row, xs, width, height, R: tl.constexpr, WITH_G: tl.constexpr):
+        """Sums of src (and of guide * src) over the clipped window [x - R, x + R] of one
+        row; zeros for a row outside [0, height)."""
+        ok = (row >= 0) & (row < height)
+        s = tl.zeros(xs.shape, tl.float32)
+        sg = tl.zeros(xs.shape, tl.float32)
+        for k in tl.static_range(2 * R + 1):
+            x = xs + (k - R)
+            m = ok & (x >= 0) & (x < width)
+            v = tl.load(src + row * width + x, mask=m, other=0.0).to(tl.float32)
+            s += v
+            if WITH_G:
+                sg += v * tl.load(guide + row * width + x, mask=m, other=0.0)
+        return s, sg
+
+    @triton.jit
+    def _guided(src, guide, mean_g, var_g, dst_a, dst_b, out, width, labels, eps,
+                height: tl.constexpr, R: tl.constexpr, STAGE: tl.constexpr,
+                BLOCK_X: tl.constexpr):
+        """One plane (image n, label d) of the guided filter, per block of columns, walking
+        down the rows with running sums of row sums (clipped (2R+1)^2 windows).
+        STAGE 1: p = src -> a = cov(g, p) / (var g + eps), b = mean p - a mean g (fp32).
+        STAGE 2: src = a, dst_b = b -> out = mean(a) g + mean(b) (out's dtype)."""
+        pid = tl.program_id(0)
+        n = pid // labels
+        plane = pid.to(tl.int64) * height * width
+        gplane = n.to(tl.int64) * height * width
+        xs = tl.program_id(1) * BLOCK_X + tl.arange(0, BLOCK_X)
+        xm = xs < width
+        cw = (tl.minimum(xs + R, width - 1) - tl.maximum(xs - R, 0) + 1).to(tl.float32)
+        s1 = src + plane
+        s2 = dst_b + plane            # stage 2: b, summed alongside a
+        g = guide + gplane
+        v1 = tl.zeros((BLOCK_X,), tl.float32)
+        v2 = tl.zeros((BLOCK_X,), tl.float32)
+        for k in tl.static_range(R):
+            a1, a2 = _row_sums(s1, g, k, xs, width, height, R, STAGE == 1)
+            v1 += a1
+            if STAGE == 1:
+                v2 += a2
+            else:
+                b1, _ = _row_sums(s2, g, k, xs, width, height, R, False)
+                v2 += b1
+        for y in tl.range(0, height):
+            a1, a2 = _row_sums(s1, g, y + R, xs, width, height, R, STAGE == 1)
+            r1, r2 = _row_sums(s1, g, y - R - 1, xs, width, height, R, STAGE == 1)
+            v1 += a1 - r1
+            if STAGE == 1:
+                v2 += a2 - r2
+            else:
+                b1, _ = _row_sums(s2, g, y + R, xs, width, height, R, False)
+                q1, _ = _row_sums(s2, g, y - R - 1, xs, width, height, R, False)
+                v2 += b1 - q1
+            ch = (tl.minimum(y + R, height - 1) - tl.maximum(y - R, 0) + 1).to(tl.float32)
+            inv = 1.0 / (cw * ch)
+            at = gplane + y * width + xs
+            if STAGE == 1:
+                mg = tl.load(mean_g + at, mask=xm, other=0.0)
+                vg = tl.load(var_g + at, mask=xm, other=1.0)
+                mp = v1 * inv
+                a = (v2 * inv - mg * mp) / (vg + eps)
+                tl.store(dst_a + plane + y * width + xs, a, mask=xm)
+                tl.store(dst_b + plane + y * width + xs, mp - a * mg, mask=xm)
+            else:
+                gv = tl.load(guide + at, mask=xm, other=0.0)
+                o = v1 * inv * gv + v2 * inv
+                tl.store(out + plane + y * width + xs, o.to(out.dtype.element_ty), mask=xm)
+
+
 def cost_volume(code_l: torch.Tensor, code_r: torch.Tensor, dmin: torch.Tensor, labels: int,
                 bits: int, dtype: torch.dtype, grad_l: torch.Tensor | None = None,
                 grad_r: torch.Tensor | None = None, grad_weight: float = 0.0) -> torch.Tensor:
@@ -158,6 +233,30 @@ def cost_volume(code_l: torch.Tensor, code_r: torch.Tensor, dmin: torch.Tensor, 
                        out.stride(0), out.stride(1), out.stride(2),
                        1.0 / bits, float(grad_weight), ROWS=rows, GRAD=use_grad,
                        BLOCK_D=block_d, BLOCK_X=block_x, num_warps=4)
+    return out
+
+
+def guided_filter(cost: torch.Tensor, guide: torch.Tensor, r: int, eps: float,
+                  box_mean) -> torch.Tensor:
+    """``flow_torch.guided_filter`` in two launches over the whole volume: per plane, running
+    sums down the rows (a row's window sums come from L1/L2, the volume is read about once
+    per stage). cost [N, D, H, W] (any float dtype, returned in it); guide [N, 1, H, W] 0..255;
+    ``box_mean``: flow_torch's, for the guide's own statistics."""
+    n, labels, h, w = cost.shape
+    cost = cost.contiguous()
+    g = guide.float() / 255.0
+    mean_g = box_mean(g, r)
+    var_g = box_mean(g * g, r) - mean_g * mean_g
+    g, mean_g, var_g = (t[:, 0].contiguous() for t in (g, mean_g, var_g))
+    a = torch.empty(cost.shape, dtype=torch.float32, device=cost.device)
+    b = torch.empty_like(a)
+    out = torch.empty_like(cost)
+    block_x = 64
+    grid = (n * labels, triton.cdiv(w, block_x))
+    _guided[grid](cost, g, mean_g, var_g, a, b, out, w, labels, float(eps), h, r, 1,
+                  block_x, num_warps=2)
+    _guided[grid](a, g, mean_g, var_g, a, b, out, w, labels, float(eps), h, r, 2,
+                  block_x, num_warps=2)
     return out
 
 

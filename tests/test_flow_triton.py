@@ -1,4 +1,5 @@
-"""The Triton kernels of census_sgm give the torch code's volumes and flows.
+"""The Triton kernels of census_sgm (SGM, cost volume, guided filter) give the torch code's
+volumes and flows.
 
 On a CPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``, which must be
 set before the kernels are defined: in a child process); on CUDA they are compiled.
@@ -60,7 +61,27 @@ CHECKS = textwrap.dedent("""
             ref = ft.cost_volume(cl, rows[:, :nr], dmin, 21, 24, torch.float32, gl,
                                  grows[:, :nr], gw)
             print("cost_volume", gw, nr, float((got - ref).abs().max()))
+    # guided filter: radii 3 and 2, a width that is not a block multiple, fp16 volume
+    for (n, d, h, w), r, dtype in [((2, 3, 9, 13), 3, torch.float32),
+                                   ((1, 2, 8, 70), 2, torch.float16)]:
+        cost = torch.rand(n, d, h, w, generator=g).to(dev, dtype)
+        grey = (torch.rand(n, 1, h, w, generator=g) * 255).to(dev)
+        ft.USE_KERNELS = True
+        got = ft.guided_filter(cost, grey, r, 1e-4).float()
+        ft.USE_KERNELS = False
+        ref = ft.guided_filter(cost, grey, r, 1e-4).float()
+        print("guided_filter", (n, d, h, w), r, str(dtype), float((got - ref).abs().max()))
     # the whole backend on film frames
+    if dev == "cpu":
+        # the guided-filter kernel walks every row of every label plane: ~150 s here under the
+        # interpreter (compared on its own above); the torch filter stands in for it
+        def torch_filter(cost, guide, r, eps, box_mean):
+            ft.USE_KERNELS = False
+            try:
+                return ft.guided_filter(cost, guide, r, eps)
+            finally:
+                ft.USE_KERNELS = True
+        flow_triton.guided_filter = torch_filter
     pairs = synthetic_pairs(2, (96, 54))
     opts = backend_options(load_recipe("gpu"))
     opts["half_precision"] = False
@@ -96,6 +117,8 @@ def _assert_close(out: dict[str, list[float]], fp16_sgm_tol: float) -> None:
     # fp16 volume: the kernel adds the paths in fp32, torch in fp16 (values up to ~6)
     assert sgm[2] < fp16_sgm_tol, sgm
     assert len(out["cost_volume"]) == 4 and max(out["cost_volume"]) < 1e-6, out
+    gf = out["guided_filter"]
+    assert len(gf) == 2 and gf[0] < 1e-5 and gf[1] < 2e-3, gf   # fp16 output: half an ulp
     # same volumes up to float rounding: the same winners, sub-pixel fits within 1e-3 px
     assert len(out["flow"]) == 1 and out["flow"][0] < 1e-3, out
 
