@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 
 import dask
-from dask.distributed import Client, LocalCluster, as_completed
+from dask.distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, as_completed
 from tqdm import tqdm
 
 from .atomic import remove_stale_temps, write_bytes
@@ -303,14 +303,13 @@ def _gpu_count() -> int:
 
 
 def _client(workers: int | None, scheduler: str | None,
-            device: str = "cpu") -> tuple[Client, LocalCluster | None]:
+            device: str = "cpu") -> tuple[Client, SpecCluster | None]:
     if scheduler:
         client = Client(scheduler)
         client.register_worker_callbacks(_worker_setup)
         return client, None
-    n = workers if workers is not None else max(1, min(os.cpu_count() or 1, 8))
     with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}):
-        cluster = _local_cluster(n, device)
+        cluster = _local_cluster(workers, device)
     client = Client(cluster)
     client.register_worker_callbacks(_worker_setup)
     return client, cluster
@@ -329,21 +328,64 @@ def _worker_environ() -> dict:
     return env
 
 
-def _local_cluster(n: int, device: str) -> LocalCluster:
+def _default_workers(cpu_count: int | None) -> int:
+    """Local worker processes when ``--workers`` is not given: one per core, at most 8."""
+    return max(1, min(cpu_count or 1, 8))
+
+
+def _gpu_worker_layout(workers: int | None, cpu_count: int | None, gpus: int) -> list[int]:
+    """The GPU (index among the visible ones) of each local worker process of a CUDA run.
+
+    ``workers`` processes in all when given, else as many as on the CPU (one per core, at most
+    8) but at least one per GPU; dealt round robin over the GPUs. A work unit runs all its
+    stages (decode, shot detection, filters, flow, encoding) in one worker, so one worker per
+    GPU left the other cores idle: 8.0x ffmpeg's decode-only wall on a 16-core H100 node.
+    """
+    if gpus < 1:
+        raise ValueError("no GPU to lay workers out on")
+    n = workers if workers is not None else max(gpus, _default_workers(cpu_count))
+    return [i % gpus for i in range(max(1, n))]
+
+
+def _cuda_visible(index: int) -> str:
+    """``CUDA_VISIBLE_DEVICES`` of a worker on visible GPU ``index``: that entry of the
+    driver's own setting (a job scheduler's "2,5" or GPU UUIDs), else the index."""
+    given = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+             if d.strip()]
+    return given[index] if index < len(given) else str(index)
+
+
+def _local_cluster(workers: int | None, device: str) -> SpecCluster:
+    quiet = {"dashboard_address": ":0", "silence_logs": logging.CRITICAL}
     if unit_resources(device):
-        # one worker process per GPU, each holding GPU=1: one flow model per GPU
         gpus = _gpu_count()
         if gpus == 0:
             raise FilmmineError(f"--device {device}: no CUDA device visible to torch")
-        return LocalCluster(n_workers=gpus, threads_per_worker=1, processes=True,
-                            resources={"GPU": 1}, dashboard_address=":0",
-                            silence_logs=logging.CRITICAL)
+        if workers == 0:  # in-process thread, on the device as named: for debugging
+            return LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                resources={"GPU": 1}, **quiet)
+        return _gpu_cluster(_gpu_worker_layout(workers, os.cpu_count(), gpus), device)
+    n = workers if workers is not None else _default_workers(os.cpu_count())
     if n == 0:  # in-process threads: for debugging
-        return LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                            dashboard_address=":0", silence_logs=logging.CRITICAL)
+        return LocalCluster(n_workers=1, threads_per_worker=1, processes=False, **quiet)
     # CPU: one single-threaded worker process per core
-    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                        dashboard_address=":0", silence_logs=logging.CRITICAL)
+    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, **quiet)
+
+
+def _gpu_cluster(layout: list[int], device: str) -> SpecCluster:
+    """Single-threaded worker processes holding GPU=1 each, several per GPU, each building its
+    own flow model. ``--device cuda`` pins each to its GPU (``CUDA_VISIBLE_DEVICES``, set before
+    the process starts: "cuda" is then that GPU); a named one ("cuda:1") is used by all."""
+    pin = device == "cuda"
+    workers = {}
+    for i, gpu in enumerate(layout):
+        env = {"CUDA_VISIBLE_DEVICES": _cuda_visible(gpu)} if pin else {}
+        workers[f"gpu{gpu}-{i}" if pin else f"worker-{i}"] = {"cls": Nanny, "options": {
+            "host": "127.0.0.1", "nthreads": 1, "resources": {"GPU": 1}, "env": env,
+            "memory_limit": 1 / len(layout), "silence_logs": logging.CRITICAL}}
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": True,
+                                               "dashboard_address": ":0"}}
+    return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.CRITICAL)
 
 
 class _Run:

@@ -169,6 +169,54 @@ def test_gpu_units_are_placed_on_workers_with_the_gpu_resource():
         assert set(client.gather(anywhere)) <= {"gpu", "cpu"}
 
 
+def test_gpu_workers_several_per_gpu():
+    """--device cuda: as many worker processes as on the CPU (one per core, at most 8; at
+    least one per GPU), or --workers in all, dealt round robin over the GPUs."""
+    from filmmine.runner import _gpu_worker_layout
+
+    assert _gpu_worker_layout(None, 16, 1) == [0] * 8
+    assert _gpu_worker_layout(None, 16, 2) == [0, 1] * 4
+    assert _gpu_worker_layout(None, 2, 1) == [0, 0]
+    assert _gpu_worker_layout(None, 2, 4) == [0, 1, 2, 3]
+    assert _gpu_worker_layout(3, 16, 2) == [0, 1, 0]
+    assert _gpu_worker_layout(1, 16, 2) == [0]
+    with pytest.raises(ValueError):
+        _gpu_worker_layout(None, 16, 0)
+
+
+def _gpu_worker_env() -> tuple:
+    return (os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("MALLOC_MMAP_THRESHOLD_"),
+            os.environ.get("OMP_NUM_THREADS"))
+
+
+def test_local_cuda_cluster_pins_each_worker_to_one_gpu(monkeypatch):
+    """The local cluster of a CUDA run (no CUDA needed: torch's GPU count is faked): 3 workers
+    on 2 GPUs each hold GPU=1 and see only their GPU, named as the driver's own
+    CUDA_VISIBLE_DEVICES names it; with no GPU, a one-line error."""
+    from filmmine import runner
+    from filmmine.errors import FilmmineError
+
+    monkeypatch.setattr(runner, "_gpu_count", lambda: 0)
+    with pytest.raises(FilmmineError, match="--device cuda: no CUDA device visible"):
+        runner._client(None, None, "cuda")
+    monkeypatch.setattr(runner, "_gpu_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    client, cluster = runner._client(3, None, "cuda")
+    try:
+        client.wait_for_workers(3)
+        info = client.scheduler_info()["workers"]
+        env = client.run(_gpu_worker_env)
+    finally:
+        client.close()
+        cluster.close()
+    assert {w["name"]: w["resources"] for w in info.values()} == {
+        "gpu0-0": {"GPU": 1}, "gpu1-1": {"GPU": 1}, "gpu0-2": {"GPU": 1}}
+    malloc = str(32 * 2**20)
+    assert {info[a]["name"]: e for a, e in env.items()} == {
+        "gpu0-0": ("5", malloc, "1"), "gpu1-1": ("7", malloc, "1"),
+        "gpu0-2": ("5", malloc, "1")}
+
+
 @pytest.fixture
 def tiny_fs(tmp_path):
     """A 400 KiB tmpfs (root only): a disk that fills up in the middle of a run."""
