@@ -2,13 +2,16 @@
 # filmmine's GPU measurements in one command on a lent GPU machine (prepare .gpu-kit with
 # scripts/gpu_kit.sh first and carry it). Steps run in order of priority, each under its own
 # time limit and all within BUDGET seconds (the device tool allows 600 a call); logs go to $OUT:
+#   triton              the Triton kernels against the torch code on CUDA (if they fail, the
+#                       steps after it run the torch code: FILMMINE_TRITON=0)
 #   profile             census_sgm's time per phase at 960x540, batches of 8 to 64 (issue 3)
 #   profile_torch       the same without the Triton kernels (FILMMINE_TRITON=0's code)
 #   disparity_backends  the backends on the real pairs, and pairs/s at 960x540 (>= 200 goal)
-#   extract_gpu         extract wall / decode-only wall, --recipe gpu --device cuda (<= 1.2 goal)
+#   extract_gpu         extract wall / decode-only wall, --recipe gpu --device cuda (<= 1.2 goal;
+#                       units of 5 s: a 60 s film in 30 s units busies only 2 workers)
 #   cuda_tests          CPU and CUDA give the same labels (tests/test_flow_torch.py, ...)
 #   extract_cpu         the same film with the default recipe on the node's CPU cores
-#   trainer_loader      the trainer's loader/step benchmark (GPU steps/s)
+#   trainer_loader      the trainer's loader/step benchmark (GPU steps/s), 12 loader workers
 #   STEPS="profile cuda_tests" bash benchmarks/gpu_session.sh   # a subset
 #   DEVICE=cpu bash benchmarks/gpu_session.sh                    # the same steps on a CPU
 set -uo pipefail
@@ -17,7 +20,7 @@ OUT=${OUT:-/tmp/filmmine-gpu-out}
 DEVICE=${DEVICE:-cuda}
 PY=${PY:-python3}
 BUDGET=${BUDGET:-560}
-STEPS=${STEPS:-profile profile_torch disparity_backends extract_gpu cuda_tests extract_cpu trainer_loader}
+STEPS=${STEPS:-triton profile profile_torch disparity_backends extract_gpu cuda_tests extract_cpu trainer_loader}
 SECONDS=0
 mkdir -p "$OUT"
 "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/filmmine-site \
@@ -41,19 +44,25 @@ step() {  # name, seconds, command...
     echo "== $name (limit ${limit}s)"
     local t0=$SECONDS
     timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
-    echo "rc $? in $((SECONDS - t0)) s" | tee -a "$OUT/$name.txt"
+    RC=$?
+    echo "rc $RC in $((SECONDS - t0)) s" | tee -a "$OUT/$name.txt"
     tail -n 40 "$OUT/$name.txt"
 }
+RC=0
+step triton 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_flow_triton.py
+[ "$RC" = 0 ] || { echo "Triton kernels failed: torch code from here"; export FILMMINE_TRITON=0; }
 step profile 120 "$PY" benchmarks/census_sgm_profile.py --device "$DEVICE" --batch 8 32 64
 step profile_torch 60 "$PY" benchmarks/census_sgm_profile.py --device "$DEVICE" --batch 32 \
     --torch --no-profiler
 step disparity_backends 150 "$PY" benchmarks/disparity_backends.py --device "$DEVICE" \
     --backends census_sgm,dis_sgbm --batch 32 --synthetic 8
+printf 'base = "gpu"\nname = "gpu-5s"\n[decode]\nchunk_s = 5.0\n' > /tmp/gpu-5s.toml
+printf 'base = "default"\nname = "default-5s"\n[decode]\nchunk_s = 5.0\n' > /tmp/default-5s.toml
 step extract_gpu 240 "$PY" benchmarks/extract_throughput.py --cache "$CACHE" --jobs 12 \
-    --recipe gpu --device "$DEVICE" --no-stages
+    --recipe /tmp/gpu-5s.toml --device "$DEVICE" --no-stages
 step cuda_tests 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_flow_torch.py \
     tests/test_flow_raft.py tests/test_disparity.py
 step extract_cpu 120 "$PY" benchmarks/extract_throughput.py --cache "$CACHE" --jobs 12 \
-    --recipe default --no-stages
-step trainer_loader 100 "$PY" benchmarks/trainer_loader.py
+    --recipe /tmp/default-5s.toml --no-stages
+step trainer_loader 100 "$PY" benchmarks/trainer_loader.py --workers 12
 echo "session: $SECONDS s"
