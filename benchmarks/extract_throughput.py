@@ -128,6 +128,9 @@ def run_recipe(film: Path, recipe_name: str, workers: int | None, decode_s: floa
         extract_s = time.perf_counter() - t0
         time.sleep(1.0)  # let the nannies reap their workers
         extract_cpu_s = cpu_seconds() - c0
+        if not report.records:
+            raise SystemExit(f"recipe {recipe_name} on {device}: nothing mined\n"
+                             + report.summary())
         rec = next(iter(report.records.values()))
         # stage seconds from one in-process run of the same work (OpenCV single-threaded, as
         # in the workers)

@@ -154,6 +154,8 @@ def clipped_gradient(img: torch.Tensor, cap: float) -> torch.Tensor:
 def shear_to_right(cost_l: torch.Tensor, dmin: torch.Tensor, fill: float = 1.0) -> torch.Tensor:
     """Right-view volume from the left one: C_R[i](x') = C_L[i](x' + dmin + i); ``fill``
     where that leaves the left view."""
+    if _kernels(cost_l):
+        return flow_triton.shear_to_right(cost_l, dmin, fill)
     b, labels, h, w = cost_l.shape
     xs = torch.arange(w, device=cost_l.device).view(1, 1, w)
     out = torch.empty_like(cost_l)
@@ -291,6 +293,8 @@ def sgm(cost: torch.Tensor, grey: torch.Tensor, p1: float, p2: float, p2_edge: f
 def winner(agg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sub-pixel label [N, H, W] (parabola through the best and its neighbours) and the match
     confidence 1 - best / second best (second best at least 2 labels away), fp32."""
+    if _kernels(agg):
+        return flow_triton.winner(agg)
     _n, d, _h, _w = agg.shape
     idx = agg.argmin(dim=1, keepdim=True)                  # [N, 1, H, W]
     c0 = agg.gather(1, idx).float()
@@ -326,11 +330,13 @@ _BLUR = (0.25, 0.5, 0.25)
 
 
 def _blur(t: torch.Tensor) -> torch.Tensor:
-    """Separable [1, 2, 1] / 4 blur of [N, 1, H, W], border replicated."""
-    k = torch.tensor(_BLUR, device=t.device, dtype=t.dtype)
-    t = F.conv2d(F.pad(t, (1, 1, 0, 0), mode="replicate"), k.view(1, 1, 1, 3))
-    t = F.conv2d(F.pad(t, (0, 0, 1, 1), mode="replicate"), k.view(1, 1, 3, 1))
-    return t
+    """Separable [1, 2, 1] / 4 blur of [N, 1, H, W], border replicated (shifted sums: cuDNN's
+    one-channel convolutions took 2.4 ms a call on an H100 at 64x960x540, 33 ms a batch)."""
+    a, b, c = _BLUR
+    p = F.pad(t, (1, 1, 0, 0), mode="replicate")
+    t = a * p[..., :-2] + b * p[..., 1:-1] + c * p[..., 2:]
+    p = F.pad(t, (0, 0, 1, 1), mode="replicate")
+    return a * p[..., :-2, :] + b * p[..., 1:-1, :] + c * p[..., 2:, :]
 
 
 def lk_refine(src: torch.Tensor, dst: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
@@ -504,27 +510,24 @@ class CensusSgmFlow(FlowBackend):
                                want_rows=True)
         dl, dr = d[:b], d[b:]
         ok = _lr_ok(dl, dr, 1.0)                                      # [B, h, w]
-        lo_out, hi_out, voff = [], [], []
+        okf = ok.flatten(1)
+        # every image at once (a loop over images synchronised with the device per image)
+        enough = okf.sum(1) >= 0.05 * okf.shape[1]    # else too little signal: full range
+        q = torch.nanquantile(torch.where(okf, dl.flatten(1).float(), float("nan")),
+                              torch.tensor([0.005, 0.995], device=dl.device), dim=1)
         margin = s + 2                    # the coarse match is good to about one coarse px
-        for i in range(b):
-            vals = dl[i][ok[i]]
-            if vals.numel() < 0.05 * ok[i].numel():
-                lo, hi = -r_full, r_full                      # too little signal: full range
-                v = torch.zeros((1, 1, h, w), device=left.device)
-            else:
-                q = torch.quantile(vals.float(), torch.tensor([0.005, 0.995],
-                                                              device=vals.device))
-                lo = max(-r_full, math.floor(float(q[0]) * s) - margin)
-                hi = min(r_full, math.ceil(float(q[1]) * s) + margin)
-                v = (_smooth_field(dy[i], ok[i], 7) * s if dy is not None
-                     else torch.zeros((h // s, w // s), device=left.device))
-                v = F.interpolate(v[None, None], size=(h, w), mode="bilinear",
-                                  align_corners=False)
-            lo_out.append(lo)
-            hi_out.append(hi)
-            voff.append(v.round())
+        lo_out, hi_out = [], []
+        for e, q0, q1 in zip(enough.tolist(), q[0].tolist(), q[1].tolist(), strict=True):
+            lo_out.append(max(-r_full, math.floor(q0 * s) - margin) if e else -r_full)
+            hi_out.append(min(r_full, math.ceil(q1 * s) + margin) if e else r_full)
+        if dy is not None:
+            v = F.interpolate(_smooth_fields(dy, ok, 7)[:, None] * s, size=(h, w),
+                              mode="bilinear", align_corners=False)
+            voff = torch.where(enough.view(b, 1, 1, 1), v, 0.0).round()
+        else:
+            voff = torch.zeros((b, 1, h, w), device=left.device)
         return (torch.tensor(lo_out, device=left.device), torch.tensor(hi_out, device=left.device),
-                torch.cat(voff))
+                voff)
 
     # -- public ------------------------------------------------------------------------------
 
@@ -613,11 +616,12 @@ def _lr_ok(dl: torch.Tensor, dr: torch.Tensor, tol: float) -> torch.Tensor:
     return inside & ((dl - back).abs() <= tol)
 
 
-def _smooth_field(field: torch.Tensor, ok: torch.Tensor, r: int) -> torch.Tensor:
-    """Normalised box smoothing of field [h, w] over the pixels in ok; holes get the median."""
+def _smooth_fields(field: torch.Tensor, ok: torch.Tensor, r: int) -> torch.Tensor:
+    """Normalised box smoothing of each field [B, h, w] over its pixels in ok; holes get the
+    image's median (the lower middle value; 0 where no pixel is ok)."""
     f = field.float()
-    fill = f[ok].median() if ok.any() else torch.zeros((), device=f.device)
-    m = ok.float()
-    num = box_mean((torch.where(ok, f, 0.0))[None], r)[0]
-    den = box_mean(m[None], r)[0]
+    fill = torch.nanmedian(torch.where(ok, f, float("nan")).flatten(1), dim=1).values
+    fill = torch.nan_to_num(fill, nan=0.0).view(-1, 1, 1)
+    num = box_mean(torch.where(ok, f, 0.0), r)
+    den = box_mean(ok.float(), r)
     return torch.where(den > 0.05, num / den.clamp(min=1e-6), fill)

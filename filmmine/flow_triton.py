@@ -207,6 +207,83 @@ if triton is not None:
                 tl.store(out + plane + y * width + xs, o.to(out.dtype.element_ty), mask=xm)
 
 
+    @triton.jit
+    def _winner(agg, label, conf, labels, height, width, s_an, s_ad, s_ah, big,
+                BLOCK_D: tl.constexpr, BLOCK_X: tl.constexpr):
+        """Per pixel, in one read of its labels: the first lowest cost, a parabola through it
+        and its neighbours (sub-pixel label), and 1 - best / second best at least 2 labels
+        away."""
+        bh = tl.program_id(0)
+        n = bh // height
+        h = bh % height
+        xs = tl.program_id(1) * BLOCK_X + tl.arange(0, BLOCK_X)
+        ds = tl.arange(0, BLOCK_D)[:, None]
+        xmask = xs < width
+        mask = (ds < labels) & xmask[None, :]
+        c = tl.load(agg + n * s_an + ds * s_ad + h * s_ah + xs[None, :], mask=mask,
+                    other=big).to(tl.float32)
+        idx = tl.argmin(c, axis=0, tie_break_left=True)
+        i2 = idx[None, :]
+        c0 = tl.min(c, axis=0)
+        cm = tl.min(tl.where(ds == tl.maximum(i2 - 1, 0), c, big), axis=0)
+        cp = tl.min(tl.where(ds == tl.minimum(i2 + 1, labels - 1), c, big), axis=0)
+        den = cm - 2.0 * c0 + cp
+        off = tl.where(den > 1e-6, (cm - cp) / (2.0 * tl.maximum(den, 1e-6)), 0.0)
+        off = tl.minimum(tl.maximum(off, -0.5), 0.5)
+        off = tl.where((idx == 0) | (idx == labels - 1), 0.0, off)
+        far = (ds - i2 >= 2) | (i2 - ds >= 2)
+        second = tl.min(tl.where(far, c, big), axis=0)
+        cf = 1.0 - c0 / tl.maximum(second, 1e-6)
+        cf = tl.minimum(tl.maximum(cf, 0.0), 1.0)
+        at = bh * width + xs
+        tl.store(label + at, idx.to(tl.float32) + off, mask=xmask)
+        tl.store(conf + at, cf, mask=xmask)
+
+    @triton.jit
+    def _shear(src, out, dmin, labels, height, width, s_b, s_d, s_h, fill,
+               BLOCK_D: tl.constexpr, BLOCK_X: tl.constexpr):
+        """out[b, i, h, x] = src[b, i, h, x + dmin[b] + i], fill outside the image."""
+        bh = tl.program_id(0)
+        b = bh // height
+        h = bh % height
+        xs = tl.program_id(1) * BLOCK_X + tl.arange(0, BLOCK_X)[None, :]
+        ds = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)[:, None]
+        mask = (ds < labels) & (xs < width)
+        xl = xs + tl.load(dmin + b) + ds
+        inside = (xl >= 0) & (xl < width) & mask
+        base = b * s_b + ds * s_d + h * s_h
+        v = tl.load(src + base + xl, mask=inside, other=0.0)
+        v = tl.where(inside, v, fill)
+        tl.store(out + base + xs, v.to(out.dtype.element_ty), mask=mask)
+
+
+def winner(agg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``flow_torch.winner`` in one launch: sub-pixel label and confidence [N, H, W] fp32."""
+    n, labels, h, w = agg.shape
+    agg = agg.contiguous()
+    label = torch.empty((n, h, w), dtype=torch.float32, device=agg.device)
+    conf = torch.empty_like(label)
+    block_d = max(2, triton.next_power_of_2(labels))
+    block_x = max(2, min(64, 4096 // block_d))
+    grid = (n * h, triton.cdiv(w, block_x))
+    _winner[grid](agg, label, conf, labels, h, w, agg.stride(0), agg.stride(1), agg.stride(2),
+                  1e4, BLOCK_D=block_d, BLOCK_X=block_x, num_warps=4)
+    return label, conf
+
+
+def shear_to_right(cost_l: torch.Tensor, dmin: torch.Tensor, fill: float = 1.0) -> torch.Tensor:
+    """``flow_torch.shear_to_right`` in one launch."""
+    b, labels, h, w = cost_l.shape
+    cost_l = cost_l.contiguous()
+    out = torch.empty_like(cost_l)
+    block_d, block_x = 16, 64
+    grid = (b * h, triton.cdiv(w, block_x), triton.cdiv(labels, block_d))
+    _shear[grid](cost_l, out, dmin.to(torch.int32).contiguous(), labels, h, w,
+                 cost_l.stride(0), cost_l.stride(1), cost_l.stride(2), float(fill),
+                 BLOCK_D=block_d, BLOCK_X=block_x, num_warps=4)
+    return out
+
+
 def cost_volume(code_l: torch.Tensor, code_r: torch.Tensor, dmin: torch.Tensor, labels: int,
                 bits: int, dtype: torch.dtype, grad_l: torch.Tensor | None = None,
                 grad_r: torch.Tensor | None = None, grad_weight: float = 0.0) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""The Triton kernels of census_sgm (SGM, cost volume, guided filter) give the torch code's
-volumes and flows.
+"""The Triton kernels of census_sgm (SGM, cost volume, shear, guided filter, winner) give the
+torch code's volumes and flows.
 
 On a CPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``, which must be
 set before the kernels are defined: in a child process); on CUDA they are compiled.
@@ -71,6 +71,20 @@ CHECKS = textwrap.dedent("""
         ft.USE_KERNELS = False
         ref = ft.guided_filter(cost, grey, r, 1e-4).float()
         print("guided_filter", (n, d, h, w), r, str(dtype), float((got - ref).abs().max()))
+    # winner (ties: the first label; 1, 2 and 37 labels) and the right view's volume
+    for n, d, h, w in [(2, 1, 3, 5), (2, 2, 3, 70), (2, 37, 5, 13)]:
+        agg = torch.rand(n, d, h, w, generator=g).to(dev)
+        agg[:, d // 2, 0] = agg[:, 0, 0]           # equal costs in row 0
+        ft.USE_KERNELS = True
+        got = ft.winner(agg)
+        ft.USE_KERNELS = False
+        ref = ft.winner(agg)
+        print("winner", (n, d, h, w), max(float((x - y).abs().max()) for x, y in zip(got, ref)))
+    vol = torch.rand(2, 21, 9, 70, generator=g).to(dev, torch.float16)
+    ft.USE_KERNELS = True
+    got = ft.shear_to_right(vol, dmin)
+    ft.USE_KERNELS = False
+    print("shear", float((got.float() - ft.shear_to_right(vol, dmin).float()).abs().max()))
     # the whole backend on film frames
     if dev == "cpu":
         # the guided-filter kernel walks every row of every label plane: ~150 s here under the
@@ -117,6 +131,8 @@ def _assert_close(out: dict[str, list[float]], fp16_sgm_tol: float) -> None:
     # fp16 volume: the kernel adds the paths in fp32, torch in fp16 (values up to ~6)
     assert sgm[2] < fp16_sgm_tol, sgm
     assert len(out["cost_volume"]) == 4 and max(out["cost_volume"]) < 1e-6, out
+    assert len(out["winner"]) == 3 and max(out["winner"]) < 1e-5, out["winner"]
+    assert out["shear"] == [0.0], out["shear"]
     gf = out["guided_filter"]
     assert len(gf) == 2 and gf[0] < 1e-5 and gf[1] < 2e-3, gf   # fp16 output: half an ulp
     # same volumes up to float rounding: the same winners, sub-pixel fits within 1e-3 px
