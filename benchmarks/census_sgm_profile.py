@@ -67,6 +67,36 @@ def instrument(device: str) -> tuple[dict[str, float], callable]:
     return seconds, undo
 
 
+def disparity_stage(be, pairs, device: str) -> None:
+    """compute_disparity on the batch: wall, its split (flows / checks+statistics), cProfile."""
+    import cProfile
+    import pstats
+
+    from filmmine import disparity
+
+    cfg = load_recipe("gpu")["disparity"]
+    lefts, rights = [p.left for p in pairs], [p.right for p in pairs]
+    disparity.compute_disparity(lefts, rights, be, cfg)                    # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    flows = disparity.stereo_flows(lefts, rights, be, cfg)
+    _sync(device)
+    t1 = time.perf_counter()
+    disparity.check_batch(flows.lr, flows.rl, cfg, lefts[0].shape[1], flows.match_confidence,
+                          lefts)
+    t2 = time.perf_counter()
+    n = len(pairs)
+    print(f"compute_disparity, batch {n}: flows {(t1 - t0) * 1000:.0f} ms, checks + per-frame "
+          f"statistics {(t2 - t1) * 1000:.0f} ms ({(t2 - t1) * 1000 / n:.1f} ms a frame) -> "
+          f"{n / (t2 - t0):.1f} pairs/s", flush=True)
+    prof = cProfile.Profile()
+    prof.enable()
+    disparity.compute_disparity(lefts, rights, be, cfg)
+    _sync(device)
+    prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -74,6 +104,9 @@ def main() -> int:
     ap.add_argument("--batch", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--fp32", action="store_true", help="no half-precision volumes")
     ap.add_argument("--no-profiler", action="store_true")
+    ap.add_argument("--disparity", action="store_true",
+                    help="also the whole disparity stage (compute_disparity: flows, checks, "
+                         "per-frame statistics) for the largest batch, with a cProfile")
     ap.add_argument("--torch", action="store_true",
                     help="the torch code for the cost volume and SGM, not the Triton kernels")
     args = ap.parse_args()
@@ -112,6 +145,8 @@ def main() -> int:
               f"instrumented {wall_i * 1000:.0f} ms", flush=True)
         for k in sorted(seconds, key=lambda k: (k.split("/")[0], -seconds[k])):
             print(f"  {k:<40} {seconds[k] * 1000:9.1f} ms", flush=True)
+    if args.disparity:
+        disparity_stage(be, pairs[:max(args.batch)], args.device)
     if not args.no_profiler:
         from torch.profiler import ProfilerActivity, profile
 

@@ -443,8 +443,8 @@ class CensusSgmFlow(FlowBackend):
         self.dtype = (torch.float16 if half_precision and self._device.type == "cuda"
                       else torch.float32)
         # pixel-labels per chunk of pairs (bounds memory: ~6 volumes of this size live at once)
-        self.chunk_labels = sgm_chunk_labels or (2 ** 31 if self._device.type == "cuda"
-                                                 else 2 ** 27)
+        self.chunk_labels = sgm_chunk_labels or (_cuda_chunk_labels(self._device)
+                                                 if self._device.type == "cuda" else 2 ** 27)
 
     # -- one matching pass ---------------------------------------------------------------
 
@@ -599,6 +599,19 @@ class CensusSgmFlow(FlowBackend):
         """Flow from each src to its dst (the pair is matched as a stereo pair)."""
         f = self.stereo(src, dst).lr
         return list(f.permute(0, 2, 3, 1).float().cpu().numpy())
+
+
+# peak device memory per pixel-label of a chunk, measured on an H100 (960x540, batch 32,
+# fp16 volumes: 23.5 GiB); the chunks may take half of the GPU's memory
+_BYTES_PER_PIXEL_LABEL = 12
+
+
+def _cuda_chunk_labels(device: torch.device) -> int:
+    """Pixel-labels per chunk on a GPU: half its memory, split between the worker processes
+    that share it (``FILMMINE_GPU_SHARE``, set by ``filmmine extract --device cuda``)."""
+    total = torch.cuda.get_device_properties(device).total_memory
+    share = max(1, int(os.environ.get("FILMMINE_GPU_SHARE", "1") or 1))
+    return max(2 ** 24, min(2 ** 31, int(total * 0.5 / _BYTES_PER_PIXEL_LABEL / share)))
 
 
 def _row_offsets(vrange: int) -> list[int]:

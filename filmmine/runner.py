@@ -372,6 +372,9 @@ def _local_cluster(workers: int | None, device: str) -> SpecCluster:
     return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, **quiet)
 
 
+GPU_SHARE_ENV = "FILMMINE_GPU_SHARE"   # worker processes on this worker's GPU
+
+
 def _gpu_cluster(layout: list[int], device: str) -> SpecCluster:
     """Single-threaded worker processes holding GPU=1 each, several per GPU, each building its
     own flow model. ``--device cuda`` pins each to its GPU (``CUDA_VISIBLE_DEVICES``, set before
@@ -380,6 +383,9 @@ def _gpu_cluster(layout: list[int], device: str) -> SpecCluster:
     workers = {}
     for i, gpu in enumerate(layout):
         env = {"CUDA_VISIBLE_DEVICES": _cuda_visible(gpu)} if pin else {}
+        # the workers sharing a GPU split its memory (census_sgm sizes its chunks by it): 8
+        # workers each sized for the whole H100 failed every unit of the benchmark film
+        env[GPU_SHARE_ENV] = str(layout.count(gpu) if pin else len(layout))
         workers[f"gpu{gpu}-{i}" if pin else f"worker-{i}"] = {"cls": Nanny, "options": {
             "host": "127.0.0.1", "nthreads": 1, "resources": {"GPU": 1}, "env": env,
             "memory_limit": 1 / len(layout), "silence_logs": logging.CRITICAL}}

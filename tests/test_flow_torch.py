@@ -190,3 +190,22 @@ def test_cpu_and_cuda_agree(cfg) -> None:
     full = get_backend("census_sgm", device="cuda", **dict(opts, half_precision=False))
     diff32 = (cpu.lr[:, 0] - full.stereo(left, right).lr[:, 0].cpu()).abs()
     assert float((diff32 <= 0.05).float().mean()) >= 0.99
+
+
+def test_cuda_chunks_split_the_gpu_between_its_workers(monkeypatch) -> None:
+    """On a GPU the chunk budget is half its memory over ~12 bytes a pixel-label, divided
+    among the worker processes sharing it (FILMMINE_GPU_SHARE), within [2^24, 2^31]. (The
+    device's properties are faked: no CUDA needed.)"""
+    from filmmine import flow_torch
+
+    class Props:
+        total_memory = 80 * 2**30
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
+    dev = torch.device("cuda")
+    monkeypatch.delenv("FILMMINE_GPU_SHARE", raising=False)
+    assert flow_torch._cuda_chunk_labels(dev) == 2**31                 # capped
+    monkeypatch.setenv("FILMMINE_GPU_SHARE", "8")
+    assert flow_torch._cuda_chunk_labels(dev) == int(40 * 2**30 / 12 / 8)
+    monkeypatch.setenv("FILMMINE_GPU_SHARE", "100000")
+    assert flow_torch._cuda_chunk_labels(dev) == 2**24                 # floor

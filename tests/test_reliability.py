@@ -186,13 +186,14 @@ def test_gpu_workers_several_per_gpu():
 
 def _gpu_worker_env() -> tuple:
     return (os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("MALLOC_MMAP_THRESHOLD_"),
-            os.environ.get("OMP_NUM_THREADS"))
+            os.environ.get("OMP_NUM_THREADS"), os.environ.get("FILMMINE_GPU_SHARE"))
 
 
 def test_local_cuda_cluster_pins_each_worker_to_one_gpu(monkeypatch):
     """The local cluster of a CUDA run (no CUDA needed: torch's GPU count is faked): 3 workers
     on 2 GPUs each hold GPU=1 and see only their GPU, named as the driver's own
-    CUDA_VISIBLE_DEVICES names it; with no GPU, a one-line error."""
+    CUDA_VISIBLE_DEVICES names it, and knows how many workers share that GPU (census_sgm
+    sizes its chunks by it); with no GPU, a one-line error."""
     from filmmine import runner
     from filmmine.errors import FilmmineError
 
@@ -213,8 +214,8 @@ def test_local_cuda_cluster_pins_each_worker_to_one_gpu(monkeypatch):
         "gpu0-0": {"GPU": 1}, "gpu1-1": {"GPU": 1}, "gpu0-2": {"GPU": 1}}
     malloc = str(32 * 2**20)
     assert {info[a]["name"]: e for a, e in env.items()} == {
-        "gpu0-0": ("5", malloc, "1"), "gpu1-1": ("7", malloc, "1"),
-        "gpu0-2": ("5", malloc, "1")}
+        "gpu0-0": ("5", malloc, "1", "2"), "gpu1-1": ("7", malloc, "1", "1"),
+        "gpu0-2": ("5", malloc, "1", "2")}
 
 
 @pytest.fixture
