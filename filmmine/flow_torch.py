@@ -445,6 +445,7 @@ class CensusSgmFlow(FlowBackend):
         # pixel-labels per chunk of pairs (bounds memory: ~6 volumes of this size live at once)
         self.chunk_labels = sgm_chunk_labels or (_cuda_chunk_labels(self._device)
                                                  if self._device.type == "cuda" else 2 ** 27)
+        self._shared = self._device.type == "cuda" and _gpu_share() > 1
 
     # -- one matching pass ---------------------------------------------------------------
 
@@ -533,9 +534,27 @@ class CensusSgmFlow(FlowBackend):
 
     @torch.inference_mode()
     def stereo_tensors(self, left: torch.Tensor, right: torch.Tensor) -> StereoFlows:
-        """left/right [B, 1, H, W] grey (any real dtype, 0..255) on any device."""
+        """left/right [B, 1, H, W] grey (any real dtype, 0..255) on any device.
+
+        On a GPU that runs out of memory (other processes share it), the batch is split in
+        halves and the chunk budget halved; one pair that does not fit raises."""
         left = left.to(self._device, torch.float32)
         right = right.to(self._device, torch.float32)
+        try:
+            return self._stereo(left, right)
+        except torch.OutOfMemoryError:
+            if left.shape[0] == 1:
+                raise
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.chunk_labels = max(2 ** 24, self.chunk_labels // 2)
+        half = left.shape[0] // 2
+        a = self.stereo_tensors(left[:half], right[:half])
+        z = self.stereo_tensors(left[half:], right[half:])
+        return StereoFlows(torch.cat([a.lr, z.lr]), torch.cat([a.rl, z.rl]),
+                           torch.cat([a.match_confidence, z.match_confidence]))
+
+    def _stereo(self, left: torch.Tensor, right: torch.Tensor) -> StereoFlows:
         b, _, h, w = left.shape
         lo, hi, voff = self._coarse(left, right)
         counts = (hi - lo + 1).tolist()
@@ -558,6 +577,9 @@ class CensusSgmFlow(FlowBackend):
             labels = max(counts[j] for j in idx)
             lr[sel], rl[sel], conf[sel] = self._fine(left[sel], right[sel], lo[sel], labels,
                                                      voff[sel])
+        if self._shared:
+            # the allocator's cached blocks would stay out of the other workers' reach
+            torch.cuda.empty_cache()
         return StereoFlows(lr, rl, conf)
 
     def _fine(self, left, right, dmin, labels, voff):
@@ -610,8 +632,11 @@ def _cuda_chunk_labels(device: torch.device) -> int:
     """Pixel-labels per chunk on a GPU: half its memory, split between the worker processes
     that share it (``FILMMINE_GPU_SHARE``, set by ``filmmine extract --device cuda``)."""
     total = torch.cuda.get_device_properties(device).total_memory
-    share = max(1, int(os.environ.get("FILMMINE_GPU_SHARE", "1") or 1))
-    return max(2 ** 24, min(2 ** 31, int(total * 0.5 / _BYTES_PER_PIXEL_LABEL / share)))
+    return max(2 ** 24, min(2 ** 31, int(total * 0.5 / _BYTES_PER_PIXEL_LABEL / _gpu_share())))
+
+
+def _gpu_share() -> int:
+    return max(1, int(os.environ.get("FILMMINE_GPU_SHARE", "1") or 1))
 
 
 def _row_offsets(vrange: int) -> list[int]:

@@ -13,8 +13,10 @@ the volume (192 ms). Here:
 
 Same arithmetic as the torch code, in fp32 whatever the volume's dtype. Used when triton
 imports and the volume is on a CUDA device (``available``); tests run the kernels on the CPU
-under ``TRITON_INTERPRET=1`` against the torch code. Loop bounds over rows/steps are
-compile-time constants (the interpreter needs them so; one compile per image height/width).
+under ``TRITON_INTERPRET=1`` against the torch code. Loops over rows/steps are ``while``
+loops with run-time bounds: one compile per kernel variant, whatever the image size (the
+interpreter cannot take a run-time bound in ``range``; constant bounds recompiled for every
+new frame size: the CUDA test took over 90 s, mostly compiling).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ if triton is not None:
     @triton.jit
     def _sgm_path(cost, grey, acc, lines, labels,
                   s_cn, s_cd, s_cs, s_gn, s_gs, s_an, s_ad, s_as,
-                  p1, p2, p2_edge, big, steps: tl.constexpr,
+                  p1, p2, p2_edge, big, steps,
                   REVERSE: tl.constexpr, ACCUMULATE: tl.constexpr, EDGE: tl.constexpr,
                   BLOCK_D: tl.constexpr, BLOCK_X: tl.constexpr):
         """One SGM path along dim 2 of cost [N, D, S, X] (X contiguous) for BLOCK_X lines of
@@ -68,7 +70,8 @@ if triton is not None:
             tl.store(a_base + s0 * s_as, (old + prev).to(acc.dtype.element_ty), mask=mask)
         else:
             tl.store(a_base + s0 * s_as, prev.to(acc.dtype.element_ty), mask=mask)
-        for i in tl.range(1, steps):
+        i = 1
+        while i < steps:
             s = steps - 1 - i if REVERSE else i
             c = tl.load(c_base + s * s_cs, mask=mask, other=big).to(tl.float32)
             g = tl.load(g_base + s * s_gs, mask=xmask, other=0.0).to(tl.float32)
@@ -88,6 +91,7 @@ if triton is not None:
             tl.store(a_base + s * s_as, cur_out.to(acc.dtype.element_ty), mask=mask)
             prev = cur
             prev_g = g
+            i += 1
 
 
     @triton.jit
@@ -155,7 +159,7 @@ if triton is not None:
 
     @triton.jit
     def _guided(src, guide, mean_g, var_g, dst_a, dst_b, out, width, labels, eps,
-                height: tl.constexpr, R: tl.constexpr, STAGE: tl.constexpr,
+                height, R: tl.constexpr, STAGE: tl.constexpr,
                 BLOCK_X: tl.constexpr):
         """One plane (image n, label d) of the guided filter, per block of columns, walking
         down the rows with running sums of row sums (clipped (2R+1)^2 windows).
@@ -181,7 +185,8 @@ if triton is not None:
             else:
                 b1, _ = _row_sums(s2, g, k, xs, width, height, R, False)
                 v2 += b1
-        for y in tl.range(0, height):
+        y = 0
+        while y < height:
             a1, a2 = _row_sums(s1, g, y + R, xs, width, height, R, STAGE == 1)
             r1, r2 = _row_sums(s1, g, y - R - 1, xs, width, height, R, STAGE == 1)
             v1 += a1 - r1
@@ -205,6 +210,7 @@ if triton is not None:
                 gv = tl.load(guide + at, mask=xm, other=0.0)
                 o = v1 * inv * gv + v2 * inv
                 tl.store(out + plane + y * width + xs, o.to(out.dtype.element_ty), mask=xm)
+            y += 1
 
 
     @triton.jit

@@ -386,6 +386,8 @@ def _gpu_cluster(layout: list[int], device: str) -> SpecCluster:
         # the workers sharing a GPU split its memory (census_sgm sizes its chunks by it): 8
         # workers each sized for the whole H100 failed every unit of the benchmark film
         env[GPU_SHARE_ENV] = str(layout.count(gpu) if pin else len(layout))
+        # fewer stranded blocks when chunk shapes vary from batch to batch
+        env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
         workers[f"gpu{gpu}-{i}" if pin else f"worker-{i}"] = {"cls": Nanny, "options": {
             "host": "127.0.0.1", "nthreads": 1, "resources": {"GPU": 1}, "env": env,
             "memory_limit": 1 / len(layout), "silence_logs": logging.CRITICAL}}

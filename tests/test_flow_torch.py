@@ -209,3 +209,34 @@ def test_cuda_chunks_split_the_gpu_between_its_workers(monkeypatch) -> None:
     assert flow_torch._cuda_chunk_labels(dev) == int(40 * 2**30 / 12 / 8)
     monkeypatch.setenv("FILMMINE_GPU_SHARE", "100000")
     assert flow_torch._cuda_chunk_labels(dev) == 2**24                 # floor
+
+
+def test_a_batch_that_runs_out_of_memory_is_split(monkeypatch) -> None:
+    """A batch whose pass runs out of device memory is mined in halves (down to single pairs)
+    with a halved chunk budget: the flows of each pair as when run alone."""
+    frames = synthetic_frames(3)
+    left, right = [f[0] for f in frames], [f[1] for f in frames]
+    be = CensusSgmFlow()
+    alone = [be.stereo([a], [b]) for a, b in zip(left, right, strict=True)]
+    real = CensusSgmFlow._stereo
+    sizes = []
+
+    def small_device(self, lt, rt):
+        sizes.append(lt.shape[0])
+        if lt.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        return real(self, lt, rt)
+
+    monkeypatch.setattr(CensusSgmFlow, "_stereo", small_device)
+    budget = be.chunk_labels
+    split = be.stereo(left, right)
+    assert sizes == [3, 1, 2, 1, 1] and be.chunk_labels == budget // 4
+    for i, one in enumerate(alone):
+        assert torch.equal(split.lr[i], one.lr[0]) and torch.equal(split.rl[i], one.rl[0])
+
+    def no_memory(self, lt, rt):
+        raise torch.OutOfMemoryError("CUDA out of memory (test)")
+
+    monkeypatch.setattr(CensusSgmFlow, "_stereo", no_memory)
+    with pytest.raises(torch.OutOfMemoryError):                 # one pair that does not fit
+        be.stereo(left[:1], right[:1])
