@@ -49,7 +49,7 @@ step() {  # name, seconds, command...
     tail -n 40 "$OUT/$name.txt"
 }
 RC=0
-step triton 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_flow_triton.py
+step triton 80 "$PY" -m pytest -q -p no:cacheprovider tests/test_flow_triton.py
 [ "$RC" = 0 ] || { echo "Triton kernels failed: torch code from here"; export FILMMINE_TRITON=0; }
 step profile 120 "$PY" benchmarks/census_sgm_profile.py --device "$DEVICE" --batch 8 32 64 \
     --disparity
@@ -60,10 +60,12 @@ step disparity_backends 150 "$PY" benchmarks/disparity_backends.py --device "$DE
 printf 'base = "gpu"\nname = "gpu-5s"\n[decode]\nchunk_s = 5.0\n' > /tmp/gpu-5s.toml
 printf 'base = "default"\nname = "default-5s"\n[decode]\nchunk_s = 5.0\n' > /tmp/default-5s.toml
 step extract_gpu 240 "$PY" benchmarks/extract_throughput.py --cache "$CACHE" --jobs 12 \
+    --seconds "${FILM_SECONDS:-60}" \
     --recipe /tmp/gpu-5s.toml --device "$DEVICE" --no-stages
 step cuda_tests 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_flow_torch.py \
     tests/test_flow_raft.py tests/test_disparity.py
 step extract_cpu 120 "$PY" benchmarks/extract_throughput.py --cache "$CACHE" --jobs 12 \
+    --seconds "${FILM_SECONDS:-60}" \
     --recipe /tmp/default-5s.toml --no-stages
 step trainer_loader 100 "$PY" benchmarks/trainer_loader.py --workers 12
 echo "session: $SECONDS s"
