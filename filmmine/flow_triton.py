@@ -267,6 +267,7 @@ def winner(agg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``flow_torch.winner`` in one launch: sub-pixel label and confidence [N, H, W] fp32."""
     n, labels, h, w = agg.shape
     agg = agg.contiguous()
+    _fits(agg)
     label = torch.empty((n, h, w), dtype=torch.float32, device=agg.device)
     conf = torch.empty_like(label)
     block_d = max(2, triton.next_power_of_2(labels))
@@ -281,6 +282,7 @@ def shear_to_right(cost_l: torch.Tensor, dmin: torch.Tensor, fill: float = 1.0) 
     """``flow_torch.shear_to_right`` in one launch."""
     b, labels, h, w = cost_l.shape
     cost_l = cost_l.contiguous()
+    _fits(cost_l)
     out = torch.empty_like(cost_l)
     block_d, block_x = 16, 64
     grid = (b * h, triton.cdiv(w, block_x), triton.cdiv(labels, block_d))
@@ -308,6 +310,7 @@ def cost_volume(code_l: torch.Tensor, code_r: torch.Tensor, dmin: torch.Tensor, 
     else:
         grad_l, grad_r = code_l, code_r                       # unused
     out = torch.empty((b, labels, h, w), dtype=dtype, device=code_l.device)
+    _fits(out, code_r)
     block_d, block_x = 16, 64
     grid = (b * h, triton.cdiv(w, block_x), triton.cdiv(labels, block_d))
     _cost_volume[grid](code_l, code_r, grad_l, grad_r, dmin.to(torch.int32).contiguous(), out,
@@ -343,6 +346,18 @@ def guided_filter(cost: torch.Tensor, guide: torch.Tensor, r: int, eps: float,
     return out
 
 
+_MAX_ELEMENTS = 2 ** 31 - 1   # the kernels address volumes with int32 offsets
+
+
+def _fits(*tensors: torch.Tensor) -> None:
+    """Volumes the kernels can address (census_sgm's chunks are at most 2^31 pixel-labels
+    for both views together, which keeps every volume below this)."""
+    for t in tensors:
+        if t.numel() > _MAX_ELEMENTS:
+            raise ValueError(f"volume of {t.numel()} elements is too large for the kernels' "
+                             f"int32 offsets: use a smaller sgm_chunk_labels")
+
+
 def _block_sizes(labels: int) -> tuple[int, int]:
     block_d = max(2, triton.next_power_of_2(labels))
     # ~2048 path costs per program: registers for prev, the cost tile and the gathers
@@ -373,6 +388,7 @@ def sgm4(cost: torch.Tensor, grey: torch.Tensor, p1: float, p2: float,
     """Sum of the 4 straight path costs [N, D, H, W] (as ``flow_torch.sgm(..., paths=4)``).
     cost [N, D, H, W] in its dtype (the sum is kept in it); grey [N, 1, H, W] 0..255."""
     cost = cost.contiguous()
+    _fits(cost)
     g = grey[:, 0].float().contiguous()
     acc = torch.empty_like(cost)
     _paths(cost, g, acc, p1, p2, p2_edge, accumulate=False)              # down, up

@@ -240,3 +240,13 @@ def test_a_batch_that_runs_out_of_memory_is_split(monkeypatch) -> None:
     monkeypatch.setattr(CensusSgmFlow, "_stereo", no_memory)
     with pytest.raises(torch.OutOfMemoryError):                 # one pair that does not fit
         be.stereo(left[:1], right[:1])
+
+
+def test_kernels_refuse_volumes_beyond_int32_offsets() -> None:
+    """The Triton kernels address volumes with int32 offsets: a larger volume is refused with
+    a reason instead of being read out of bounds (meta tensors: no memory needed)."""
+    from filmmine import flow_triton
+
+    flow_triton._fits(torch.empty(2**31 - 1, device="meta"))
+    with pytest.raises(ValueError, match="sgm_chunk_labels"):
+        flow_triton._fits(torch.empty(2**31, device="meta"))
