@@ -1,11 +1,13 @@
-"""Atomic file output: write a temp file beside the target, fsync, rename.
+"""Atomic file output: write a temp file beside the target, fsync it, rename, fsync the directory.
 
-A reader (or a resumed run) never sees a half-written file under its final name.
+A reader (or a resumed run) never sees a half-written file under its final name, and a power
+loss after a write returned loses neither the file's bytes nor the rename that named it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -13,12 +15,45 @@ from pathlib import Path
 from typing import BinaryIO
 
 TMP_PREFIX = ".tmp-"
+# a directory that cannot be opened for reading (Windows, a directory without read permission),
+# or a filesystem that does not sync directories: the rename is as durable as it gets there
+_NO_DIR_SYNC = {errno.EACCES, errno.EPERM, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP,
+                errno.EISDIR, errno.EBADF}
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def fsync_dir(path: str | Path) -> None:
+    """fsync a directory, so that a rename into it survives a power loss (POSIX).
+
+    Quietly nothing where the platform cannot: Windows opens no directory, some filesystems
+    refuse to sync one. Any other error (EIO) is raised: the rename may not be on disk.
+    """
+    if os.name == "nt":
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as e:
+        if e.errno in _NO_DIR_SYNC:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in _NO_DIR_SYNC:
+            raise
+    finally:
+        os.close(fd)
+
+
+def replace_durably(src: str | Path, dst: str | Path) -> None:
+    """``os.replace(src, dst)``, then fsync of ``dst``'s directory (``src`` already synced)."""
+    os.replace(src, dst)
+    fsync_dir(Path(dst).parent)
 
 
 class AtomicFile:
@@ -37,7 +72,7 @@ class AtomicFile:
             self.file.flush()  # a full disk may only show here, or at the fsync
             os.fsync(self.file.fileno())
             self.file.close()
-            os.replace(self.tmp, self.path)
+            replace_durably(self.tmp, self.path)
         except BaseException:
             self.abort()
             raise
