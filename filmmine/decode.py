@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import ffmpeg
 import numpy as np
 
-from .errors import DecodeError, NoFrameDecoded
+from .errors import DecodeError, NoFrameDecoded, scrub_addresses
 from .ffmpeg_bin import find_binary
 from .layout import is_side_by_side, view_size
 from .probe import ProbeResult
@@ -78,10 +78,6 @@ SHOWINFO = re.compile(rb"\[Parsed_showinfo_\d+ @ [^\]]*\] \[info\] n:\s*\d+ pts:
 LEVEL = re.compile(rb"((?:\[[^\]]+ @ 0x[0-9a-fA-F]+\] )*)"
                    rb"\[(panic|fatal|error|warning|info|verbose|debug|trace)\] ")
 ERROR_LEVELS = {b"panic", b"fatal", b"error"}
-# the context ffmpeg prefixes a message with names the object's address ("[matroska,webm @
-# 0x55d0...]"), different in every process: dropped, so reasons quoting the message (film
-# records, the manifest) are the same bytes on every run
-ADDRESS = re.compile(r" @ 0x[0-9a-fA-F]+\]")
 
 
 def build_command(probe: ProbeResult, start_frame: int, n_frames: int, grid_step: int,
@@ -217,7 +213,7 @@ def iter_frames(probe: ProbeResult, *, start_frame: int = 0, n_frames: int | Non
                     level = lv.group(2)
                     raw = lv.group(1) + raw[lv.end():]
                 if level in ERROR_LEVELS:
-                    line = ADDRESS.sub("]", raw.decode(errors="replace").strip())
+                    line = scrub_addresses(raw.decode(errors="replace").strip())
                     if line:
                         errors.append(line)
         finally:

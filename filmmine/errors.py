@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
+# the context ffmpeg and ffprobe prefix a message with names the object's address
+# ("[matroska,webm @ 0x55d0...]"), different in every process: dropped, so reasons quoting the
+# message (film records, the manifest) are the same bytes on every run
+ADDRESS = re.compile(r" @ 0x[0-9a-fA-F]+\]")
+
+
+def scrub_addresses(line: str) -> str:
+    """``line`` without ffmpeg's per-process addresses: "[mov @ 0x55d1c...] x" -> "[mov] x"."""
+    return ADDRESS.sub("]", line)
+
 
 class FilmmineError(Exception):
     """Base class: the message is the one-line reason shown to the user."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import ffmpeg
 import numpy as np
 
-from .errors import InputError, MonoInput
+from .errors import InputError, MonoInput, scrub_addresses
 from .ffmpeg_bin import find_binary
 from .layout import LAYOUTS, half_similarity
 
@@ -302,6 +302,14 @@ def _rate(s: str | None) -> float:
     return float(f)
 
 
+def ffprobe_reason(stderr: bytes | None, path: str | Path) -> str:
+    """ffprobe's last stderr line, as a one-line reason: without the file's path in front and
+    without ffmpeg's per-process addresses, so that a rerun writes the same manifest bytes."""
+    last = (stderr or b"").decode(errors="replace").strip().splitlines()
+    msg = last[-1].strip() if last else "ffprobe failed"
+    return scrub_addresses(msg.removeprefix(str(path) + ": "))
+
+
 def probe_stream(path: str | Path) -> StreamInfo:
     """ffprobe one file; InputError with a one-line reason when it holds no decodable video."""
     return _probe_stream(path)[0]
@@ -324,9 +332,7 @@ def _probe_stream(path: str | Path) -> tuple[StreamInfo, dict, dict]:
     try:
         meta = ffmpeg.probe(str(p), cmd=find_binary("ffprobe"))
     except ffmpeg.Error as e:
-        last = (e.stderr or b"").decode(errors="replace").strip().splitlines()
-        msg = last[-1] if last else "ffprobe failed"
-        raise InputError(f"not a readable video: {msg.removeprefix(str(p) + ': ')}") from e
+        raise InputError(f"not a readable video: {ffprobe_reason(e.stderr, p)}") from e
     streams = meta.get("streams", [])
     video = [s for s in streams if s.get("codec_type") == "video"
              and not s.get("disposition", {}).get("attached_pic")]

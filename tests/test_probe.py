@@ -11,10 +11,12 @@ import pytest
 from conftest import REAL_CLIPS, SHARED
 
 from filmmine.errors import FilmmineError, InputError, MonoInput
+from filmmine.ffmpeg_bin import find_binary
 from filmmine.probe import (
     PtsIndex,
     StreamInfo,
     decide_layout,
+    ffprobe_reason,
     film_pts_index,
     index_from_packets,
     probe_film,
@@ -193,6 +195,55 @@ def test_probe_stream_bad_inputs(bad_dir: Path, name: str, text: str) -> None:
     msg = str(e.value)
     assert text in msg
     assert "\n" not in msg and msg.strip() == msg
+
+
+def test_ffprobe_reason_drops_the_per_process_address() -> None:
+    """Reasons go into film records and the manifest: ffmpeg's "@ 0x..." object addresses,
+    different in every process, would make two runs' outputs differ."""
+    stderr = (b"ffprobe version 5.1.9 Copyright (c) 2007-2026 the FFmpeg developers\n"
+              b"[mov,mp4,m4a,3gp,3g2,mj2 @ 0x5581c2a3e4c0] moov atom not found\n")
+    assert (ffprobe_reason(stderr, "/films/half.mp4")
+            == "[mov,mp4,m4a,3gp,3g2,mj2] moov atom not found")
+    stderr += b"/films/half.mp4: Invalid data found when processing input\n"
+    assert ffprobe_reason(stderr, "/films/half.mp4") == "Invalid data found when processing input"
+    assert ffprobe_reason(None, "/films/half.mp4") == "ffprobe failed"
+
+
+@pytest.fixture
+def fake_ffprobe(tmp_path: Path, monkeypatch):
+    """FILMMINE_FFPROBE: a script that fails as ffprobe does, its last line naming an address
+    that differs in every process."""
+    script = tmp_path / "ffprobe"
+    script.write_text("#!/bin/sh\n"
+                      'echo "[mov,mp4,m4a,3gp,3g2,mj2 @ 0x55$(printf %08x $$)] moov atom not found"'
+                      " >&2\n"
+                      "exit 1\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("FILMMINE_FFPROBE", str(script))
+    find_binary.cache_clear()
+    yield script
+    find_binary.cache_clear()
+
+
+def test_probe_reasons_are_the_same_bytes_in_every_process(tmp_path: Path, fake_ffprobe) -> None:
+    film = tmp_path / "half.mp4"
+    film.write_bytes(b"\0" * 100)
+    reasons = set()
+    for _ in range(2):
+        with pytest.raises(InputError) as e:
+            probe_stream(film)
+        reasons.add(str(e.value))
+    assert reasons == {"not a readable video: [mov,mp4,m4a,3gp,3g2,mj2] moov atom not found"}
+
+
+def test_a_truncated_mp4s_reason_has_no_address(tmp_path: Path) -> None:
+    """The real ffprobe on half an mp4 (its moov index lost)."""
+    src = lavfi_video(tmp_path / "v.mp4", "320x180")
+    half = tmp_path / "half.mp4"
+    half.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    with pytest.raises(InputError, match="not a readable video") as e:
+        probe_stream(half)
+    assert "0x" not in str(e.value) and "\n" not in str(e.value)
 
 
 def test_probe_stream_good_file(tmp_path: Path) -> None:
