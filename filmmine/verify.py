@@ -9,6 +9,10 @@ fraction is the JSON's ``valid_fraction``, both of the JSON's ``size``; the opti
 in none when false): a uint8 PNG of the disparity's size, 0 exactly where the disparity is
 invalid. Then the counts: per shard (manifest, ``samples.parquet``'s ``shard`` column, the
 tar), and in total (accepted rows of ``frames.parquet``).
+
+A member of a name verify does not know (``KEY.extra.bin``) is no error: CORPUS.md tells readers
+to ignore members they do not know, so that the format can grow. Its name must still be safe
+and belong to a sample; it is counted, reported as a note, and neither read nor decoded.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ SHARD_FIELDS = {"film": str, "samples": int, "bytes": int, "sha256": str}
 @dataclass(frozen=True)
 class Problem:
     where: str      # shard name, or a corpus file (manifest.json, samples.parquet...)
-    kind: str       # missing | corrupt | mismatch | unlisted | table
+    kind: str       # missing | corrupt | mismatch | unlisted | table; note: not a problem
     message: str
 
     def line(self) -> str:
@@ -69,6 +73,7 @@ class ShardCheck:
     keys: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)   # messages about this shard
     kinds: set[str] = field(default_factory=set)
+    unknown: Counter[str] = field(default_factory=Counter)  # members verify does not know, by ext
 
     def add(self, kind: str, message: str) -> None:
         self.kinds.add(kind)
@@ -84,6 +89,8 @@ class VerifyReport:
     seconds: float = 0.0
     decoded: bool = True
     problems: list[Problem] = field(default_factory=list)
+    notes: list[Problem] = field(default_factory=list)  # findings that are no problem
+    unknown_members: int = 0  # members of names verify does not know, ignored (CORPUS.md)
 
     @property
     def ok(self) -> bool:
@@ -101,6 +108,8 @@ class VerifyReport:
         what = "hashed, read and decoded" if self.decoded else "hashed and read (--quick)"
         head = (f"{self.shards} shard(s), {self.samples} samples, {human_bytes(self.bytes)} "
                 f"{what} in {self.seconds:.1f} s")
+        if self.unknown_members:
+            head += f"; {self.unknown_members} unknown member(s) ignored"
         if self.ok:
             return f"verify OK: {head}"
         bad = self.bad_shards
@@ -113,7 +122,9 @@ class VerifyReport:
         return {"corpus": self.corpus, "ok": self.ok, "shards": self.shards,
                 "samples": self.samples, "bytes": self.bytes, "decoded": self.decoded,
                 "seconds": round(self.seconds, 3), "bad_shards": self.bad_shards,
-                "problems": [p.__dict__ for p in self.problems]}
+                "problems": [p.__dict__ for p in self.problems],
+                "unknown_members": self.unknown_members,
+                "notes": [p.__dict__ for p in self.notes]}
 
 
 class _HashingReader:
@@ -160,7 +171,8 @@ class _DecoderMessages:
 
 
 def member_problem(name: str) -> str | None:
-    """Why a tar member name is unsafe or malformed (None when it is a sample member)."""
+    """Why a tar member name is unsafe or malformed (None when it is a sample member ``KEY.EXT``,
+    known or not: readers ignore members they do not know, see :func:`is_known_member`)."""
     if name.startswith("/") or "\\" in name:
         return "absolute or Windows path"
     if ".." in name.split("/") or name.startswith(".."):
@@ -170,15 +182,19 @@ def member_problem(name: str) -> str | None:
     key, _, ext = name.partition(".")
     if not KEY_RE.match(key):
         return "key is not [A-Za-z0-9_-]+"
-    if ext not in KNOWN_MEMBERS and any(ext.endswith("." + m) for m in KNOWN_MEMBERS):
-        return "a dot in the key (WebDataset splits member names at the first dot)"
-    if ext not in KNOWN_MEMBERS:
-        return f"unknown member extension .{ext}" if ext else "no extension"
+    if not ext:
+        return "no extension"
     return None
 
 
+def is_known_member(name: str) -> bool:
+    """Whether a (safe) member name is one of the format's: ``KEY.jpg``, ``KEY.disp.png``..."""
+    return name.partition(".")[2] in KNOWN_MEMBERS
+
+
 def _iter_samples(tf: tarfile.TarFile, check: ShardCheck) -> Iterator[tuple[str, dict]]:
-    """(key, {ext: bytes}) per sample, from a streaming tar; member problems go to ``check``."""
+    """(key, {ext: bytes}) per sample, from a streaming tar; member problems go to ``check``.
+    A member of an unknown name is counted in ``check.unknown`` and kept unread (``b""``)."""
     current: dict[str, bytes] = {}
     key = None
     seen: set[str] = set()
@@ -199,6 +215,10 @@ def _iter_samples(tf: tarfile.TarFile, check: ShardCheck) -> Iterator[tuple[str,
             key, current = k, {}
         if ext in current:
             check.add("corrupt", f"sample {k}: duplicate member .{ext}")
+        if not is_known_member(m.name):
+            check.unknown[ext] += 1
+            current[ext] = b""  # not read: the stream skips it (and hashes it)
+            continue
         f = tf.extractfile(m)
         current[ext] = f.read() if f is not None else b""
     if key is not None:
@@ -224,7 +244,11 @@ def check_sample(key: str, members: dict[str, bytes], film: str | None,
     if confidence and "conf.png" not in members:
         missing.append("conf.png")
     if missing:
-        return [f"sample {key}: missing member(s) {', '.join('.' + e for e in missing)}"]
+        dotted = sorted(e for e in members if e not in KNOWN_MEMBERS
+                        and any(e.endswith("." + m) for m in KNOWN_MEMBERS))
+        hint = (f" (members {_some_exts(dotted)}: a dot in the key? WebDataset splits member "
+                "names at the first dot)") if dotted else ""
+        return [f"sample {key}: missing member(s) {', '.join('.' + e for e in missing)}{hint}"]
     try:
         meta = json.loads(members["json"])
     except ValueError as e:
@@ -279,6 +303,11 @@ def check_sample(key: str, members: dict[str, bytes], film: str | None,
     if conf is not None:
         out.extend(_confidence_problems(key, conf, q))
     return out
+
+
+def _some_exts(exts: list[str], k: int = 3) -> str:
+    more = f" (+{len(exts) - k})" if len(exts) > k else ""
+    return ", ".join("." + e for e in exts[:k]) + more
 
 
 def _confidence_problems(key: str, conf: np.ndarray, q: np.ndarray) -> list[str]:
@@ -421,6 +450,15 @@ def verify_corpus(corpus: str | Path, *, workers: int | None = None,
                                     f"... and {len(c.problems) - len(shown)} more problem(s)"))
         if not c.exists:
             continue
+        if c.unknown:
+            n_unknown = sum(c.unknown.values())
+            report.unknown_members += n_unknown
+            counts = sorted(c.unknown.items())
+            exts = ", ".join(f".{e} ({n})" for e, n in counts[:5])
+            exts += f" and {len(counts) - 5} other name(s)" if len(counts) > 5 else ""
+            report.notes.append(Problem(s["name"], "note", f"{n_unknown} member(s) of unknown "
+                                        f"name ignored: {exts}; readers ignore members they do "
+                                        "not know (CORPUS.md)"))
         report.bytes += c.bytes
         report.samples += len(c.keys)
         if len(c.keys) != s.get("samples"):
@@ -525,4 +563,5 @@ def _check_totals(root: Path, man: dict, listed: list[dict], tables: dict,
 
 
 def format_report(report: VerifyReport) -> str:
-    return "\n".join([*(p.line() for p in report.problems), report.summary()])
+    return "\n".join([*(p.line() for p in report.problems), *(p.line() for p in report.notes),
+                      report.summary()])

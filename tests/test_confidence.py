@@ -23,7 +23,7 @@ from filmmine.recipe import load_recipe
 from filmmine.runner import extract
 from filmmine.shards import read_samples
 from filmmine.synth import FilmSpec
-from filmmine.verify import member_problem, stores_confidence, verify_corpus
+from filmmine.verify import is_known_member, member_problem, stores_confidence, verify_corpus
 from trainer.sources import CorpusSource, DatasetSpec
 
 
@@ -113,8 +113,11 @@ def test_sound_confidence_passes_verify(corpus):
     report = verify_corpus(corpus, workers=1)
     assert report.ok, [p.line() for p in report.problems]
     assert member_problem("film_00000001.conf.png") is None
-    assert "dot in the key" in member_problem("film.v2_00000001.conf.png")
-    assert "extension" in member_problem("film_00000001.conf.tif")
+    assert is_known_member("film_00000001.conf.png")
+    # other names are members verify does not know: sound names, ignored (CORPUS.md)
+    assert member_problem("film_00000001.conf.tif") is None
+    assert not is_known_member("film_00000001.conf.tif")
+    assert not is_known_member("film.v2_00000001.conf.png")  # member .v2_00000001.conf.png
     first = next(read_samples(corpus / "shards" / DAMAGED))
     assert {"jpg", "disp.png", "json", "conf.png"} == set(first) - {"__key__"}
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from filmmine import cli
-from filmmine.verify import check_shard, member_problem, verify_corpus
+from filmmine.verify import check_shard, format_report, member_problem, verify_corpus
 
 DAMAGED = "film_tab-00000.tar"
 
@@ -128,9 +128,12 @@ def test_unsafe_member_names(tmp_path):
     assert "absolute" in member_problem("/etc/passwd.jpg")
     assert "'..'" in member_problem("../film_00000001.jpg")
     assert "subdirectory" in member_problem("a/film_00000001.jpg")
-    assert "dot in the key" in member_problem("film.v2_00000001.jpg")
     assert "key" in member_problem("f m_00000001.jpg")
-    assert "extension" in member_problem("film_00000001.exe")
+    assert "no extension" in member_problem("film_00000001")
+    # names of members verify does not know are sound names (CORPUS.md: readers ignore them)
+    assert member_problem("film_00000001.exe") is None
+    assert member_problem("film.v2_00000001.jpg") is None  # key "film", member .v2_00000001.jpg
+    assert "'..'" in member_problem("../film_00000001.extra.bin")
     shard = tmp_path / "x-00000.tar"
     with tarfile.open(shard, "w") as tf:
         for name in ("../evil.json", "/abs.jpg"):
@@ -267,3 +270,81 @@ def test_a_nan_valid_fraction_is_reported(corpus, tmp_path):
     rewrite_shard(c, DAMAGED, edit)
     msgs = [p.message for p in verify_corpus(c, workers=1).problems]
     assert any(keys[1] in m and "valid fraction" in m for m in msgs), msgs
+
+
+def _add_unknown_member(key: str, *, drop: str | None = None, at_end: bool = False):
+    """A rewrite_shard edit: ``KEY.extra.bin`` after ``KEY.json`` (or after the last member),
+    optionally without ``KEY.<drop>``."""
+    state = {"n": 0}
+
+    def edit(name: str, data: bytes):
+        state["n"] += 1
+        out = [] if name == f"{key}.{drop}" else [(name, data)]
+        if (name == f"{key}.json" and not at_end) or (at_end and state["n"] == state["last"]):
+            out.append((f"{key}.extra.bin", bytes(range(256)) * 4))
+        return out
+
+    return edit, state
+
+
+def _members_of(c: Path, shard: str) -> int:
+    with tarfile.open(c / "shards" / shard) as tf:
+        return len(tf.getmembers())
+
+
+def test_an_unknown_member_is_ignored_and_noted(corpus, tmp_path, capsys):
+    """CORPUS.md: readers look members up by name and must ignore members they do not know, so
+    the format can grow. A shard with KEY.extra.bin (and the manifest's hash and size of that
+    shard) verifies clean, and the report names the member."""
+    c = copy_corpus(corpus, tmp_path / "c")
+    key = next(r["key"] for r in pq.read_table(c / "samples.parquet").to_pylist()
+               if r["shard"] == DAMAGED)
+    edit, state = _add_unknown_member(key)
+    state["last"] = _members_of(c, DAMAGED)
+    rewrite_shard(c, DAMAGED, edit)
+    report = verify_corpus(c, workers=1)
+    assert report.ok, [p.line() for p in report.problems]
+    assert report.samples == 95 and report.unknown_members == 1
+    assert [(n.where, n.kind) for n in report.notes] == [(DAMAGED, "note")]
+    assert ".extra.bin (1)" in report.notes[0].message
+    assert cli.main(["verify", str(c)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"NOTE     {DAMAGED}: 1 member(s) of unknown name ignored"), out
+    assert out[-1].startswith("verify OK: 5 shard(s), 95 samples")
+    assert out[-1].endswith("; 1 unknown member(s) ignored"), out
+    assert cli.main(["verify", str(c), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] and data["problems"] == [] and data["unknown_members"] == 1
+    assert format_report(report).count(".extra.bin") == 1
+
+
+@pytest.mark.parametrize(("drop", "at_end", "words"), [
+    ("jpg", False, "missing member(s) .jpg"),       # the known members keep their checks
+    (None, True, "members not contiguous"),         # WebDataset would make it a sample of its own
+])
+def test_an_unknown_member_does_not_hide_a_broken_sample(corpus, tmp_path, drop, at_end, words):
+    c = copy_corpus(corpus, tmp_path / "c")
+    keys = [r["key"] for r in pq.read_table(c / "samples.parquet").to_pylist()
+            if r["shard"] == DAMAGED]
+    edit, state = _add_unknown_member(keys[0], drop=drop, at_end=at_end)
+    state["last"] = _members_of(c, DAMAGED)
+    rewrite_shard(c, DAMAGED, edit)
+    report = verify_corpus(c, workers=1)
+    assert {p.where for p in report.problems} == {DAMAGED}, [p.line() for p in report.problems]
+    assert any(p.kind == "corrupt" and keys[0] in p.message and words in p.message
+               for p in report.problems), [p.line() for p in report.problems]
+
+
+def test_a_dot_in_the_key_is_still_named(tmp_path):
+    """``film.v2_00000001.jpg``: WebDataset makes it member ``.v2_00000001.jpg`` of sample
+    ``film``, which lacks its own members; the report says why."""
+    shard = tmp_path / "x-00000.tar"
+    with tarfile.open(shard, "w") as tf:
+        for ext in ("disp.png", "jpg", "json"):
+            info = tarfile.TarInfo(f"film.v2_00000001.{ext}")
+            info.size = 2
+            tf.addfile(info, io.BytesIO(b"{}"))
+    check = check_shard(str(shard), None, None, "film")
+    assert check.keys == ["film"] and len(check.problems) == 1, check.problems
+    assert "missing member(s) .jpg, .disp.png, .json" in check.problems[0]
+    assert "a dot in the key" in check.problems[0]
