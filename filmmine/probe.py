@@ -302,12 +302,42 @@ def _rate(s: str | None) -> float:
     return float(f)
 
 
+# ffprobe's last line is its error code's text ("PATH: Invalid data found when processing
+# input"); for these the demuxer's own line before it ("[mov,mp4,...] moov atom not found")
+# says more
+GENERIC_FFPROBE_ERRORS = ("Invalid data found when processing input", "End of file")
+VAGUE_DEMUXER_LINES = ("error reading header",)
+# a demuxer's weak guess at random bytes (which then fails in its own way)
+MISDETECTION = "misdetection possible"
+# (demuxer, words of its line, the cause said plainly): the line follows in brackets
+KNOWN_CAUSES = (
+    ("[mov,", "moov atom not found", "truncated or unfinished MP4: no index"),
+    ("[mov,", "reached eof, corrupted", "truncated MP4: index cut short"),
+)
+
+
 def ffprobe_reason(stderr: bytes | None, path: str | Path) -> str:
-    """ffprobe's last stderr line, as a one-line reason: without the file's path in front and
-    without ffmpeg's per-process addresses, so that a rerun writes the same manifest bytes."""
-    last = (stderr or b"").decode(errors="replace").strip().splitlines()
-    msg = last[-1].strip() if last else "ffprobe failed"
-    return scrub_addresses(msg.removeprefix(str(path) + ": "))
+    """Why ffprobe failed, as a one-line reason: its last stderr line or, when that is only a
+    generic "invalid data", the demuxer's last specific line (a truncated mp4 named as one).
+    Without the file's path in front and without ffmpeg's per-process addresses, so that a
+    rerun writes the same manifest bytes."""
+    lines = [scrub_addresses(line.strip())
+             for line in (stderr or b"").decode(errors="replace").strip().splitlines()]
+    if not lines:
+        return "ffprobe failed"
+    last = lines[-1].removeprefix(str(path) + ": ")
+    demuxer = [line for line in lines if line.startswith("[")]
+    if any(MISDETECTION in line for line in demuxer):
+        return "unrecognised data (no known video container format)"
+    specific = [line for line in demuxer
+                if not any(v in line for v in VAGUE_DEMUXER_LINES)]
+    if not specific or (last not in GENERIC_FFPROBE_ERRORS and last not in specific):
+        return last
+    line = specific[-1]
+    for context, words, cause in KNOWN_CAUSES:
+        if line.startswith(context) and words in line:
+            return f"{cause} ({line.partition('] ')[2]})"
+    return line
 
 
 def probe_stream(path: str | Path) -> StreamInfo:

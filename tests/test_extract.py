@@ -255,6 +255,28 @@ def test_bad_inputs_get_one_line_reasons_and_the_rest_is_mined(library, tmp_path
     assert len(man["inputs"]) == len(report.inputs)
 
 
+def test_a_truncated_mp4_fails_with_a_reason_naming_the_missing_index(tmp_path):
+    """An mp4 cut short loses its moov index (written at the end): ffprobe's last line says
+    only "Invalid data found when processing input"; the report, the manifest and the
+    end-of-run summary say what is wrong."""
+    spec = FilmSpec(shots=(ShotSpec("textured", 24, seed=1),), seed=1)
+    film = tmp_path / "full.mp4"
+    synth.write_film(spec, film, "sbs")
+    data = film.read_bytes()
+    (tmp_path / "lib").mkdir()
+    half = tmp_path / "lib" / "half.mp4"
+    half.write_bytes(data[: len(data) // 2])
+    report = extract([str(half)], tmp_path / "out", workers=0, progress=False)
+    want = "not a readable video: truncated or unfinished MP4: no index (moov atom not found)"
+    [got] = report.inputs
+    assert (got["status"], got["reason"]) == ("failed", want)
+    assert report.exit_code == 1
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [i["reason"] for i in man["inputs"]] == [want]
+    lines = report.summary().splitlines()
+    assert lines[0] == f"  failed  {half}: {want}"
+
+
 def test_cli_extract_exit_codes_and_missing_ffmpeg(tmp_path):
     spec = FilmSpec(shots=(ShotSpec("textured", 24, seed=1),), seed=1)
     film = tmp_path / "f.mp4"

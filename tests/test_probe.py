@@ -201,12 +201,49 @@ def test_ffprobe_reason_drops_the_per_process_address() -> None:
     """Reasons go into film records and the manifest: ffmpeg's "@ 0x..." object addresses,
     different in every process, would make two runs' outputs differ."""
     stderr = (b"ffprobe version 5.1.9 Copyright (c) 2007-2026 the FFmpeg developers\n"
+              b"[matroska,webm @ 0x55afba180180] EBML header parsing failed\n")
+    assert ffprobe_reason(stderr, "/films/bad.mkv") == "[matroska,webm] EBML header parsing failed"
+    stderr = (b"ffprobe version 5.1.9 Copyright (c) 2007-2026 the FFmpeg developers\n"
               b"[mov,mp4,m4a,3gp,3g2,mj2 @ 0x5581c2a3e4c0] moov atom not found\n")
     assert (ffprobe_reason(stderr, "/films/half.mp4")
-            == "[mov,mp4,m4a,3gp,3g2,mj2] moov atom not found")
-    stderr += b"/films/half.mp4: Invalid data found when processing input\n"
-    assert ffprobe_reason(stderr, "/films/half.mp4") == "Invalid data found when processing input"
+            == "truncated or unfinished MP4: no index (moov atom not found)")
     assert ffprobe_reason(None, "/films/half.mp4") == "ffprobe failed"
+
+
+BANNER = (b"ffprobe version 5.1.9 Copyright (c) 2007-2026 the FFmpeg developers\n"
+          b"  built with gcc 12 (Debian 12.2.0-14)\n"
+          b"  libavformat    59. 27.100 / 59. 27.100\n")
+MOV = b"[mov,mp4,m4a,3gp,3g2,mj2 @ 0x5581c2a3e4c0] "
+MKV = b"[matroska,webm @ 0x55afba180180] "
+
+
+@pytest.mark.parametrize(("lines", "reason"), [
+    # ffprobe 5.1 on an mp4 cut short (moov index at the end, lost): the demuxer's line says
+    # why, the last one only "invalid data"
+    ([MOV + b"moov atom not found", b"/f/half.mp4: Invalid data found when processing input"],
+     "truncated or unfinished MP4: no index (moov atom not found)"),
+    # cut inside the index
+    ([MOV + b"reached eof, corrupted STCO atom", MOV + b"error reading header",
+      b"/f/half.mp4: End of file"],
+     "truncated MP4: index cut short (reached eof, corrupted STCO atom)"),
+    # random bytes: a demuxer's weak guess fails; not "a truncated mp4"
+    ([MOV + b"Format mov,mp4,m4a,3gp,3g2,mj2 detected only with low score of 1, misdetection "
+      b"possible!", MOV + b"moov atom not found",
+      b"/f/half.mp4: Invalid data found when processing input"],
+     "unrecognised data (no known video container format)"),
+    # another demuxer's specific line is kept, without its address
+    ([MKV + b"EBML header parsing failed",
+      b"/f/half.mp4: Invalid data found when processing input"],
+     "[matroska,webm] EBML header parsing failed"),
+    # nothing more specific: the last line
+    ([b"/f/half.mp4: Invalid data found when processing input"],
+     "Invalid data found when processing input"),
+    ([MKV + b"Duplicate element", b"/f/half.mp4: Input/output error"], "Input/output error"),
+])
+def test_ffprobe_reason_names_the_cause(lines: list[bytes], reason: str) -> None:
+    """The last stderr line is the error code's text; when it is the generic "invalid data",
+    the demuxer's own line before it says what is wrong (a truncated mp4 by name)."""
+    assert ffprobe_reason(BANNER + b"\n".join(lines) + b"\n", "/f/half.mp4") == reason
 
 
 @pytest.fixture
@@ -233,17 +270,28 @@ def test_probe_reasons_are_the_same_bytes_in_every_process(tmp_path: Path, fake_
         with pytest.raises(InputError) as e:
             probe_stream(film)
         reasons.add(str(e.value))
-    assert reasons == {"not a readable video: [mov,mp4,m4a,3gp,3g2,mj2] moov atom not found"}
+    assert reasons == {"not a readable video: truncated or unfinished MP4: no index "
+                       "(moov atom not found)"}
 
 
 def test_a_truncated_mp4s_reason_has_no_address(tmp_path: Path) -> None:
-    """The real ffprobe on half an mp4 (its moov index lost)."""
+    """The real ffprobe on half an mp4 (its moov index lost): the reason names the cause."""
     src = lavfi_video(tmp_path / "v.mp4", "320x180")
     half = tmp_path / "half.mp4"
     half.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
     with pytest.raises(InputError, match="not a readable video") as e:
         probe_stream(half)
     assert "0x" not in str(e.value) and "\n" not in str(e.value)
+    assert str(e.value) == ("not a readable video: truncated or unfinished MP4: no index "
+                            "(moov atom not found)")
+
+
+def test_random_bytes_named_mp4_are_not_called_a_truncated_mp4(bad_dir: Path) -> None:
+    """ffprobe guesses mp4 for random bytes named .mp4 and then finds no moov atom too."""
+    with pytest.raises(InputError) as e:
+        probe_stream(bad_dir / "noise.mp4")
+    assert str(e.value) == ("not a readable video: unrecognised data "
+                            "(no known video container format)")
 
 
 def test_probe_stream_good_file(tmp_path: Path) -> None:
