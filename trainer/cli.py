@@ -181,8 +181,9 @@ def _run_eval(args: argparse.Namespace) -> int:
     report = evaluate_checkpoint(args.checkpoint, spec, size=args.size, device=args.device)
     text = json.dumps(report, indent=2, sort_keys=True)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+        from .atomic import write_text
+
+        write_text(args.out, text + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "per_image"}, indent=2,
                      sort_keys=True))
     return 0

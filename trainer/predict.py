@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .atomic import write_bytes
 from .evaluate import pick_device, predict_disparity
 from .sources import SampleError, decode_image
 
@@ -45,8 +46,13 @@ def predict_files(images: Sequence[str], checkpoint: str | Path, out: str | Path
             continue
         disp = predict_disparity(model, image, size or cfg.eval_size, dev)
         dst = out / f"{Path(name).stem}.png"
-        if not cv2.imwrite(str(dst), colorize(disp)):
-            log.warning("could not write %s", dst)
+        ok, png = cv2.imencode(".png", colorize(disp))
+        try:
+            if not ok:
+                raise OSError("PNG encoding failed")
+            write_bytes(dst, png.tobytes())
+        except OSError as e:
+            log.warning("could not write %s: %s", dst, e)
             continue
         written.append(dst)
     return written

@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from . import TrainerError
+from .atomic import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def read_pfm(data: bytes) -> np.ndarray:
 def write_pfm(path: str | Path, arr: np.ndarray) -> None:
     """[H, W] float32 -> a little-endian greyscale PFM (bottom row first)."""
     a = np.asarray(arr, dtype="<f4")
-    with open(path, "wb") as f:
+    with atomic_open(path) as f:
         f.write(b"Pf\n%d %d\n-1.0\n" % (a.shape[1], a.shape[0]))
         f.write(np.ascontiguousarray(a[::-1]).tobytes())
 

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from . import TrainerError
+from . import TrainerError, atomic
 from .config import TrainConfig
 from .data import LoaderState, MixedStream, build_loader, build_sources
 from .losses import LossTerms, MidasLoss
@@ -129,10 +129,10 @@ def checkpoint_dir(out: Path) -> Path:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Durably: a kill or a failure midway leaves the previous checkpoint whole under ``path``
+    (and no temp file); a power loss after this returns loses neither the bytes nor the name."""
+    with atomic.atomic_open(path) as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -173,6 +173,19 @@ def _set_rng_state(st: dict[str, Any]) -> None:
 
 # ----------------------------------------------------------------------------- metrics
 
+def _metrics_record(line: str) -> dict | None:
+    """A metrics.jsonl line's record; None for a blank line or a torn one (a power loss during
+    its append), which a resumed run drops."""
+    if not line.strip():
+        return None
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError:
+        log.warning("metrics.jsonl: dropping a torn line: %.60s", line)
+        return None
+    return rec if isinstance(rec, dict) and isinstance(rec.get("step"), int) else None
+
+
 class MetricsLog:
     """``RUN/metrics.jsonl`` (one JSON object per log step) and optional TensorBoard."""
 
@@ -184,10 +197,8 @@ class MetricsLog:
             return
         if self.path.exists():  # drop lines past the checkpoint we resume from
             keep = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln)["step"] <= start_step]
-            tmp = self.path.with_name(".tmp-metrics.jsonl")
-            tmp.write_text("".join(ln + "\n" for ln in keep))
-            os.replace(tmp, self.path)
+                    if (rec := _metrics_record(ln)) is not None and rec["step"] <= start_step]
+            atomic.write_text(self.path, "".join(ln + "\n" for ln in keep))
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -199,8 +210,7 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+        atomic.append_line(self.path, json.dumps(record, sort_keys=True))
         if self.tb is not None:
             step = record["step"]
             for k, v in record.items():
@@ -426,7 +436,10 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, env: DistEnv) -> TrainResu
     loss_fn = MidasLoss(cfg.loss.data, cfg.loss.trim, cfg.loss.alpha, cfg.loss.scales)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        # temp files of a run killed while writing (each write removes its own otherwise)
+        atomic.remove_stale_temps(checkpoint_dir(out))
+        atomic.remove_stale_temps(out, ("config.json", "metrics.jsonl"))
+        atomic.write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
     metrics = MetricsLog(out, run.step, env.is_main, cfg.run.tensorboard)
     acc: dict[str, Any] = defaultdict(list)
     t_log, n_log = time.perf_counter(), 0
