@@ -7,6 +7,7 @@ result and, when the container says nothing, of how alike the two halves of a fe
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import threading
 import zlib
@@ -303,41 +304,74 @@ def _rate(s: str | None) -> float:
 
 
 # ffprobe's last line is its error code's text ("PATH: Invalid data found when processing
-# input"); for these the demuxer's own line before it ("[mov,mp4,...] moov atom not found")
-# says more
-GENERIC_FFPROBE_ERRORS = ("Invalid data found when processing input", "End of file")
+# input", "PATH: Input/output error"), ffmpeg's often its own failure ("Error marking filters as
+# finished"); for these a line before it ("[mov,mp4,...] moov atom not found", "[matroska,webm]
+# File ended prematurely at pos. 300 (0x12c)") says more
+GENERIC_FFPROBE_ERRORS = ("Invalid data found when processing input", "End of file",
+                          "Input/output error")
+GENERIC_FFMPEG_ERRORS = (*GENERIC_FFPROBE_ERRORS, "Error marking filters as finished",
+                         "Conversion failed!")
 VAGUE_DEMUXER_LINES = ("error reading header",)
 # a demuxer's weak guess at random bytes (which then fails in its own way)
 MISDETECTION = "misdetection possible"
-# (demuxer, words of its line, the cause said plainly): the line follows in brackets
+# (context the line starts with, words of the line, the cause said plainly), in the order they
+# win: a line naming a known cause beats a later line that does not ("[matroska,webm]
+# Duplicate element" after the file ended). The line follows the cause in brackets.
 KNOWN_CAUSES = (
     ("[mov,", "moov atom not found", "truncated or unfinished MP4: no index"),
     ("[mov,", "reached eof, corrupted", "truncated MP4: index cut short"),
+    ("[matroska,", "File ended prematurely", "truncated file"),
+    ("[mov,", ": partial file", "truncated MP4: data cut short"),
+    ("Truncating packet of size", "", "truncated file: last packet cut short"),
 )
+ENDED_AT = re.compile(r"File ended prematurely(?: at pos\. (\d+))?")
 
 
-def ffprobe_reason(stderr: bytes | None, path: str | Path) -> str:
-    """Why ffprobe failed, as a one-line reason: its last stderr line or, when that is only a
-    generic "invalid data", the demuxer's last specific line (a truncated mp4 named as one).
-    Without the file's path in front and without ffmpeg's per-process addresses, so that a
-    rerun writes the same manifest bytes."""
-    lines = [scrub_addresses(line.strip())
-             for line in (stderr or b"").decode(errors="replace").strip().splitlines()]
+def _cause(context: str, words: str, cause: str, line: str) -> str:
+    if words == "File ended prematurely":  # "truncated file: ended prematurely at byte 300"
+        m = ENDED_AT.search(line)
+        at = f" at byte {m.group(1)}" if m and m.group(1) else ""
+        return f"{cause}: ended prematurely{at}"
+    return f"{cause} ({line.partition('] ')[2] or line})"
+
+
+def pick_reason(lines: list[str], paths: tuple[str, ...] = (),
+                generic: tuple[str, ...] = GENERIC_FFMPEG_ERRORS) -> str | None:
+    """The clearest of ffmpeg's or ffprobe's error lines (addresses already scrubbed), as one
+    line; None when there are none. The last line, unless it is ``generic`` and a specific
+    line ("[demuxer] ...") came before it: then the cause a line names (a truncated file by
+    name), else the last specific demuxer line. ``paths``: file names to drop in front of the
+    last line ("PATH: Input/output error")."""
     if not lines:
-        return "ffprobe failed"
-    last = lines[-1].removeprefix(str(path) + ": ")
+        return None
+    last = lines[-1]
+    for path in paths:
+        last = last.removeprefix(str(path) + ": ")
     demuxer = [line for line in lines if line.startswith("[")]
     if any(MISDETECTION in line for line in demuxer):
         return "unrecognised data (no known video container format)"
     specific = [line for line in demuxer
                 if not any(v in line for v in VAGUE_DEMUXER_LINES)]
-    if not specific or (last not in GENERIC_FFPROBE_ERRORS and last not in specific):
+    named = [line for line in lines if any(line.startswith(c) and w in line
+                                           for c, w, _ in KNOWN_CAUSES)]
+    if not (specific or named) or (last not in generic and last not in specific):
         return last
-    line = specific[-1]
     for context, words, cause in KNOWN_CAUSES:
-        if line.startswith(context) and words in line:
-            return f"{cause} ({line.partition('] ')[2]})"
-    return line
+        for line in reversed(lines):
+            if line.startswith(context) and words in line:
+                return _cause(context, words, cause, line)
+    return specific[-1] if specific else last
+
+
+def ffprobe_reason(stderr: bytes | None, path: str | Path) -> str:
+    """Why ffprobe failed, as a one-line reason: its last stderr line or, when that is only a
+    generic "invalid data" or "input/output error", the cause an earlier line names (a
+    truncated file by name) or the demuxer's last specific line (see ``pick_reason``).
+    Without the file's path in front and without ffmpeg's per-process addresses, so that a
+    rerun writes the same manifest bytes."""
+    lines = [scrub_addresses(line.strip())
+             for line in (stderr or b"").decode(errors="replace").strip().splitlines()]
+    return pick_reason(lines, (str(path),), GENERIC_FFPROBE_ERRORS) or "ffprobe failed"
 
 
 def probe_stream(path: str | Path) -> StreamInfo:

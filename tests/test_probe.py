@@ -238,7 +238,22 @@ MKV = b"[matroska,webm @ 0x55afba180180] "
     # nothing more specific: the last line
     ([b"/f/half.mp4: Invalid data found when processing input"],
      "Invalid data found when processing input"),
-    ([MKV + b"Duplicate element", b"/f/half.mp4: Input/output error"], "Input/output error"),
+    # ffprobe 5.1 on an mkv cut to 300 bytes: "Input/output error" is generic too, and the
+    # cause is the line that names it, not the demuxer's last line
+    ([MKV + b"File ended prematurely at pos. 300 (0x12c)", MKV + b"Duplicate element",
+      b"Truncating packet of size 140 to 1", b"/f/half.mp4: Input/output error"],
+     "truncated file: ended prematurely at byte 300"),
+    # cut to 100 bytes: no position
+    ([MKV + b"File ended prematurely", b"/f/half.mp4: Input/output error"],
+     "truncated file: ended prematurely"),
+    # cut to 200 bytes: only the packet reader says so
+    ([b"Truncating packet of size 83 to 70", b"/f/half.mp4: Input/output error"],
+     "truncated file: last packet cut short (Truncating packet of size 83 to 70)"),
+    # a specific line before "Input/output error" is kept
+    ([MKV + b"Duplicate element", b"/f/half.mp4: Input/output error"],
+     "[matroska,webm] Duplicate element"),
+    # nothing more specific: the last line
+    ([b"/f/half.mp4: Input/output error"], "Input/output error"),
 ])
 def test_ffprobe_reason_names_the_cause(lines: list[bytes], reason: str) -> None:
     """The last stderr line is the error code's text; when it is the generic "invalid data",
@@ -284,6 +299,25 @@ def test_a_truncated_mp4s_reason_has_no_address(tmp_path: Path) -> None:
     assert "0x" not in str(e.value) and "\n" not in str(e.value)
     assert str(e.value) == ("not a readable video: truncated or unfinished MP4: no index "
                             "(moov atom not found)")
+
+
+@pytest.mark.parametrize("size", [100, 300, 600])
+def test_an_mkv_cut_very_short_is_named_truncated(tmp_path: Path, size: int) -> None:
+    """The real ffprobe on an mkv cut to a few hundred bytes ends with a generic "Input/output
+    error"; its earlier "File ended prematurely" line names the cause."""
+    src = lavfi_video(tmp_path / "v.mp4", "320x180")
+    mkv = tmp_path / "v.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(src), "-c", "copy", str(mkv)],
+                   check=True)
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(mkv.read_bytes()[:size])
+    with pytest.raises(InputError) as e:
+        probe_stream(cut)
+    msg = str(e.value)
+    assert msg.startswith("not a readable video: truncated file: ")
+    assert "Input/output error" not in msg and "0x" not in msg and "\n" not in msg
+    if size == 300:  # ffprobe 5.1 says where: "File ended prematurely at pos. 300 (0x12c)"
+        assert msg == "not a readable video: truncated file: ended prematurely at byte 300"
 
 
 def test_random_bytes_named_mp4_are_not_called_a_truncated_mp4(bad_dir: Path) -> None:
