@@ -34,7 +34,7 @@ import numpy as np
 from .errors import DecodeError, NoFrameDecoded, scrub_addresses
 from .ffmpeg_bin import find_binary
 from .layout import is_side_by_side, view_size
-from .probe import ProbeResult
+from .probe import ProbeResult, pick_reason
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class DecodeStats:
     frames: int = 0
     expected: int = 0
     stopped_early: str | None = None   # one line when ffmpeg stopped before the expected end
-    stop_reason: str | None = None     # its cause alone (ffmpeg's last error line)
+    stop_reason: str | None = None     # its cause alone (ffmpeg's clearest error line)
     wall_s: float = 0.0
     unmatched: int = 0                 # decoded frames not yielded: time outside the range
     grid_missed: int = 0               # grid frames yielded without their full-res frame
@@ -293,9 +293,12 @@ def iter_frames(probe: ProbeResult, *, start_frame: int = 0, n_frames: int | Non
                     start_frame, end, stats.unmatched, stats.grid_missed)
     if timed_out.is_set():
         raise DecodeError(f"decode timed out after {timeout_s:.0f} s")
+    # ffmpeg's last error line, unless it is generic ("Error marking filters as finished")
+    # and an earlier one names the cause ("File ended prematurely": a truncated file)
+    why = pick_reason(err, probe.paths)
     if stats.frames == 0:
-        raise NoFrameDecoded(err[-1] if err else "ffmpeg failed")
+        raise NoFrameDecoded(why or "ffmpeg failed")
     if stats.frames < n_frames:
-        stats.stop_reason = err[-1] if err else "stream ended"
+        stats.stop_reason = why or "stream ended"
         stats.stopped_early = f"decoded {stats.frames} of {n_frames} frames ({stats.stop_reason})"
     log.debug("decoded %d frames in %.2fs", stats.frames, stats.wall_s)

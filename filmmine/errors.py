@@ -35,7 +35,7 @@ class NoFrameDecoded(DecodeError):
     """ffmpeg gave no frame of the range (e.g. it lies past the end of a truncated file)."""
 
     def __init__(self, why: str) -> None:
-        self.why = why   # ffmpeg's last error line
+        self.why = why   # ffmpeg's clearest error line
         super().__init__(f"no frame decoded: {why}")
 
 

@@ -15,7 +15,7 @@ from conftest import SHARED
 
 from filmmine import synth
 from filmmine.decode import DecodeStats, Frame, iter_frames, lowres_size
-from filmmine.errors import DecodeError, FilmmineError
+from filmmine.errors import DecodeError, FilmmineError, NoFrameDecoded
 from filmmine.layout import views
 from filmmine.probe import ProbeResult, probe_film
 from filmmine.synth import FilmSpec, ShotSpec
@@ -306,3 +306,50 @@ def test_probe_without_an_index_decodes_ranges_by_frame_rate(films, sbs_full: li
         for f in got:
             assert np.array_equal(f.lowres, sbs_full[f.index].lowres), f.index
             assert (f.full is None) == (sbs_full[f.index].full is None)
+
+
+# --------------------------------------------------------------------------------------------
+# Why a decode stopped: the cause ffmpeg names, not its generic last line
+
+
+def _mkv(films, tmp_path: Path) -> Path:
+    mkv = tmp_path / "film.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(films["sbs"]), "-c", "copy",
+                    str(mkv)], check=True)
+    return mkv
+
+
+def test_an_mkv_cut_to_its_header_names_the_truncation(films, tmp_path: Path) -> None:
+    """1000 bytes of an mkv probe (the header is whole) but decode nothing: ffmpeg's last line
+    is "Error marking filters as finished", after "[matroska,webm] File ended prematurely"."""
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(_mkv(films, tmp_path).read_bytes()[:1000])
+    p = probe_film("cut", (str(cut),), requested="sbs")
+    with pytest.raises(NoFrameDecoded) as e:
+        list(iter_frames(p, timeout_s=120))
+    assert str(e.value) == "no frame decoded: truncated file: ended prematurely"
+
+
+def test_a_half_mkvs_stop_reason_names_the_truncation(films, tmp_path: Path) -> None:
+    bad = truncate(_mkv(films, tmp_path), tmp_path / "half.mkv")
+    stats = DecodeStats()
+    frames = list(iter_frames(probe_film("half", (str(bad),)), stats=stats, timeout_s=120))
+    assert 0 < len(frames) < N
+    assert stats.stop_reason == "truncated file: ended prematurely"
+    assert stats.stopped_early == (f"decoded {len(frames)} of {N} frames "
+                                   "(truncated file: ended prematurely)")
+
+
+def test_a_half_faststart_mp4s_stop_reason_names_the_truncation(films, tmp_path: Path) -> None:
+    """An mp4 with its index in front probes whole when cut: the mov demuxer's "partial file"
+    lines say why the frames stop."""
+    fast = tmp_path / "fast.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(films["sbs"]), "-c", "copy",
+                    "-movflags", "+faststart", str(fast)], check=True)
+    bad = truncate(fast, tmp_path / "half.mp4")
+    stats = DecodeStats()
+    frames = list(iter_frames(probe_film("half", (str(bad),)), stats=stats, timeout_s=120))
+    assert 0 < len(frames) < N
+    assert stats.stop_reason is not None and "@ 0x" not in stats.stop_reason
+    assert stats.stop_reason.startswith("truncated MP4: data cut short (stream 0, offset ")
+    assert stats.stop_reason.endswith(": partial file)")
