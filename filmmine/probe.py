@@ -327,7 +327,7 @@ KNOWN_CAUSES = (
 ENDED_AT = re.compile(r"File ended prematurely(?: at pos\. (\d+))?")
 
 
-def _cause(context: str, words: str, cause: str, line: str) -> str:
+def _cause(words: str, cause: str, line: str) -> str:
     if words == "File ended prematurely":  # "truncated file: ended prematurely at byte 300"
         m = ENDED_AT.search(line)
         at = f" at byte {m.group(1)}" if m and m.group(1) else ""
@@ -359,7 +359,7 @@ def pick_reason(lines: list[str], paths: tuple[str, ...] = (),
     for context, words, cause in KNOWN_CAUSES:
         for line in reversed(lines):
             if line.startswith(context) and words in line:
-                return _cause(context, words, cause, line)
+                return _cause(words, cause, line)
     return specific[-1] if specific else last
 
 
