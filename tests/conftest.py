@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,31 @@ from filmmine import synth
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL_CLIPS = SHARED / "real_cut_clips"
+
+
+FD_DIR = Path("/proc/self/fd")
+
+
+@pytest.fixture
+def events(monkeypatch) -> list[tuple[str, ...]]:
+    """What the code under test syncs (the path behind each fd) and renames, in order
+    (filmmine/atomic.py and trainer/atomic.py: tests/test_atomic.py, test_trainer_atomic.py)."""
+    if not FD_DIR.is_dir():
+        pytest.skip("needs /proc/self/fd to name a file descriptor's path")
+    log: list[tuple[str, ...]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        log.append(("fsync", os.readlink(FD_DIR / str(fd))))
+        real_fsync(fd)
+
+    def replace(src, dst, **kw):
+        real_replace(src, dst, **kw)
+        log.append(("replace", os.fspath(src), os.fspath(dst)))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return log
 
 
 def pytest_collection_modifyitems(config, items):

@@ -12,29 +12,7 @@ import pytest
 from filmmine import atomic
 from filmmine.atomic import AtomicFile, atomic_open, write_bytes
 from filmmine.shards import StagingWriter
-
-FD_DIR = Path("/proc/self/fd")
-
-
-@pytest.fixture
-def events(monkeypatch) -> list[tuple[str, ...]]:
-    """What the code under test syncs (the path behind each fd) and renames, in order."""
-    if not FD_DIR.is_dir():
-        pytest.skip("needs /proc/self/fd to name a file descriptor's path")
-    log: list[tuple[str, ...]] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd):
-        log.append(("fsync", os.readlink(FD_DIR / str(fd))))
-        real_fsync(fd)
-
-    def replace(src, dst, **kw):
-        real_replace(src, dst, **kw)
-        log.append(("replace", os.fspath(src), os.fspath(dst)))
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
-    return log
+from trainer import atomic as trainer_atomic
 
 
 def _atomic_file(path: Path) -> None:
@@ -87,8 +65,13 @@ def test_an_unchanged_file_is_neither_written_nor_synced(tmp_path, events):
     assert events == []
 
 
+# the same fallbacks in the trainer's own copy (it imports nothing of filmmine)
+BOTH = pytest.mark.parametrize("mod", [atomic, trainer_atomic], ids=["filmmine", "trainer"])
+
+
+@BOTH
 @pytest.mark.parametrize("code", [errno.EACCES, errno.EINVAL])
-def test_a_directory_that_cannot_be_synced_is_skipped_quietly(tmp_path, monkeypatch, code):
+def test_a_directory_that_cannot_be_synced_is_skipped_quietly(tmp_path, monkeypatch, code, mod):
     """A filesystem that refuses to sync a directory: the rename stands, no error."""
     real_fsync = os.fsync
 
@@ -98,11 +81,12 @@ def test_a_directory_that_cannot_be_synced_is_skipped_quietly(tmp_path, monkeypa
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    assert write_bytes(tmp_path / "x.bin", b"data")
+    assert mod.write_bytes(tmp_path / "x.bin", b"data") is not False
     assert (tmp_path / "x.bin").read_bytes() == b"data"
 
 
-def test_a_directory_that_cannot_be_opened_is_skipped_quietly(tmp_path, monkeypatch):
+@BOTH
+def test_a_directory_that_cannot_be_opened_is_skipped_quietly(tmp_path, monkeypatch, mod):
     """A directory without read permission (or Windows, which opens no directory)."""
     real_open = os.open
 
@@ -112,15 +96,16 @@ def test_a_directory_that_cannot_be_opened_is_skipped_quietly(tmp_path, monkeypa
         return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", open_)
-    assert write_bytes(tmp_path / "x.bin", b"data")
+    assert mod.write_bytes(tmp_path / "x.bin", b"data") is not False
     assert (tmp_path / "x.bin").read_bytes() == b"data"
 
 
-def test_a_directory_sync_that_fails_with_an_io_error_is_raised(tmp_path, monkeypatch):
+@BOTH
+def test_a_directory_sync_that_fails_with_an_io_error_is_raised(tmp_path, monkeypatch, mod):
     """EIO: the rename may not be on disk, and the writer must hear of it."""
     def eio(_fd):
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
     monkeypatch.setattr(os, "fsync", eio)
     with pytest.raises(OSError, match="Input/output error"):
-        atomic.fsync_dir(tmp_path)
+        mod.fsync_dir(tmp_path)

@@ -23,29 +23,6 @@ from trainer.config import load_config
 from trainer.sources import DatasetSpec, write_pfm
 from trainer.train import CHECKPOINT_FORMAT, MetricsLog, save_checkpoint, train
 
-FD_DIR = Path("/proc/self/fd")
-
-
-@pytest.fixture
-def events(monkeypatch) -> list[tuple[str, ...]]:
-    """What the code under test syncs (the path behind each fd) and renames, in order."""
-    if not FD_DIR.is_dir():
-        pytest.skip("needs /proc/self/fd to name a file descriptor's path")
-    log: list[tuple[str, ...]] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd):
-        log.append(("fsync", os.readlink(FD_DIR / str(fd))))
-        real_fsync(fd)
-
-    def replace(src, dst, **kw):
-        real_replace(src, dst, **kw)
-        log.append(("replace", os.fspath(src), os.fspath(dst)))
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
-    return log
-
 
 def _state(step: int) -> dict:
     return {"format": CHECKPOINT_FORMAT, "step": step, "w": torch.full((64,), float(step))}
@@ -195,44 +172,6 @@ def test_a_run_removes_checkpoint_temp_files_a_killed_run_left(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the helper
-
-@pytest.mark.parametrize("code", [errno.EACCES, errno.EINVAL])
-def test_a_directory_that_cannot_be_synced_is_skipped_quietly(tmp_path, monkeypatch, code):
-    real_fsync = os.fsync
-
-    def fsync(fd):
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise OSError(code, os.strerror(code))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    atomic.write_bytes(tmp_path / "x.bin", b"data")
-    assert (tmp_path / "x.bin").read_bytes() == b"data"
-
-
-def test_a_directory_that_cannot_be_opened_is_skipped_quietly(tmp_path, monkeypatch):
-    """A directory without read permission (or Windows, which opens no directory)."""
-    real_open = os.open
-
-    def open_(path, flags, *args, **kwargs):
-        if os.path.isdir(path):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
-        return real_open(path, flags, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", open_)
-    atomic.write_text(tmp_path / "x.txt", "data")
-    assert (tmp_path / "x.txt").read_text() == "data"
-
-
-def test_a_directory_sync_that_fails_with_an_io_error_is_raised(tmp_path, monkeypatch):
-    """EIO: the rename may not be on disk, and the writer must hear of it."""
-    def eio(_fd):
-        raise OSError(errno.EIO, os.strerror(errno.EIO))
-
-    monkeypatch.setattr(os, "fsync", eio)
-    with pytest.raises(OSError, match="Input/output error"):
-        atomic.fsync_dir(tmp_path)
-
 
 def test_the_written_file_has_the_usual_permissions(tmp_path):
     """mkstemp makes 0600; a checkpoint is shared like any file the user writes."""
