@@ -38,6 +38,11 @@ Batch = Union[np.ndarray, "torch.Tensor"]
 log = logging.getLogger(__name__)
 
 
+# worker processes sharing this process's GPU (set by `filmmine extract --device cuda` for
+# each worker; census_sgm sizes its chunks by it)
+GPU_SHARE_ENV = "FILMMINE_GPU_SHARE"
+
+
 @dataclass
 class StereoFlows:
     """Both flow directions of a batch of same-size stereo pairs, on the backend's device:

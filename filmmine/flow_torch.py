@@ -35,11 +35,11 @@ import torch
 import torch.nn.functional as F
 
 from . import flow_triton
-from .flow import FlowBackend, StereoFlows, check_device
+from .flow import GPU_SHARE_ENV, FlowBackend, StereoFlows, check_device
 
 _BIG = 1e4  # "no predecessor" / out-of-range label cost in SGM (costs are O(1))
-# Triton kernels for the cost volume and SGM where they can run (CUDA); FILMMINE_TRITON=0
-# keeps the torch code everywhere (for comparisons: both give the same volumes)
+# Triton kernels (cost volume, shear, guided filter, SGM, winner) where they can run (CUDA);
+# FILMMINE_TRITON=0 keeps the torch code everywhere (for comparisons: the same volumes)
 USE_KERNELS = os.environ.get("FILMMINE_TRITON", "1") != "0"
 
 
@@ -536,7 +536,7 @@ class CensusSgmFlow(FlowBackend):
     def stereo_tensors(self, left: torch.Tensor, right: torch.Tensor) -> StereoFlows:
         """left/right [B, 1, H, W] grey (any real dtype, 0..255) on any device.
 
-        On a GPU that runs out of memory (other processes share it), the batch is split in
+        A batch that runs out of device memory (other processes share the GPU) is split in
         halves and the chunk budget halved; one pair that does not fit raises."""
         left = left.to(self._device, torch.float32)
         right = right.to(self._device, torch.float32)
@@ -636,7 +636,7 @@ def _cuda_chunk_labels(device: torch.device) -> int:
 
 
 def _gpu_share() -> int:
-    return max(1, int(os.environ.get("FILMMINE_GPU_SHARE", "1") or 1))
+    return max(1, int(os.environ.get(GPU_SHARE_ENV, "1") or 1))
 
 
 def _row_offsets(vrange: int) -> list[int]:

@@ -31,7 +31,7 @@ from .atomic import remove_stale_temps, write_bytes
 from .corpus import assemble_film, film_record_path, manifest, write_corpus_tables
 from .errors import FilmmineError, MonoInput, RecipeError
 from .ffmpeg_bin import ffmpeg_version, require_ffmpeg
-from .flow import get_backend
+from .flow import GPU_SHARE_ENV, get_backend
 from .inputs import FilmInput, resolve_inputs
 from .pipeline import backend_options, mine_unit, plan_units
 from .probe import ProbeResult, probe_film
@@ -370,9 +370,6 @@ def _local_cluster(workers: int | None, device: str) -> SpecCluster:
         return LocalCluster(n_workers=1, threads_per_worker=1, processes=False, **quiet)
     # CPU: one single-threaded worker process per core
     return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, **quiet)
-
-
-GPU_SHARE_ENV = "FILMMINE_GPU_SHARE"   # worker processes on this worker's GPU
 
 
 def _gpu_cluster(layout: list[int], device: str) -> SpecCluster:
