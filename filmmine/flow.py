@@ -224,7 +224,8 @@ class DisSgbmFlow(SgbmFlow):
                  margin_frac: float = 0.25,
                  range_percentiles: tuple[float, float] = (0.5, 99.5), v_median: int = 5,
                  v_model: str = "quadratic", v_sigma_px: float = 24.0,
-                 v_deadband_px: float = 0.75, **options: Any) -> None:
+                 v_deadband_px: float = 0.75, coarse_preset: str = "medium",
+                 **options: Any) -> None:
         super().__init__(device=device, max_disparity_frac=max_disparity_frac,
                          sgbm_mode=sgbm_mode, **options)
         if coarse_width < 16:
@@ -237,11 +238,14 @@ class DisSgbmFlow(SgbmFlow):
             raise ValueError(f"unknown dis_sgbm_v_model {v_model!r}; choose from {self.V_MODELS}")
         if v_sigma_px <= 0 or v_deadband_px < 0:
             raise ValueError("dis_sgbm_v_sigma_px must be > 0 and dis_sgbm_v_deadband_px >= 0")
+        if coarse_preset not in DisFlow.PRESETS:
+            raise ValueError(f"unknown dis_sgbm_coarse_preset {coarse_preset!r}; choose from "
+                             f"{sorted(DisFlow.PRESETS)}")
         self.coarse_width, self.v_median = coarse_width, v_median
         self.v_model, self.v_sigma_px, self.v_deadband_px = v_model, v_sigma_px, v_deadband_px
         self.margin_px, self.margin_frac = float(margin_px), float(margin_frac)
         self.percentiles = (float(range_percentiles[0]), float(range_percentiles[1]))
-        self._coarse = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        self._coarse = cv2.DISOpticalFlow_create(DisFlow.PRESETS[coarse_preset])
         self._coarse.setFinestScale(0)
 
     def coarse_factor(self, width: int) -> int:
@@ -426,7 +430,7 @@ _OPTION_KEYS: dict[str, str] = {
     "dis_sgbm_coarse_width": "coarse_width", "dis_sgbm_margin_px": "margin_px",
     "dis_sgbm_margin_frac": "margin_frac", "dis_sgbm_v_median": "v_median",
     "dis_sgbm_v_model": "v_model", "dis_sgbm_v_sigma_px": "v_sigma_px",
-    "dis_sgbm_v_deadband_px": "v_deadband_px",
+    "dis_sgbm_v_deadband_px": "v_deadband_px", "dis_sgbm_coarse_preset": "coarse_preset",
 }
 _OPTION_PREFIXES = ("sgbm_", "sgm_", "raft_")
 _OPTION_SHARED = ("max_disparity_frac", "half_precision")
