@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from .atomic import remove_stale_temps, write_bytes
 from .corpus import assemble_film, film_record_path, manifest, write_corpus_tables
+from .decode import DECODE_THREADS_ENV
 from .errors import FilmmineError, MonoInput, RecipeError
 from .ffmpeg_bin import ffmpeg_version, require_ffmpeg
 from .flow import GPU_SHARE_ENV, get_backend
@@ -368,8 +369,15 @@ def _local_cluster(workers: int | None, device: str) -> SpecCluster:
     n = workers if workers is not None else _default_workers(os.cpu_count())
     if n == 0:  # in-process threads: for debugging
         return LocalCluster(n_workers=1, threads_per_worker=1, processes=False, **quiet)
-    # CPU: one single-threaded worker process per core
-    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, **quiet)
+    # CPU: one single-threaded worker process per core, its ffmpeg on its share of the cores
+    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                        env=_decode_threads_env(n, os.cpu_count()), **quiet)
+
+
+def _decode_threads_env(workers: int, cpu_count: int | None) -> dict[str, str]:
+    """The worker environment giving each worker's ffmpeg the cores per local worker (at
+    least one): with a worker on every core, ffmpeg's frame threads only add work."""
+    return {DECODE_THREADS_ENV: str(max(1, (cpu_count or 1) // max(1, workers)))}
 
 
 def _gpu_cluster(layout: list[int], device: str) -> SpecCluster:
@@ -380,6 +388,7 @@ def _gpu_cluster(layout: list[int], device: str) -> SpecCluster:
     workers = {}
     for i, gpu in enumerate(layout):
         env = {"CUDA_VISIBLE_DEVICES": _cuda_visible(gpu)} if pin else {}
+        env.update(_decode_threads_env(len(layout), os.cpu_count()))
         # the workers sharing a GPU split its memory (census_sgm sizes its chunks by it): 8
         # workers each sized for the whole H100 failed every unit of the benchmark film
         env[GPU_SHARE_ENV] = str(layout.count(gpu) if pin else len(layout))

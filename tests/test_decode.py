@@ -353,3 +353,27 @@ def test_a_half_faststart_mp4s_stop_reason_names_the_truncation(films, tmp_path:
     assert stats.stop_reason is not None and "@ 0x" not in stats.stop_reason
     assert stats.stop_reason.startswith("truncated MP4: data cut short (stream 0, offset ")
     assert stats.stop_reason.endswith(": partial file)")
+
+
+def test_decoder_threads_from_the_environment_change_no_pixel(films, sbs_full: list[Frame],
+                                                              monkeypatch) -> None:
+    """FILMMINE_DECODE_THREADS (set by a local extract for its workers) becomes ffmpeg's
+    ``-threads`` before the input; single-threaded decoding gives the same frames."""
+    from filmmine.decode import DECODE_THREADS_ENV, build_command, decoder_threads
+
+    p = probe_of(films, "sbs")
+    monkeypatch.setenv(DECODE_THREADS_ENV, "1")
+    assert decoder_threads() == 1
+    cmd = build_command(p, 0, N, 6, (160, 90), 5, decoder_threads())
+    i = cmd.index("-i")
+    assert cmd[i - 2:i] == ["-threads", "1"]
+    got = list(iter_frames(p, grid_step=6))
+    assert [f.index for f in got] == [f.index for f in sbs_full]
+    for f, ref in zip(got, sbs_full, strict=True):
+        assert np.array_equal(f.lowres, ref.lowres) and (f.full is None) == (ref.full is None)
+        if f.full is not None:
+            assert np.array_equal(f.full, ref.full), f.index
+    for unset in ("", "0", "two"):
+        monkeypatch.setenv(DECODE_THREADS_ENV, unset)
+        assert decoder_threads() is None
+    assert "-threads" not in build_command(p, 0, N, 6, (160, 90), 5, None)

@@ -186,7 +186,8 @@ def test_gpu_workers_several_per_gpu():
 
 def _gpu_worker_env() -> tuple:
     return (os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("MALLOC_MMAP_THRESHOLD_"),
-            os.environ.get("OMP_NUM_THREADS"), os.environ.get("FILMMINE_GPU_SHARE"))
+            os.environ.get("OMP_NUM_THREADS"), os.environ.get("FILMMINE_GPU_SHARE"),
+            os.environ.get("FILMMINE_DECODE_THREADS"))
 
 
 def test_local_cuda_cluster_pins_each_worker_to_one_gpu(monkeypatch):
@@ -213,9 +214,10 @@ def test_local_cuda_cluster_pins_each_worker_to_one_gpu(monkeypatch):
     assert {w["name"]: w["resources"] for w in info.values()} == {
         "gpu0-0": {"GPU": 1}, "gpu1-1": {"GPU": 1}, "gpu0-2": {"GPU": 1}}
     malloc = str(32 * 2**20)
+    ffmpeg = str(max(1, (os.cpu_count() or 1) // 3))  # the cores per worker
     assert {info[a]["name"]: e for a, e in env.items()} == {
-        "gpu0-0": ("5", malloc, "1", "2"), "gpu1-1": ("7", malloc, "1", "1"),
-        "gpu0-2": ("5", malloc, "1", "2")}
+        "gpu0-0": ("5", malloc, "1", "2", ffmpeg), "gpu1-1": ("7", malloc, "1", "1", ffmpeg),
+        "gpu0-2": ("5", malloc, "1", "2", ffmpeg)}
 
 
 @pytest.fixture
@@ -258,23 +260,28 @@ def _worker_state() -> dict:
     return {"mmap": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
             "trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
             "omp": os.environ.get("OMP_NUM_THREADS"),
+            "ffmpeg": os.environ.get("FILMMINE_DECODE_THREADS"),
             "cv2": cv2.getNumThreads(), "torch": torch.get_num_threads()}
 
 
-def test_local_workers_reuse_frame_buffers_and_run_single_threaded() -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_local_workers_reuse_frame_buffers_and_run_single_threaded(workers: int) -> None:
     """Dask's default MALLOC_TRIM_THRESHOLD_ froze glibc's mmap threshold at 128 KiB (every
     frame buffer a fresh mmap: 30 s of system time on the 60 s benchmark film); local workers
-    get a 32 MiB mmap threshold, and one OpenCV and one torch thread each."""
+    get a 32 MiB mmap threshold, one OpenCV and one torch thread each, and their ffmpeg the
+    cores per worker."""
     from filmmine.runner import _client
 
-    client, cluster = _client(1, None)
+    client, cluster = _client(workers, None)
     try:
-        (state,) = client.run(_worker_state).values()
+        client.wait_for_workers(workers)
+        states = list(client.run(_worker_state).values())
     finally:
         client.close()
         cluster.close()
-    assert state == {"mmap": str(32 * 2**20), "trim": str(128 * 2**20), "omp": "1",
-                     "cv2": 1, "torch": 1}
+    ffmpeg = str(max(1, (os.cpu_count() or 1) // workers))
+    assert states == [{"mmap": str(32 * 2**20), "trim": str(128 * 2**20), "omp": "1",
+                       "ffmpeg": ffmpeg, "cv2": 1, "torch": 1}] * workers
 
 
 SETPRIV = shutil.which("setpriv")
