@@ -5,13 +5,21 @@ from __future__ import annotations
 import numpy as np
 
 
-def _bar_extent(profile_mean: np.ndarray, profile_std: np.ndarray, max_luma: float,
-                max_std: float) -> int:
-    """How many leading entries are bar (dark and uniform)."""
-    is_bar = (profile_mean <= max_luma) & (profile_std <= max_std)
-    if is_bar.all():
-        return len(is_bar)
-    return int(np.argmin(is_bar))
+def _bar_extent(lines: np.ndarray, max_luma: float, max_std: float) -> int:
+    """How many leading lines (rows of ``lines`` [n, m]) are bar: dark and uniform.
+
+    Read in growing blocks from the edge, stopping at the first line that is not bar: most
+    frames have none, and the mean and deviation of every row and column of a 1920x1080 view
+    took 10 ms a frame."""
+    n, block, i = len(lines), 8, 0
+    while i < n:
+        part = lines[i:i + block].astype(np.float32)
+        is_bar = (part.mean(axis=1) <= max_luma) & (part.std(axis=1) <= max_std)
+        if not is_bar.all():
+            return i + int(np.argmin(is_bar))
+        i += len(part)
+        block = min(2 * block, 256)
+    return n
 
 
 def detect_crop(luma: np.ndarray, *, max_luma: float = 24.0, max_std: float = 6.0,
@@ -23,13 +31,10 @@ def detect_crop(luma: np.ndarray, *, max_luma: float = 24.0, max_std: float = 6.
     ``side_frac`` of the width is also cut from each side (floating windows). Sizes are even.
     """
     h, w = luma.shape
-    lum = luma.astype(np.float32)
-    rm, rs = lum.mean(axis=1), lum.std(axis=1)
-    cm, cs = lum.mean(axis=0), lum.std(axis=0)
-    top = _bar_extent(rm, rs, max_luma, max_std)
-    bottom = _bar_extent(rm[::-1], rs[::-1], max_luma, max_std)
-    left = _bar_extent(cm, cs, max_luma, max_std)
-    right = _bar_extent(cm[::-1], cs[::-1], max_luma, max_std)
+    top = _bar_extent(luma, max_luma, max_std)
+    bottom = _bar_extent(luma[::-1], max_luma, max_std)
+    left = _bar_extent(luma.T, max_luma, max_std)
+    right = _bar_extent(luma.T[::-1], max_luma, max_std)
     if h - top - bottom < min_content_frac * h:
         top = bottom = 0
     if w - left - right < min_content_frac * w:

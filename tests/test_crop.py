@@ -100,3 +100,22 @@ def test_side_frac_applied(picture: np.ndarray) -> None:
     # the side cut does not add to a wider pillarbox
     assert detect_crop(barred(picture, left=40, right=40), side_frac=side_frac) == \
         (40, 0, W - 80, H)
+
+
+@pytest.mark.parametrize(("top", "bottom", "left", "right"),
+                         [(139, 141, 0, 0), (0, 0, 241, 255), (300, 7, 520, 1)])
+def test_wide_bars_match_a_row_by_row_reference(top, bottom, left, right) -> None:
+    """Bars wider than the blocks read from each edge (8, 16, ... rows at a time): the same box
+    as testing every row and column of a 1080p view."""
+    spec = FilmSpec(shots=(ShotSpec("textured", 2, seed=4),), view_width=1920, view_height=1080)
+    img = barred(luma(synth.render_frame(spec, 0)[0]), top, bottom, left, right, value=16)
+
+    def lead(lines: np.ndarray) -> int:
+        f = lines.astype(np.float64)
+        bar = (f.mean(axis=1) <= 24.0) & (f.std(axis=1) <= 6.0)
+        return len(bar) if bar.all() else int(np.argmin(bar))
+
+    t, b, lft, r = lead(img), lead(img[::-1]), lead(img.T), lead(img.T[::-1])
+    assert (t, b, lft, r) == (top, bottom, left, right)
+    x, y = lft + lft % 2, t + t % 2
+    assert detect_crop(img) == (x, y, (1920 - x - r) // 2 * 2, (1080 - y - b) // 2 * 2)
