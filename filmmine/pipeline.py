@@ -211,10 +211,10 @@ class UnitMiner:
         t0 = self._tick("views", t0)
         gl, gr = filters.luma(left), filters.luma(right)
         prev = self.prev_grey.get(start)
-        self.prev_grey = {start: gl.astype(np.float32)}
+        self.prev_grey = {start: gl}
         if shadow:
             return
-        scores = filters.score_frame(left, right, prev)
+        scores = filters.score_frame(left, right, prev, (gl, gr))
         reason = filters.decide(scores, self.recipe["filters"])
         t0 = self._tick("filters", t0)
         if reason is not None:

@@ -108,3 +108,23 @@ def test_scores_are_the_documented_quantities(stereo) -> None:
     assert s["lr_diff"] == pytest.approx(
         float(np.abs(g - filters.luma(right).astype(np.float32)).mean()), rel=1e-6)
     assert set(filters.REASONS) == {"credits", "dark", "low_texture", "mono", "frozen"}
+
+
+def test_given_greys_and_a_uint8_previous_view_give_the_same_scores(stereo) -> None:
+    """The pipeline passes the views' luma it has already and keeps the previous candidate's
+    luma as uint8: the scores are those computed from the colour views and a float view."""
+    left, right = stereo
+    nxt = synth.render_frame(SPEC, 4)[0]
+    prev = filters.luma(nxt)
+    ref = filters.score_frame(left, right, prev.astype(np.float32))
+    got = filters.score_frame(left, right, prev, (filters.luma(left), filters.luma(right)))
+    assert got.keys() == ref.keys()
+    for k, v in ref.items():
+        assert got[k] == pytest.approx(v, rel=1e-6), k
+    g = filters.luma(left).astype(np.float64)
+    assert got["frozen_diff"] == pytest.approx(np.abs(g - prev).mean(), rel=1e-12)
+    assert ref["frozen_diff"] > 1.0   # a later frame of a moving shot
+    gx, gy = cv2.Sobel(g, -1, 1, 0, ksize=3) / 8.0, cv2.Sobel(g, -1, 0, 1, ksize=3) / 8.0
+    assert ref["texture"] == pytest.approx(float(np.hypot(gx, gy).mean()), rel=1e-5)
+    hsv = cv2.cvtColor(left, cv2.COLOR_RGB2HSV)
+    assert ref["white_frac"] == ((hsv[..., 2] >= 180) & (hsv[..., 1] <= 60)).mean()
