@@ -161,10 +161,14 @@ def _despeckle(disparity: np.ndarray, max_px: int, range_px: float) -> np.ndarra
     valid = np.isfinite(disparity)
     if max_px <= 0 or not valid.any():
         return valid
-    lo, hi = float(disparity[valid].min()), float(disparity[valid].max())
+    lo, hi = float(np.nanmin(disparity)), float(np.nanmax(disparity))
     # 1/16 px in int16: shift so that the range fits, -32768 marks invalid
     step = 16.0 if (hi - lo) * 16.0 < 60000 else 60000.0 / max(hi - lo, 1e-6)
-    q = np.where(valid, np.round((disparity - lo) * step) - 30000, -32768).astype(np.int16)
+    t = (disparity - np.float32(lo)) * np.float32(step)
+    np.round(t, out=t)
+    t -= 30000
+    t[~valid] = -32768
+    q = t.astype(np.int16)
     cv2.filterSpeckles(q, -32768, int(max_px), max(1, round(range_px * step)))
     return q != -32768
 
@@ -196,9 +200,10 @@ def _core_numpy(lr: np.ndarray, rl: np.ndarray, lr_max: float,
         lr_ok = lr_err < lr_max                      # NaN compares False: invalid
         vert_fail_lr = np.abs(v) > vmax
         vert_fail_rl = np.abs(rl[1]) > vmax
-        # occlusion: inconsistent, but the right view sees something nearer (larger d)
-        occluded = ~lr_ok & np.isfinite(back) & (back > -u + lr_max)
-    conf = np.exp(-np.nan_to_num(lr_err, nan=1e9) / lr_max).astype(np.float32)
+        # occlusion: inconsistent, but the right view sees something nearer (larger d; NaN,
+        # where the match left the image, compares False)
+        occluded = ~lr_ok & (back > lr_max - u)
+    conf = np.nan_to_num(np.exp(lr_err * np.float32(-1.0 / lr_max)), copy=False, nan=0.0)
     return {"u": u, "v": v, "valid": lr_ok & ~vert_fail_lr, "lr_ok": lr_ok,
             "occluded": occluded, "conf": conf,
             "vert_fail": np.float32(max(vert_fail_lr.mean(), vert_fail_rl.mean()))}
@@ -263,7 +268,7 @@ def _finish(u: np.ndarray, v: np.ndarray, valid: np.ndarray, lr_ok: np.ndarray,
             occluded: np.ndarray, conf: np.ndarray, vertical_fail_frac: float, cfg: dict,
             stored_width: int, guide: np.ndarray | None) -> DisparityResult:
     """Speckle filter, post-filter, confidence, statistics and verdict of one frame (numpy)."""
-    disparity = np.where(valid, -u, np.nan).astype(np.float32)
+    disparity = np.where(valid, -u, np.float32(np.nan))
     n_checked = int(valid.sum())
     valid = _despeckle(disparity, int(cfg.get("speckle_max_px", 0)),
                        float(cfg.get("speckle_range_px", 1.0)))

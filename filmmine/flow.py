@@ -320,11 +320,21 @@ class DisSgbmFlow(SgbmFlow):
         v = _smooth_vertical(np.ascontiguousarray(f[..., 1]), ok, self.v_sigma_px / sy,
                              self.v_deadband_px / sy)
         v_lr = cv2.resize(v, size, interpolation=cv2.INTER_LINEAR) * np.float32(sy)
-        map_x = np.arange(w, dtype=np.float32)[None, :] + np.nan_to_num(d_right, nan=0.0)
-        map_y = np.broadcast_to(np.arange(h, dtype=np.float32)[:, None], (h, w))
-        v_rl = cv2.remap(v_lr, map_x.astype(np.float32), np.ascontiguousarray(map_y),
-                         cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        xs, ys = self._grid(w, h)
+        map_x = d_right + xs                             # unmatched (NaN): the pixel itself
+        np.copyto(map_x, xs, where=np.isnan(map_x))
+        v_rl = cv2.remap(v_lr, map_x, ys, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         return v_lr, np.negative(v_rl)
+
+    def _grid(self, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel coordinates x [1, w] and y [h, w] (float32, kept per size: a frame's pairs
+        share them)."""
+        if getattr(self, "_grid_wh", None) != (w, h):
+            xs = np.arange(w, dtype=np.float32)[None, :]
+            ys = np.ascontiguousarray(np.broadcast_to(np.arange(h, dtype=np.float32)[:, None],
+                                                      (h, w)))
+            self._grid_wh, self._grid_xy = (w, h), (xs, ys)
+        return self._grid_xy
 
     def _vertical(self, f: np.ndarray, back: np.ndarray, size: tuple[int, int],
                   coarse_h: int) -> np.ndarray:

@@ -10,10 +10,12 @@ import pytest
 
 from filmmine import synth
 from filmmine.encode import (
+    decode_confidence,
     decode_disparity,
     decode_jpeg,
     disparity_scale_offset,
     dumps,
+    encode_confidence,
     encode_disparity,
     encode_jpeg,
 )
@@ -77,6 +79,31 @@ def test_scale_offset_put_the_minimum_just_above_zero() -> None:
 def test_all_invalid_round_trips_to_all_nan() -> None:
     back, *_ = roundtrip(np.full((4, 6), np.nan, np.float32))
     assert np.isnan(back).all()
+
+
+def test_infinities_are_invalid_and_do_not_widen_the_scale() -> None:
+    d = np.array([[np.inf, 3.0, -np.inf], [np.nan, 5.5, 4.25]], np.float32)
+    back, scale, offset, png = roundtrip(d)
+    assert scale == STEP and offset == 3.0 - STEP
+    assert np.isnan(back[0, 0]) and np.isnan(back[0, 2]) and np.isnan(back[1, 0])
+    assert back[0, 1] == 3.0 and back[1, 1] == 5.5 and back[1, 2] == 4.25
+    assert raw_png(png)[0].tolist() == [0, 1, 0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_confidence_png_holds_the_documented_values(dtype) -> None:
+    """value = round(confidence * 255) of the confidence clipped to [0, 1], at least 1 where
+    the disparity is valid (also where a confidence is NaN or rounds to 0), 0 elsewhere."""
+    rng = np.random.default_rng(1)
+    c = rng.uniform(-0.1, 1.1, (60, 400)).astype(dtype)
+    c[:5] = (np.arange(2000) / 1999 * 2 / 255).reshape(5, 400)    # 0 .. 2 steps, half-ways
+    c[5, :10] = np.nan
+    valid = rng.random(c.shape) < 0.8
+    want = np.round(np.clip(np.nan_to_num(c), 0, 1) * 255)
+    want = np.where(valid, np.maximum(want, 1), 0)
+    got = decode_confidence(encode_confidence(c, valid))
+    assert got.dtype == np.uint8 and np.array_equal(got, want)
+    assert (got[5, :10][valid[5, :10]] == 1).all()
 
 
 def test_decode_disparity_rejects_non_16bit() -> None:
