@@ -65,11 +65,11 @@ printf 'base = "gpu"\nname = "gpu-5s"\n[decode]\nchunk_s = 5.0\n' > /tmp/gpu-5s.
 printf 'base = "default"\nname = "default-5s"\n[decode]\nchunk_s = 5.0\n' > /tmp/default-5s.toml
 step extract_gpu 240 "$PY" benchmarks/extract_throughput.py --cache "$CACHE" --jobs 12 \
     --seconds "${FILM_SECONDS:-60}" \
-    --recipe /tmp/gpu-5s.toml --device "$DEVICE" --no-stages
+    --recipe /tmp/gpu-5s.toml --device "$DEVICE" --no-stages --repeat 1
 step cuda_tests 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_flow_torch.py \
     tests/test_flow_raft.py tests/test_disparity.py
 step extract_cpu 120 "$PY" benchmarks/extract_throughput.py --cache "$CACHE" --jobs 12 \
     --seconds "${FILM_SECONDS:-60}" \
-    --recipe /tmp/default-5s.toml --no-stages
+    --recipe /tmp/default-5s.toml --no-stages --repeat 1
 step trainer_loader 100 "$PY" benchmarks/trainer_loader.py --workers 12
 echo "session: $SECONDS s"
