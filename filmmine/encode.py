@@ -13,6 +13,8 @@ import math
 import cv2
 import numpy as np
 
+from . import png
+
 
 def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
@@ -56,22 +58,15 @@ def disparity_scale_offset(disparity: np.ndarray, step_px: float) -> tuple[float
 def encode_disparity(disparity: np.ndarray, step_px: float) -> tuple[bytes, float, float]:
     """[H, W] float disparity (NaN invalid) -> (uint16 PNG bytes, scale, offset)."""
     scale, offset = disparity_scale_offset(disparity, step_px)
-    # zlib level 1: 3x faster than 6 at 960x552 (32 vs 99 ms) for ~5 % more bytes. The PNG
-    # "up" filter on every row instead of libpng's per-row search: 5.4 vs 10.6 ms at 940x540,
-    # and no bigger (140 225 vs 140 410 bytes on a benchmark-film sample). zlib's run-length
-    # strategy on the filtered rows (runs of equal steps): 166 vs 191 kB and 11.2 vs 12.5 ms
-    # (6 benchmark-film samples)
+    # The PNG "up" filter on every row instead of libpng's per-row search: 5.4 vs 10.6 ms at
+    # 940x540, and no bigger (140 225 vs 140 410 bytes on a benchmark-film sample); zlib's
+    # run-length strategy on the filtered rows (runs of equal steps): 166 vs 191 kB at level 1
+    # (6 benchmark-film samples); written by filmmine.png (6 vs 12.6 ms with cv2.imencode)
     t = (disparity - offset) / scale              # the whole image: no gather and scatter
     np.rint(t, out=t)
     np.clip(t, 1, 65535, out=t)
     t[~np.isfinite(disparity)] = 0                # invalid (NaN) -> 0
-    q = t.astype(np.uint16)
-    ok, buf = cv2.imencode(".png", q, [cv2.IMWRITE_PNG_COMPRESSION, 1,
-                                       cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
-                                       cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return buf.tobytes(), scale, offset
+    return png.encode_grey(t.astype(np.uint16), png.FILTER_UP), scale, offset
 
 
 def decode_disparity(data: bytes, scale: float, offset: float) -> np.ndarray:
@@ -105,13 +100,8 @@ def encode_confidence(confidence: np.ndarray, valid: np.ndarray) -> bytes:
     q = t.astype(np.uint8)
     # no PNG row filter: flat runs of 255 compress best as they are (4.5 ms, 177 KB at 940x540
     # vs 8.4 ms, 201 KB with libpng's per-row filter search); zlib's run-length strategy:
-    # 173 vs 212 kB and 7.1 vs 8.7 ms (6 benchmark-film samples)
-    ok, buf = cv2.imencode(".png", q, [cv2.IMWRITE_PNG_COMPRESSION, 1,
-                                       cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE,
-                                       cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return buf.tobytes()
+    # 173 vs 212 kB (6 benchmark-film samples); filmmine.png: 4 vs 6.9 ms with cv2.imencode
+    return png.encode_grey(q, png.FILTER_NONE)
 
 
 def decode_confidence(data: bytes) -> np.ndarray:
