@@ -251,7 +251,7 @@ def test_write_errors_stop_cleanly(library, tiny_fs, mode):
         assert not list(out.rglob(".tmp-*"))
 
 
-def _worker_state() -> dict:
+def _worker_state(dask_worker) -> dict:
     import os
 
     import cv2
@@ -261,15 +261,16 @@ def _worker_state() -> dict:
             "trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
             "omp": os.environ.get("OMP_NUM_THREADS"),
             "ffmpeg": os.environ.get("FILMMINE_DECODE_THREADS"),
-            "cv2": cv2.getNumThreads(), "torch": torch.get_num_threads()}
+            "cv2": cv2.getNumThreads(), "torch": torch.get_num_threads(),
+            "profiler": "profile" in dask_worker.periodic_callbacks}
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_local_workers_reuse_frame_buffers_and_run_single_threaded(workers: int) -> None:
     """Dask's default MALLOC_TRIM_THRESHOLD_ froze glibc's mmap threshold at 128 KiB (every
     frame buffer a fresh mmap: 30 s of system time on the 60 s benchmark film); local workers
-    get a 32 MiB mmap threshold, one OpenCV and one torch thread each, and their ffmpeg the
-    cores per worker."""
+    get a 32 MiB mmap threshold, one OpenCV and one torch thread each, their ffmpeg the cores
+    per worker, and no statistical profiler sampling their task thread every 10 ms."""
     from filmmine.runner import _client
 
     client, cluster = _client(workers, None)
@@ -281,7 +282,7 @@ def test_local_workers_reuse_frame_buffers_and_run_single_threaded(workers: int)
         cluster.close()
     ffmpeg = str(max(1, (os.cpu_count() or 1) // workers))
     assert states == [{"mmap": str(32 * 2**20), "trim": str(128 * 2**20), "omp": "1",
-                       "ffmpeg": ffmpeg, "cv2": 1, "torch": 1}] * workers
+                       "ffmpeg": ffmpeg, "cv2": 1, "torch": 1, "profiler": False}] * workers
 
 
 SETPRIV = shutil.which("setpriv")
