@@ -155,6 +155,40 @@ def _sample_torch(field_b: torch.Tensor, map_x: torch.Tensor, map_y: torch.Tenso
     return out.masked_fill(outside[:, None], float("nan"))
 
 
+def percentiles(values: np.ndarray, qs: Sequence[float]) -> list[float]:
+    """``np.percentile(values, qs)`` (linear interpolation) of a 1-D array without NaN, exact.
+
+    A large array's order statistics are each selected among the values in a window around it,
+    found on a strided subsample: three percentiles of a frame's ~450k labels took 7.6 ms by
+    partitioning all of them, ~2 ms this way. A window that misses (never, in practice) falls
+    back to a full partition."""
+    n = values.size
+    if n < 40_000:
+        return [float(x) for x in np.percentile(values, qs)]
+    step = 16
+    sample = values[::step]
+    m = sample.size
+    out = []
+    for q in qs:
+        pos = q / 100.0 * (n - 1)
+        k0 = int(np.floor(pos))
+        k1 = min(k0 + 1, n - 1)
+        j = k0 / step                          # where rank k0 sits in the subsample
+        margin = 4.0 * np.sqrt(min(j, m - j) + 1.0) + 8.0
+        lo_j, hi_j = max(0, int(j - margin)), min(m - 1, int(j + margin) + 1)
+        lo_v, hi_v = np.partition(sample, [lo_j, hi_j])[[lo_j, hi_j]]
+        below = int(np.count_nonzero(values < lo_v))
+        window = values[(values >= lo_v) & (values <= hi_v)]
+        if below <= k0 and k1 < below + window.size:
+            a, b = np.partition(window, [k0 - below, k1 - below])[[k0 - below, k1 - below]]
+        else:
+            a, b = np.partition(values, [k0, k1])[[k0, k1]]
+        a, b, t = float(a), float(b), pos - k0
+        # numpy's _lerp: from the nearer end
+        out.append(b - (b - a) * (1.0 - t) if t >= 0.5 else a + (b - a) * t)
+    return out
+
+
 def _despeckle(disparity: np.ndarray, max_px: int, range_px: float) -> np.ndarray:
     """Invalidate connected regions of valid labels smaller than ``max_px`` pixels (neighbours
     within ``range_px`` join a region; OpenCV ``filterSpeckles`` on 1/16 px steps)."""
@@ -301,7 +335,7 @@ def _finish(u: np.ndarray, v: np.ndarray, valid: np.ndarray, lr_ok: np.ndarray,
     }
     if valid.any():
         lo_p, hi_p = cfg["range_percentiles"]
-        p1, p50, p99 = np.percentile(disparity[valid], [lo_p, 50.0, hi_p])
+        p1, p50, p99 = percentiles(disparity[valid], [lo_p, 50.0, hi_p])
         stats.update(range_px=float(p99 - p1), disp_p1_px=float(p1), disp_p50_px=float(p50),
                      disp_p99_px=float(p99))
     min_range = cfg["min_range_px"] * stored_width / cfg["range_ref_width"]

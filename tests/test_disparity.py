@@ -386,3 +386,20 @@ def test_device_and_cpu_checks_agree(cfg: dict) -> None:
         assert (a[key] == b[key]).mean() >= 0.995, key
     assert float(a["vert_fail"]) == pytest.approx(float(b["vert_fail"]))
     assert (np.abs(a["conf"] - b["conf"]) <= 0.03).mean() >= 0.995
+
+
+@pytest.mark.parametrize("case", ["normal", "ties", "sorted", "half_constant", "small"])
+def test_percentiles_are_numpys(case: str) -> None:
+    """The windowed selection gives np.percentile's values (linear interpolation)."""
+    from filmmine.disparity import percentiles
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(0, 10, 9_000 if case == "small" else 450_000).astype(np.float32)
+    if case == "ties":
+        x = np.round(x * 16) / 16
+    elif case == "sorted":
+        x = np.sort(x)
+    elif case == "half_constant":
+        x[: x.size // 2] = 3.0
+    qs = [0.0, 1.0, 37.3, 50.0, 99.0, 99.99, 100.0]
+    assert percentiles(x, qs) == pytest.approx(np.percentile(x, qs), rel=1e-6, abs=1e-6)
