@@ -71,7 +71,7 @@ def prepare_views(full_rgb: np.ndarray, layout: str, recipe: dict):
     """Packed frame -> (left, right) cropped and resized for storage, crop box, view size."""
     left, right = views(full_rgb, layout)
     c = recipe["crop"]
-    crop = detect_crop(filters.luma(left), max_luma=c["letterbox_max_luma"],
+    crop = detect_crop(left, max_luma=c["letterbox_max_luma"],
                        max_std=c["letterbox_max_std"], min_content_frac=c["min_content_frac"],
                        side_frac=c["side_frac"])
     x, y, w, h = crop

@@ -119,3 +119,16 @@ def test_wide_bars_match_a_row_by_row_reference(top, bottom, left, right) -> Non
     assert (t, b, lft, r) == (top, bottom, left, right)
     x, y = lft + lft % 2, t + t % 2
     assert detect_crop(img) == (x, y, (1920 - x - r) // 2 * 2, (1080 - y - b) // 2 * 2)
+
+
+@pytest.mark.parametrize(("top", "bottom", "left", "right"), [(0, 0, 0, 0), (22, 21, 0, 0),
+                                                              (0, 0, 37, 40), (9, 30, 64, 3)])
+def test_rgb_view_gives_the_box_of_its_luma(top, bottom, left, right) -> None:
+    """The pipeline passes the RGB view; only the lines looked at are turned into luma."""
+    spec = FilmSpec(shots=(ShotSpec("textured", 2, seed=6),), view_width=W, view_height=H)
+    rgb = synth.render_frame(spec, 0)[0].copy()
+    rgb[:top], rgb[H - bottom:], rgb[:, :left], rgb[:, W - right:] = 12, 12, 12, 12
+    rgb[:top, :, 2] = 20   # a slightly blue bar: luma 13, still a bar
+    for kw in ({}, {"side_frac": 0.0104}, {"min_content_frac": 0.9}):
+        assert detect_crop(rgb, **kw) == detect_crop(luma(rgb), **kw)
+    assert detect_crop(rgb)[:2] == (left + left % 2, top + top % 2)
