@@ -192,3 +192,23 @@ def test_dis_sgbm_vertical_flow_of_a_rotated_and_shifted_rig(cfg) -> None:
     res = compute_disparity([p.left], [shifted], be, cfg)[0]
     assert res.reason == "vertical_misaligned"
     assert float(np.median(res.vertical)) == pytest.approx(12.0, abs=0.3)
+
+
+def test_dis_sgbm_right_view_vertical_is_the_left_ones_at_the_match(moto_half, cfg) -> None:
+    """A rotated rig (v varies across the frame): the right view's v at x - d is minus the
+    left view's v at x, for the pixels matched both ways."""
+    left, right, _gt = moto_half
+    h, w = right.shape
+    rot = cv2.getRotationMatrix2D((w / 2, h / 2), 0.4, 1.0)
+    right = cv2.warpAffine(right, rot, (w, h), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REFLECT)
+    f = DisSgbmFlow(**backend_options(cfg)).stereo([left], [right])
+    u, v_lr, d_r, v_rl = f.lr[0, 0], f.lr[0, 1], f.rl[0, 0], f.rl[0, 1]
+    assert np.ptp(np.percentile(v_lr, [5, 95])) > 1.0          # the rotation is measured
+    ys, xs = np.nonzero(np.isfinite(u))
+    xr = np.rint(xs + u[ys, xs]).astype(int)                     # the match in the right view
+    inside = (xr >= 0) & (xr < w)
+    ys, xs, xr = ys[inside], xs[inside], xr[inside]
+    both = np.abs(d_r[ys, xr] + u[ys, xs]) <= 1.0                # consistent both ways
+    err = np.abs(v_rl[ys, xr] + v_lr[ys, xs])[both]
+    assert both.sum() > 0.5 * u.size and np.percentile(err, 95) < 0.1
