@@ -36,6 +36,9 @@ def bench_disparity(args: argparse.Namespace) -> int:
     print(f"device {report['device']}, torch threads {report['torch_threads']}, "
           f"batch {report['batch']}; density = % of ground-truth pixels labelled; "
           f"bad-k, EPE over labelled pixels with ground truth")
+    if any(r["density_nocc"] == r["density_nocc"] for r in report["rows"]):  # not NaN
+        print("noc: over the ground truth both views see; occ.%: share of the ground truth only "
+              "the left view sees (pairs with an occlusion mask); bad-2 occ: labels there")
     for name, why in report["skipped"].items():
         print(f"skipped {name}: {why}")
     return 0

@@ -54,6 +54,7 @@ class Pair:
     gt: np.ndarray                   # [H, W] float32 px, d = x_left - x_right
     gt_dy: np.ndarray | None = None  # [H, W] float32 px, y_right - y_left
     real: bool = True
+    occluded: np.ndarray | None = None  # [H, W] bool: ground truth seen by the left view only
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,23 +83,39 @@ def _finite(a: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(a), a, np.nan).astype(np.float32)
 
 
+def _mask(path: Path) -> np.ndarray | None:
+    """A grey mask image, None when there is no such file."""
+    if not path.is_file():
+        return None
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise ValueError(f"cannot read mask {path}")
+    return mask
+
+
 def load_middlebury(folder: Path) -> Pair:
-    """``im0.png``, ``im1.png``, ``disp0GT.pfm`` (+inf = unknown), optional ``disp0GTy.pfm``."""
+    """``im0.png``, ``im1.png``, ``disp0GT.pfm`` (+inf = unknown), optional ``disp0GTy.pfm``
+    and ``mask0nocc.png`` (255 = seen by both views, 128 = occluded)."""
     folder = Path(folder)
     dy = folder / "disp0GTy.pfm"
+    mask = _mask(folder / "mask0nocc.png")
     return Pair(folder.name, folder.name, _grey(folder / "im0.png"), _grey(folder / "im1.png"),
                 _finite(read_pfm(folder / "disp0GT.pfm")),
-                _finite(read_pfm(dy)) if dy.is_file() else None)
+                _finite(read_pfm(dy)) if dy.is_file() else None,
+                occluded=None if mask is None else mask == 128)
 
 
 def load_middlebury2003(folder: Path) -> Pair:
-    """``left.png``, ``right.png``, ``disp_left.tif`` (float32 px, 0 = unknown)."""
+    """``left.png``, ``right.png``, ``disp_left.tif`` (float32 px, 0 = unknown), optional
+    ``occlusion.png`` (255 = seen by both views)."""
     import tifffile
 
     folder = Path(folder)
     gt = tifffile.imread(folder / "disp_left.tif").astype(np.float32)
+    mask = _mask(folder / "occlusion.png")
     return Pair(folder.name, folder.name, _grey(folder / "left.png"),
-                _grey(folder / "right.png"), np.where(gt > 0, gt, np.nan).astype(np.float32))
+                _grey(folder / "right.png"), np.where(gt > 0, gt, np.nan).astype(np.float32),
+                occluded=None if mask is None else mask != 255)
 
 
 def load_kitti(folder: Path) -> Pair:
@@ -172,19 +189,34 @@ def discover(paths: list[Path]) -> list[Pair]:
 
 
 def evaluate(disparity: np.ndarray, gt: np.ndarray, vertical: np.ndarray | None = None,
-             gt_dy: np.ndarray | None = None) -> dict[str, float]:
-    """bad-1/2/4 (%), EPE (px), density (% of ground-truth pixels labelled), vEPE (px)."""
+             gt_dy: np.ndarray | None = None,
+             occluded: np.ndarray | None = None) -> dict[str, float]:
+    """bad-1/2/4 (%), EPE (px), density (% of ground-truth pixels labelled), vEPE (px); with an
+    occlusion mask also bad-2 and density over the ground truth both views see (``_nocc``),
+    the share of the ground truth that is occluded and bad-2 of the labels there (``_occ``)."""
     has_gt = np.isfinite(gt)
-    both = np.isfinite(disparity) & has_gt
+    labelled = np.isfinite(disparity)
+    both = labelled & has_gt
     err = np.abs(disparity - gt)[both]
+    nan = float("nan")
     out = {
-        "bad1": float((err > 1).mean() * 100) if err.size else float("nan"),
-        "bad2": float((err > 2).mean() * 100) if err.size else float("nan"),
-        "bad4": float((err > 4).mean() * 100) if err.size else float("nan"),
-        "epe": float(err.mean()) if err.size else float("nan"),
+        "bad1": float((err > 1).mean() * 100) if err.size else nan,
+        "bad2": float((err > 2).mean() * 100) if err.size else nan,
+        "bad4": float((err > 4).mean() * 100) if err.size else nan,
+        "epe": float(err.mean()) if err.size else nan,
         "density": float(both.sum() / max(has_gt.sum(), 1) * 100),
-        "vepe": float("nan"),
+        "vepe": nan, "bad2_nocc": nan, "density_nocc": nan, "occluded": nan, "bad2_occ": nan,
     }
+    if occluded is not None:
+        with np.errstate(invalid="ignore"):
+            wrong = np.abs(disparity - gt) > 2                     # NaN compares False
+        for part, where in (("nocc", has_gt & ~occluded), ("occ", has_gt & occluded)):
+            got = where & labelled
+            if got.any():
+                out[f"bad2_{part}"] = float(wrong[got].mean() * 100)
+            if part == "nocc":
+                out["density_nocc"] = float(got.sum() / max(where.sum(), 1) * 100)
+        out["occluded"] = float((has_gt & occluded).sum() / max(has_gt.sum(), 1) * 100)
     if vertical is not None and gt_dy is not None:
         vb = both & np.isfinite(gt_dy) & np.isfinite(vertical)
         if vb.any():
@@ -207,6 +239,12 @@ class Row:
     pairs_per_s: float
     device: str
     setting: str = ""        # the --sweep value of this row ("" = the recipe's)
+    # over the pairs with an occlusion mask (NaN: none): bad-2 and density on the ground truth
+    # both views see, the share of the ground truth only the left view sees, bad-2 there
+    bad2_nocc: float = float("nan")
+    density_nocc: float = float("nan")
+    occluded: float = float("nan")
+    bad2_occ: float = float("nan")
 
 
 def _mean(rows: list[dict], key: str) -> float:
@@ -232,7 +270,7 @@ def bench_backend(backend: FlowBackend, pairs: list[Pair], cfg: dict, device: st
         res = compute_disparity([p.left], [p.right], backend, cfg)[0]
         _sync(device)
         ms = (time.perf_counter() - t0) * 1000
-        m = evaluate(res.disparity, p.gt, res.vertical, p.gt_dy)
+        m = evaluate(res.disparity, p.gt, res.vertical, p.gt_dy, p.occluded)
         m["ms"] = ms
         per.setdefault(p.dataset, []).append(m)
         log.info("%s %s/%s: %s", name, p.dataset, p.name, m)
@@ -251,7 +289,7 @@ def bench_backend(backend: FlowBackend, pairs: list[Pair], cfg: dict, device: st
         rows.append(Row(name, ds, len(ms), _mean(ms, "bad1"), _mean(ms, "bad2"),
                         _mean(ms, "bad4"), _mean(ms, "epe"), _mean(ms, "density"),
                         _mean(ms, "vepe"), float(np.median([m["ms"] for m in ms])), rate,
-                        device, setting))
+                        device, setting, *(_mean(ms, k) for k in OCCLUSION_KEYS)))
     return rows
 
 
@@ -269,13 +307,18 @@ def throughput(backend, pair: Pair, cfg: dict, device: str, batch: int) -> float
 # --------------------------------------------------------------------------------------------
 # Report
 
+OCCLUSION_KEYS = ("bad2_nocc", "density_nocc", "occluded", "bad2_occ")
 COLUMNS = (("backend", "{:<11}"), ("dataset", "{:<36}"), ("pairs", "{:>5}"),
            ("bad1", "{:>6.2f}"), ("bad2", "{:>6.2f}"), ("bad4", "{:>6.2f}"), ("epe", "{:>6.3f}"),
            ("density", "{:>7.1f}"), ("vepe", "{:>6.3f}"), ("ms_per_pair", "{:>9.0f}"),
            ("pairs_per_s", "{:>8.2f}"), ("device", "{:<6}"))
+# shown when some pair has an occlusion mask
+OCCLUSION_COLUMNS = (("bad2_nocc", "{:>9.2f}"), ("density_nocc", "{:>9.1f}"),
+                     ("occluded", "{:>6.1f}"), ("bad2_occ", "{:>8.1f}"))
 HEADERS = {"bad1": "bad-1%", "bad2": "bad-2%", "bad4": "bad-4%", "epe": "EPE",
            "density": "dens.%", "vepe": "vEPE", "ms_per_pair": "ms/pair",
-           "pairs_per_s": "pairs/s"}
+           "pairs_per_s": "pairs/s", "bad2_nocc": "bad-2 noc", "density_nocc": "dens. noc",
+           "occluded": "occ.%", "bad2_occ": "bad-2 occ"}
 
 
 def _width(fmt: str) -> int:
@@ -290,6 +333,8 @@ def format_table(rows: list[Row]) -> str:
         return fmt.format(value)
 
     columns = COLUMNS
+    if any(np.isfinite(r.density_nocc) for r in rows):
+        columns = (*COLUMNS[:-3], *OCCLUSION_COLUMNS, *COLUMNS[-3:])
     if any(r.setting for r in rows):  # a sweep: its value after the backend
         wide = max(len(r.setting) for r in rows)
         columns = (COLUMNS[0], ("setting", f"{{:<{max(wide, 7)}}}"), *COLUMNS[1:])

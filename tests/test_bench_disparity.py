@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 from conftest import SHARED
@@ -124,3 +125,33 @@ def test_cli_sweep_gives_one_row_per_value(capsys) -> None:
     assert [ln.split()[1] for ln in lines[1:3]] == ["lr_max_px=0.5", "lr_max_px=2"]
     assert main(["bench-disparity", "--no-real", "--synthetic", "1", "--sweep", "nope=1,2"]) == 2
     assert "unknown [disparity] key in --sweep" in capsys.readouterr().err
+
+
+def test_occlusion_metrics_split_the_ground_truth() -> None:
+    """bad-2 and density over the ground truth both views see, and the occluded share."""
+    gt = np.array([[10.0, 10.0, 10.0, 10.0, np.nan]], np.float32)
+    occluded = np.array([[False, False, False, True, True]])
+    d = np.array([[10.5, 13.0, np.nan, 20.0, 5.0]], np.float32)
+    m = evaluate(d, gt, occluded=occluded)
+    assert m["bad2"] == pytest.approx(200 / 3) and m["density"] == pytest.approx(75.0)
+    assert m["bad2_nocc"] == pytest.approx(50.0)              # 13.0 is bad, 10.5 is not
+    assert m["density_nocc"] == pytest.approx(200 / 3)        # 2 of 3 visible pixels
+    assert m["occluded"] == pytest.approx(25.0)               # 1 of 4 ground-truth pixels
+    assert m["bad2_occ"] == pytest.approx(100.0)
+    assert np.isnan(evaluate(d, gt)["bad2_nocc"])
+
+
+@needs_shared
+def test_middlebury_occlusion_masks_are_read() -> None:
+    """MiddEval3's mask0nocc.png (128 = occluded) and Cones' occlusion.png (255 = visible):
+    about a ninth of each pair's ground truth is seen by the left view only."""
+    from filmmine.bench_disparity import load_middlebury2003
+
+    for p in (load_middlebury(SHARED / "middlebury2014_motorcycle_imperfect"),
+              load_middlebury2003(SHARED / "middlebury2003_cones")):
+        assert p.occluded is not None and p.occluded.shape == p.gt.shape
+        share = (p.occluded & np.isfinite(p.gt)).sum() / np.isfinite(p.gt).sum()
+        assert 0.08 < share < 0.15, (p.name, share)
+        # occluded pixels sit at depth edges: most have a visible pixel within 3 px
+        near = cv2.dilate((~p.occluded).astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+        assert (near[p.occluded]).mean() > 0.5
