@@ -337,7 +337,7 @@ def format_table(rows: list[Row]) -> str:
         columns = (*COLUMNS[:-3], *OCCLUSION_COLUMNS, *COLUMNS[-3:])
     if any(r.setting for r in rows):  # a sweep: its value after the backend
         wide = max(len(r.setting) for r in rows)
-        columns = (COLUMNS[0], ("setting", f"{{:<{max(wide, 7)}}}"), *COLUMNS[1:])
+        columns = (columns[0], ("setting", f"{{:<{max(wide, 7)}}}"), *columns[1:])
     head = [(HEADERS.get(k, k).ljust(_width(f)) if "<" in f else HEADERS.get(k, k).rjust(_width(f)))
             for k, f in columns]
     lines = [" ".join(head).rstrip()]

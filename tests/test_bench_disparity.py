@@ -155,3 +155,12 @@ def test_middlebury_occlusion_masks_are_read() -> None:
         # occluded pixels sit at depth edges: most have a visible pixel within 3 px
         near = cv2.dilate((~p.occluded).astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
         assert (near[p.occluded]).mean() > 0.5
+
+
+def test_table_shows_occlusion_columns_in_a_sweep_too() -> None:
+    row = Row("dis_sgbm", "real", 4, 7.7, 3.0, 1.6, 0.57, 86.6, 0.09, 160.0, 6.3, "cpu",
+              "sgbm_uniqueness=25", 1.51, 93.6, 11.7, 56.7)
+    head, line = format_table([row]).splitlines()
+    assert head.split()[:3] == ["backend", "setting", "dataset"]
+    assert "noc" in head and "occ.%" in head
+    assert line.split()[1] == "sgbm_uniqueness=25" and "93.6" in line.split()
