@@ -93,7 +93,8 @@ def encode_confidence(confidence: np.ndarray, valid: np.ndarray) -> bytes:
     if confidence.shape != valid.shape:
         raise ValueError(f"confidence {confidence.shape} and valid mask {valid.shape} differ")
     # confidence_to_uint8 raised to >= 1, in place on one float copy (equal values)
-    t = np.nan_to_num(confidence) * np.float32(255.0)
+    t = confidence * np.float32(255.0)
+    np.nan_to_num(t, copy=False)
     np.clip(t, 1.0, 255.0, out=t)
     np.rint(t, out=t)
     t[~valid] = 0

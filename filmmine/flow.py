@@ -177,7 +177,8 @@ class SgbmFlow(FlowBackend):
         pl, pr = max(hi, 0), max(-lo, 0)
         pad = [cv2.copyMakeBorder(v, 0, 0, pl, pr, cv2.BORDER_REPLICATE) for v in (left, right)]
         raw = m.compute(*pad)[:, pl:pl + left.shape[1]]   # int16, 1/16 px
-        d = raw.astype(np.float32) / 16.0
+        d = raw.astype(np.float32)
+        d *= np.float32(1 / 16)                            # exact: a power of two
         d[raw < lo * 16] = np.nan                          # minDisparity - 1 marks no match
         return d
 
