@@ -303,6 +303,19 @@ def _gpu_count() -> int:
         return 0
 
 
+# A local cluster's housekeeping, which its workers inherit. Sampled with py-spy on a worker
+# mining the benchmark film, Dask's periodic callbacks took 5.6 % of its busy time: the
+# statistical profiler walking the task thread's stack every 10 ms (the dashboard's profile
+# page), psutil's system monitor every 500 ms, the event-loop tick every 20 ms and the memory
+# monitor every 100 ms. A unit runs for tens of seconds: coarser housekeeping loses nothing.
+LOCAL_DASK_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.admin.tick.interval": "200ms",
+    "distributed.worker.memory.monitor-interval": "500ms",
+}
+
+
 def _client(workers: int | None, scheduler: str | None,
             device: str = "cpu") -> tuple[Client, SpecCluster | None]:
     if scheduler:
@@ -315,19 +328,6 @@ def _client(workers: int | None, scheduler: str | None,
     client = Client(cluster)
     client.register_worker_callbacks(_worker_setup)
     return client, cluster
-
-
-# A local cluster's housekeeping, which its workers inherit. Sampled with py-spy on a worker
-# mining the benchmark film, Dask's periodic callbacks took 5.6 % of its busy time: the
-# statistical profiler walking the task thread's stack every 10 ms (the dashboard's profile
-# page), psutil's system monitor every 500 ms, the event-loop tick every 20 ms and the memory
-# monitor every 100 ms. A unit runs for tens of seconds: coarser housekeeping loses nothing.
-LOCAL_DASK_CONFIG = {
-    "distributed.worker.profile.enabled": False,
-    "distributed.admin.system-monitor.interval": "2s",
-    "distributed.admin.tick.interval": "200ms",
-    "distributed.worker.memory.monitor-interval": "500ms",
-}
 
 
 def _worker_environ() -> dict:
