@@ -31,7 +31,7 @@ import cv2
 
 from filmmine import synth
 from filmmine.ffmpeg_bin import find_binary
-from filmmine.pipeline import mine_unit, plan_units
+from filmmine.pipeline import mine_unit, plan_units, unit_context
 from filmmine.probe import probe_film
 from filmmine.recipe import load_recipe
 from filmmine.runner import extract
@@ -162,7 +162,9 @@ def run_recipe(film: Path, recipe_name: str, workers: int | None, decode_s: floa
         recipe = load_recipe(recipe_name)
         probe = probe_film("bench", (str(film),), "sbs")
         stages: dict[str, float] = {}
-        for unit in plan_units(probe, recipe["decode"]["chunk_s"]) if stages_too else ():
+        units = plan_units(probe, recipe["decode"]["chunk_s"],
+                           lead=unit_context(probe.fps, recipe)[0])
+        for unit in units if stages_too else ():
             marker = mine_unit(probe, unit, recipe, out / "profile", device)
             for k, v in marker["timings"].items():
                 stages[k] = stages.get(k, 0.0) + v

@@ -34,7 +34,7 @@ from .errors import FilmmineError, MonoInput, RecipeError
 from .ffmpeg_bin import ffmpeg_version, require_ffmpeg
 from .flow import GPU_SHARE_ENV, get_backend
 from .inputs import FilmInput, resolve_inputs
-from .pipeline import backend_options, mine_unit, plan_units
+from .pipeline import backend_options, mine_unit, plan_units, unit_context
 from .probe import ProbeResult, probe_film
 from .recipe import dump_toml, load_recipe, recipe_digest
 
@@ -500,7 +500,8 @@ class _Run:
     def on_probe(self, client: Client, ac, probe: ProbeResult) -> None:
         name = probe.name
         self.probes[name] = probe
-        units = plan_units(probe, self.rec["decode"]["chunk_s"])
+        units = plan_units(probe, self.rec["decode"]["chunk_s"],
+                           lead=unit_context(probe.fps, self.rec)[0])
         self.units_of[name] = units
         self.pending_units[name] = len(units)
         with self.lock:

@@ -71,13 +71,18 @@ class ShotTracker:
         # fade_bias=1: the cut lands on the fade-in frame, so the dark frames stay in the
         # outgoing shot (and are rejected there as dark) instead of splitting a dark shot.
         self._fade = ThresholdDetector(threshold=fade_threshold, min_scene_len=gap, fade_bias=1.0)
-        self.window = max(2, round(dissolve_window_s * fps / 2))
+        self.window = self.window_frames(fps, dissolve_window_s)
         self.dissolve_threshold = dissolve_threshold
         self.boundaries = ShotBoundaries()
         self._recent: deque[tuple[int, np.ndarray]] = deque(maxlen=2 * self.window + 1)
         self._flagged: list[int] = []
         self.known_until = -1
         self.scores: dict[int, float] = {}
+
+    @staticmethod
+    def window_frames(fps: float, dissolve_window_s: float) -> int:
+        """W, the half window of the dissolve test, in frames."""
+        return max(2, round(dissolve_window_s * fps / 2))
 
     def push(self, index: int, lowres_bgr: np.ndarray) -> None:
         cuts = self._content.process_frame(index, lowres_bgr)

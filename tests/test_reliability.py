@@ -398,7 +398,7 @@ def test_staged_units_of_other_inputs_are_mined_again(library, tmp_path):
     units were made from other views, so they are mined again, never mixed into the film
     (the corpus equals a clean run's); and a finished film asked for in another layout is
     refused with a reason, not silently kept."""
-    from filmmine.pipeline import mine_unit, plan_units
+    from filmmine.pipeline import mine_unit, plan_units, unit_context
     from filmmine.probe import probe_film
     from filmmine.recipe import load_recipe
 
@@ -408,7 +408,7 @@ def test_staged_units_of_other_inputs_are_mined_again(library, tmp_path):
     rec = load_recipe(recipe)
     out = tmp_path / "out"
     stale = probe_film("film_sbs", (film,), "sbs")
-    units = plan_units(stale, 2.0)
+    units = plan_units(stale, 2.0, lead=unit_context(stale.fps, rec)[0])  # the runner's plan
     assert len(units) >= 3
     for u in units[:2]:  # what the killed --layout sbs run had staged
         mine_unit(stale, u, rec, out / ".work" / "film_sbs")
