@@ -422,3 +422,39 @@ def test_staged_units_of_other_inputs_are_mined_again(library, tmp_path):
     again = extract([film], out, layout="sbs", recipe=recipe, workers=0, progress=False)
     (entry,) = [i for i in again.inputs if i["film"] == "film_sbs"]
     assert entry["status"] == "failed" and "as half-sbs, not sbs" in entry["reason"]
+
+
+def test_films_probed_in_the_driver_or_in_tasks_get_the_same_outcome(tmp_path, monkeypatch):
+    """A local run probes its first films in the driver while the cluster starts, the rest in
+    probe tasks. Either way a film gets the same status, reason and corpus: run once with every
+    film probed in the driver and once with none, on good, empty, random and mono files."""
+    import numpy as np
+
+    from filmmine import runner, synth
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    spec = synth.FilmSpec(shots=(synth.ShotSpec("textured", 30, seed=2),), seed=3)
+    synth.write_film(spec, lib / "good.mp4", "sbs")
+    (lib / "good.mp4.truth.json").unlink()
+    (lib / "empty.mp4").write_bytes(b"")
+    (lib / "noise.mkv").write_bytes(np.random.default_rng(0).bytes(50_000))
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=320x180:rate=24:duration=2", "-pix_fmt", "yuv420p",
+                    str(lib / "mono.mp4")], check=True)
+    real = runner.early_probes
+    asked: dict[str, list[str]] = {}
+    outcome = {}
+    for name, n in (("driver", 99), ("tasks", 0)):
+        def early(films, _n, name=name, n=n):
+            asked[name] = [f.name for f in films[:n]]
+            return real(films, n)
+        monkeypatch.setattr(runner, "early_probes", early)
+        out = tmp_path / name
+        report = extract([str(lib)], out, workers=0, progress=False)
+        outcome[name] = ([(i["film"], i["status"], i["reason"]) for i in report.inputs],
+                         tree_digest(out / "shards"))
+    assert sorted(asked["driver"]) == ["empty", "good", "mono", "noise"] and asked["tasks"] == []
+    assert outcome["driver"] == outcome["tasks"]
+    statuses = {film: status for film, status, _ in outcome["driver"][0]}
+    assert statuses == {"good": "ok", "empty": "failed", "noise": "failed", "mono": "skipped"}
