@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import cv2
@@ -55,13 +56,23 @@ class DisparityResult:
 
 
 def sample_at(field_hw: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
-    """Bilinear lookup of a [H, W] or [H, W, C] float field at (map_x, map_y); NaN outside."""
+    """Bilinear lookup of a [H, W] or [H, W, C] float field at (map_x, map_y); NaN outside
+    [0, W - 1] x [0, H - 1] and where a coordinate is NaN."""
     h, w = field_hw.shape[:2]
     # replicate, not NaN, at the border: a match exactly on the last row/column is inside
     out = cv2.remap(field_hw, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    outside = (map_x < 0) | (map_x > w - 1) | (map_y < 0) | (map_y > h - 1)
-    out[outside] = np.nan
+    # inRange: one pass per coordinate (4 numpy comparisons and 3 ors took 0.8 ms at 940x540)
+    inside = cv2.bitwise_and(cv2.inRange(map_x, 0, w - 1), cv2.inRange(map_y, 0, h - 1))
+    out[inside == 0] = np.nan
     return out
+
+
+@lru_cache(maxsize=8)
+def _pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """x and y of every pixel of an [h, w] image (float32, read-only; one per size)."""
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    xs.flags.writeable = ys.flags.writeable = False
+    return xs, ys
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,13 +205,17 @@ def _fraction(mask: np.ndarray) -> float:
     return np.count_nonzero(mask) / max(mask.size, 1)
 
 
-def _despeckle(disparity: np.ndarray, max_px: int, range_px: float) -> np.ndarray:
+def _despeckle(disparity: np.ndarray, max_px: int, range_px: float,
+               valid: np.ndarray | None = None) -> np.ndarray:
     """Invalidate connected regions of valid labels smaller than ``max_px`` pixels (neighbours
-    within ``range_px`` join a region; OpenCV ``filterSpeckles`` on 1/16 px steps)."""
-    valid = np.isfinite(disparity)
+    within ``range_px`` join a region; OpenCV ``filterSpeckles`` on 1/16 px steps).
+    ``valid``: ``np.isfinite(disparity)`` when the caller has it."""
+    if valid is None:
+        valid = np.isfinite(disparity)
     if max_px <= 0 or not valid.any():
         return valid
-    lo, hi = float(np.nanmin(disparity)), float(np.nanmax(disparity))
+    # fmin/fmax skip NaN in one pass (nanmin/nanmax copy the array first)
+    lo, hi = float(np.fmin.reduce(disparity, axis=None)), float(np.fmax.reduce(disparity, axis=None))
     # 1/16 px in int16: shift so that the range fits, -32768 marks invalid
     step = 16.0 if (hi - lo) * 16.0 < 60000 else 60000.0 / max(hi - lo, 1e-6)
     t = (disparity - np.float32(lo)) * np.float32(step)
@@ -230,7 +245,7 @@ def _core_numpy(lr: np.ndarray, rl: np.ndarray, lr_max: float,
     """The per-pixel checks of one frame on the CPU (flows [2, H, W]: planes u, v; cv2.remap).
     Planes are used in place: no [H, W, 2] copy (5 ms a frame at 940x540)."""
     h, w = lr.shape[1:]
-    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    xs, ys = _pixel_grid(h, w)
     u, v = lr[0], lr[1]
     # where each left pixel lands in the right view, and the backward flow u found there
     back = sample_at(np.ascontiguousarray(rl[0]), xs + u, ys + v)
@@ -242,7 +257,11 @@ def _core_numpy(lr: np.ndarray, rl: np.ndarray, lr_max: float,
         # occlusion: inconsistent, but the right view sees something nearer (larger d; NaN,
         # where the match left the image, compares False)
         occluded = ~lr_ok & (back > lr_max - u)
-    conf = np.nan_to_num(np.exp(lr_err * np.float32(-1.0 / lr_max)), copy=False, nan=0.0)
+    # NaN (the match left the image) -> 1e9 px: confidence 0, as on the device; in place, in
+    # one pass (nan_to_num of the exponential took five)
+    conf = np.fmin(lr_err, np.float32(1e9), out=lr_err)
+    conf *= np.float32(-1.0 / lr_max)
+    np.exp(conf, out=conf)
     return {"u": u, "v": v, "valid": lr_ok & ~vert_fail_lr, "lr_ok": lr_ok,
             "occluded": occluded, "conf": conf,
             "vert_fail": np.float32(max(_fraction(vert_fail_lr), _fraction(vert_fail_rl)))}
@@ -307,10 +326,11 @@ def _finish(u: np.ndarray, v: np.ndarray, valid: np.ndarray, lr_ok: np.ndarray,
             occluded: np.ndarray, conf: np.ndarray, vertical_fail_frac: float, cfg: dict,
             stored_width: int, guide: np.ndarray | None) -> DisparityResult:
     """Speckle filter, post-filter, confidence, statistics and verdict of one frame (numpy)."""
-    disparity = np.where(valid, -u, np.float32(np.nan))
-    n_checked = int(valid.sum())
+    disparity = np.negative(u)
+    disparity[~valid] = np.nan
+    n_checked = np.count_nonzero(valid)
     valid = _despeckle(disparity, int(cfg.get("speckle_max_px", 0)),
-                       float(cfg.get("speckle_range_px", 1.0)))
+                       float(cfg.get("speckle_range_px", 1.0)), valid)  # valid: u finite
     disparity[~valid] = np.nan
     post = cfg.get("post_filter", "none")
     if post not in POST_FILTERS:
@@ -329,7 +349,7 @@ def _finish(u: np.ndarray, v: np.ndarray, valid: np.ndarray, lr_ok: np.ndarray,
         "valid_fraction": valid_frac,
         "lr_pass_fraction": _fraction(lr_ok),
         "occluded_fraction": _fraction(occluded),
-        "speckle_fraction": float((n_checked - valid.sum()) / valid.size),
+        "speckle_fraction": float((n_checked - np.count_nonzero(valid)) / valid.size),
         "vertical_fail_fraction": vertical_fail_frac,
         "vertical_median_px": float(np.median(vs)) if vs.size else 0.0,
         "vertical_abs_p95_px": float(np.percentile(np.abs(vs), 95)) if vs.size else 0.0,

@@ -94,8 +94,9 @@ def encode_confidence(confidence: np.ndarray, valid: np.ndarray) -> bytes:
         raise ValueError(f"confidence {confidence.shape} and valid mask {valid.shape} differ")
     # confidence_to_uint8 raised to >= 1, in place on one float copy (equal values)
     t = confidence * np.float32(255.0)
-    np.nan_to_num(t, copy=False)
-    np.clip(t, 1.0, 255.0, out=t)
+    # clip to [1, 255] with NaN -> 1: fmax and fmin skip NaN (nan_to_num, then clip: 4 passes)
+    np.fmax(t, np.float32(1.0), out=t)
+    np.fmin(t, np.float32(255.0), out=t)
     np.rint(t, out=t)
     t[~valid] = 0
     q = t.astype(np.uint8)

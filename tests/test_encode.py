@@ -93,11 +93,12 @@ def test_infinities_are_invalid_and_do_not_widen_the_scale() -> None:
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_confidence_png_holds_the_documented_values(dtype) -> None:
     """value = round(confidence * 255) of the confidence clipped to [0, 1], at least 1 where
-    the disparity is valid (also where a confidence is NaN or rounds to 0), 0 elsewhere."""
+    the disparity is valid (also where a confidence is NaN, -inf or rounds to 0), 0 elsewhere."""
     rng = np.random.default_rng(1)
     c = rng.uniform(-0.1, 1.1, (60, 400)).astype(dtype)
     c[:5] = (np.arange(2000) / 1999 * 2 / 255).reshape(5, 400)    # 0 .. 2 steps, half-ways
     c[5, :10] = np.nan
+    c[6, :4] = [np.inf, -np.inf, np.inf, -np.inf]
     valid = rng.random(c.shape) < 0.8
     want = np.round(np.clip(np.nan_to_num(c), 0, 1) * 255)
     want = np.where(valid, np.maximum(want, 1), 0)
