@@ -321,7 +321,8 @@ class DisSgbmFlow(SgbmFlow):
             ok = np.isfinite(f[..., 1])
         v = _smooth_vertical(np.ascontiguousarray(f[..., 1]), ok, self.v_sigma_px / sy,
                              self.v_deadband_px / sy)
-        v_lr = cv2.resize(v, size, interpolation=cv2.INTER_LINEAR) * np.float32(sy)
+        v_lr = cv2.resize(v, size, interpolation=cv2.INTER_LINEAR)
+        v_lr *= np.float32(sy)                           # in place: no full-size copy
         xs = np.broadcast_to(np.arange(cw, dtype=np.float32), (ch, cw))
         ys = np.ascontiguousarray(np.broadcast_to(np.arange(ch, dtype=np.float32)[:, None],
                                                   (ch, cw)))
@@ -329,7 +330,8 @@ class DisSgbmFlow(SgbmFlow):
         map_x += xs
         np.copyto(map_x, xs, where=np.isnan(map_x))     # unmatched: the pixel itself
         v_rl = cv2.remap(v, map_x, ys, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        v_rl = cv2.resize(v_rl, size, interpolation=cv2.INTER_LINEAR) * np.float32(-sy)
+        v_rl = cv2.resize(v_rl, size, interpolation=cv2.INTER_LINEAR)
+        v_rl *= np.float32(-sy)
         return v_lr, v_rl
 
     def _vertical(self, f: np.ndarray, back: np.ndarray, size: tuple[int, int],
