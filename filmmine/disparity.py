@@ -215,7 +215,8 @@ def _despeckle(disparity: np.ndarray, max_px: int, range_px: float,
     if max_px <= 0 or not valid.any():
         return valid
     # fmin/fmax skip NaN in one pass (nanmin/nanmax copy the array first)
-    lo, hi = float(np.fmin.reduce(disparity, axis=None)), float(np.fmax.reduce(disparity, axis=None))
+    lo = float(np.fmin.reduce(disparity, axis=None))
+    hi = float(np.fmax.reduce(disparity, axis=None))
     # 1/16 px in int16: shift so that the range fits, -32768 marks invalid
     step = 16.0 if (hi - lo) * 16.0 < 60000 else 60000.0 / max(hi - lo, 1e-6)
     t = (disparity - np.float32(lo)) * np.float32(step)

@@ -1,9 +1,10 @@
 """The extract run: Dask tasks per film (probe, work units, assembly), resume, manifest.
 
 The driver submits one probe task per film (a local run probes its first films itself while
-its cluster starts); when a probe returns it submits the film's work units (frame ranges), and when all of them are staged, the assembly task that writes shards
-and the film record. Finished films (record present) and staged units (marker present) are
-skipped, so rerunning after a crash repeats only unfinished work.
+its cluster starts); when a probe returns it submits the film's work units (frame ranges), and
+when all of them are staged, the assembly task that writes shards and the film record.
+Finished films (record present) and staged units (marker present) are skipped, so rerunning
+after a crash repeats only unfinished work.
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ def test_many_seams_tile_the_film_in_order(chunk_s: float):
     assert units[0].start == 0 and units[-1].end == N
     size = round(chunk_s * FPS)
     moved = 0
-    for a, b, nom in zip(units, units[1:], nominal[1:]):
+    for a, b, nom in zip(units[:-1], units[1:], nominal[1:], strict=True):
         assert a.end == b.start and a.start < a.end
         assert abs(b.start - nom.start) <= size // 4
         if b.start != nom.start:
