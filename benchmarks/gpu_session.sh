@@ -61,15 +61,15 @@ step profile_torch 60 "$PY" benchmarks/census_sgm_profile.py --device "$DEVICE" 
     --torch --no-profiler
 step disparity_backends 150 "$PY" benchmarks/disparity_backends.py --device "$DEVICE" \
     --backends census_sgm,dis_sgbm --batch 32 --synthetic 8
-printf 'base = "gpu"\nname = "gpu-5s"\n[decode]\nchunk_s = 5.0\n' > /tmp/gpu-5s.toml
-printf 'base = "default"\nname = "default-5s"\n[decode]\nchunk_s = 5.0\n' > /tmp/default-5s.toml
+# the recipes as users run them: a lone film's units are cut to fill the workers
+# (decode.min_chunk_s; 60 s on 8 workers: 8 units of 7.5 s), no hand-set chunk_s
 step extract_gpu 240 "$PY" benchmarks/extract_throughput.py --cache "$CACHE" --jobs 12 \
     --seconds "${FILM_SECONDS:-60}" \
-    --recipe /tmp/gpu-5s.toml --device "$DEVICE" --no-stages --repeat 1
+    --recipe gpu --device "$DEVICE" --no-stages --repeat 1
 step cuda_tests 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_flow_torch.py \
     tests/test_flow_raft.py tests/test_disparity.py
 step extract_cpu 120 "$PY" benchmarks/extract_throughput.py --cache "$CACHE" --jobs 12 \
     --seconds "${FILM_SECONDS:-60}" \
-    --recipe /tmp/default-5s.toml --no-stages --repeat 1
+    --recipe default --no-stages --repeat 1
 step trainer_loader 100 "$PY" benchmarks/trainer_loader.py --workers 12
 echo "session: $SECONDS s"

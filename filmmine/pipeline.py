@@ -59,8 +59,25 @@ def unit_context(fps: float, recipe: dict) -> tuple[int, int]:
     return after + plan.grid_step, after
 
 
+def film_chunk_s(duration_s: float, chunk_s: float, min_chunk_s: float, units: int) -> float:
+    """The unit length for a film that should give at least ``units`` work units.
+
+    A library with fewer films than workers leaves workers idle when every film is cut into
+    the recipe's ``chunk_s`` units (one 60 s film, 30 s units: two busy workers of eight on a
+    16-core node). Such a film's units are shortened to ``duration_s / units``, never below
+    ``min_chunk_s`` (each unit decodes ~3.4 s of context at 24 fps: shorter units decode more
+    context than film), never above ``chunk_s``; 0 = one unit stays one unit. The split
+    changes no output byte: units decode context around their seams (``unit_context``)."""
+    if chunk_s <= 0 or units <= 1 or duration_s <= 0:
+        return chunk_s
+    return max(min(chunk_s, duration_s / units), min(min_chunk_s, chunk_s))
+
+
 def plan_units(probe: ProbeResult, chunk_s: float, lead: int | None = None) -> list[WorkUnit]:
-    """The film's work units: ranges of about ``chunk_s`` seconds (0: one unit).
+    """The film's work units: as few ranges as keep each within ``chunk_s`` seconds, of equal
+    length (0: one unit). Equal lengths: a 95 s film in 30 s units is four of 23.75 s, where
+    30 + 30 + 30 + 5 spent a unit's whole context and ffmpeg start on 5 s, and workers ended
+    apart.
 
     ``lead``: frames a unit decodes before its first one (``unit_context``). With it, and
     when the film's keyframes are known, each seam moves to the nearest frame whose decode
@@ -71,7 +88,11 @@ def plan_units(probe: ProbeResult, chunk_s: float, lead: int | None = None) -> l
     is mined (units decode context around them): only where a unit's decode starts.
     """
     n = probe.n_frames
+    if n <= 0:
+        return []
     size = n if chunk_s <= 0 else max(1, round(chunk_s * probe.fps))
+    count = max(1, -(-n // size))
+    size = max(1, -(-n // count))                 # equal units, none longer than before
     starts = list(range(0, n, size))
     keys = probe.pts.keyframes() if lead is not None and probe.pts is not None else None
     if keys is not None and len(starts) > 1:

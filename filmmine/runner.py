@@ -36,7 +36,7 @@ from .errors import FilmmineError, MonoInput, RecipeError
 from .ffmpeg_bin import ffmpeg_version, require_ffmpeg
 from .flow import GPU_SHARE_ENV, get_backend
 from .inputs import FilmInput, resolve_inputs
-from .pipeline import backend_options, mine_unit, plan_units, unit_context
+from .pipeline import backend_options, film_chunk_s, mine_unit, plan_units, unit_context
 from .probe import ProbeResult, probe_film
 from .recipe import dump_toml, load_recipe, recipe_digest
 
@@ -296,6 +296,18 @@ def unit_resources(device: str) -> dict[str, int] | None:
     return {"GPU": 1} if device.startswith("cuda") else None
 
 
+def unit_slots(client: Client, device: str) -> int:
+    """How many work units the cluster runs at once, as its workers stand at the start: their
+    threads, or on a GPU run their GPU resources (a unit holds one). At least 1."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
+    if unit_resources(device):
+        n = sum(min(int(w.get("nthreads", 1)), int(w.get("resources", {}).get("GPU", 0)))
+                for w in workers)
+    else:
+        n = sum(int(w.get("nthreads", 1)) for w in workers)
+    return max(1, n)
+
+
 def _gpu_count() -> int:
     try:
         import torch
@@ -434,6 +446,8 @@ class _Run:
         self.units_of: dict[str, list] = {}
         self.reported: dict[tuple[str, int], int] = {}  # frames reported per unit
         self.shots = self.samples = 0
+        self.slots = 1          # units the cluster runs at once (``unit_slots``)
+        self.films_total = 1    # films of this run
         self.lock = threading.Lock()
         self.bar = tqdm(total=0, unit="frame", desc="extract", disable=not progress,
                         smoothing=0.05, dynamic_ncols=True, file=sys.stderr)
@@ -469,6 +483,7 @@ class _Run:
         """Follow every film to its record or failure. ``probed``: films already being probed
         in the driver (``early_probes``); the others get a probe task."""
         by_name = {f.name: f for f in films}
+        self.films_total = max(1, len(films))
         probed = probed or {}
         # this run's client's loop: as_completed() alone takes the default client's, which is
         # another run's when two runs share the process (it closes, and this run hangs)
@@ -514,11 +529,18 @@ class _Run:
             self.events("film", film=name, status="ok", reason=result.get("reason"),
                         counts=result["counts"])
 
+    def chunk_s(self, probe: ProbeResult) -> float:
+        """The film's unit length: the recipe's, shortened when the run has fewer films than
+        unit slots (``film_chunk_s``: each film gets its share of the slots)."""
+        dec = self.rec["decode"]
+        share = -(-self.slots // max(1, self.films_total))
+        duration = probe.n_frames / probe.fps if probe.fps > 0 else 0.0
+        return film_chunk_s(duration, dec["chunk_s"], dec.get("min_chunk_s", 5.0), share)
+
     def on_probe(self, client: Client, ac, probe: ProbeResult) -> None:
         name = probe.name
         self.probes[name] = probe
-        units = plan_units(probe, self.rec["decode"]["chunk_s"],
-                           lead=unit_context(probe.fps, self.rec)[0])
+        units = plan_units(probe, self.chunk_s(probe), lead=unit_context(probe.fps, self.rec)[0])
         self.units_of[name] = units
         self.pending_units[name] = len(units)
         with self.lock:
@@ -572,6 +594,7 @@ def _run_tasks(films, out, rec, digest, device, workers, scheduler, progress, de
     if progress and client.dashboard_link:
         print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr)
     run = _Run(out, rec, digest, device, statuses, report, events, progress, debug)
+    run.slots = unit_slots(client, device)
     client.subscribe_topic(PROGRESS_TOPIC, run.on_progress)
     try:
         run.run(client, films, probed)

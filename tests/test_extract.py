@@ -343,6 +343,24 @@ def test_films_split_into_work_units_lose_and_repeat_nothing(library, tmp_path):
         assert_label_matches_truth(spec, s)
 
 
+def test_a_lone_film_is_split_to_fill_the_workers(library, tmp_path):
+    """Default recipe (30 s units, min_chunk_s 5): the 14 s film alone on two worker processes
+    is cut into two 7 s units, so that both work; on one worker it stays one unit. The same
+    shard bytes and candidate rows either way."""
+    lib = json.loads((library / "library.json").read_text())
+    entry = next(f for f in lib["films"] if f["name"] == "film_sbs")
+    got = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        report = extract([str(library / entry["path"])], out, layout="sbs", workers=workers,
+                         progress=False)
+        assert report.exit_code == 0, report.summary()
+        assert report.records["film_sbs"]["units"] == workers
+        (shard,) = sorted((out / "shards").glob("film_sbs-*.tar"))
+        got[workers] = (shard.read_bytes(), pq.read_table(out / "frames.parquet").to_pylist())
+    assert got[1] == got[2]
+
+
 def test_batched_disparity_gives_the_same_samples_and_rows(corpus, library, tmp_path):
     """[disparity] batch = 5 (one flow call for 5 candidates, as on a GPU worker): the same
     shard bytes and the same rows, in the same order, as one pair per call."""

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from filmmine.pipeline import WorkUnit, plan_units, unit_context
+from filmmine.pipeline import WorkUnit, film_chunk_s, plan_units, unit_context
 from filmmine.probe import ProbeResult, PtsIndex, probe_film
 from filmmine.recipe import load_recipe
 
@@ -107,3 +107,43 @@ def test_real_film_seams_decode_nothing_before_their_context(library):
     waste_nominal = sum(u.start - before - _first_decoded(probe, u, before) for u in nominal[1:])
     waste = sum(u.start - before - _first_decoded(probe, u, before) for u in units[1:])
     assert waste_nominal > 0 and waste == 0
+
+
+def test_units_are_equal_and_no_longer_than_the_chunk():
+    """A 95 s film in 30 s units: four of 23.75 s (570 frames), where plain 30 s steps left a
+    5 s remainder paying a whole unit's context; a film of whole chunks is cut as before."""
+    probe = _probe(n=round(95 * FPS))
+    assert _ranges(plan_units(probe, 30.0)) == [(0, 570), (570, 1140), (1140, 1710),
+                                                (1710, 2280)]
+    assert _ranges(plan_units(_probe(n=1441), 30.0)) == [(0, 481), (481, 962), (962, 1441)]
+    assert _ranges(plan_units(_probe(), 30.0)) == [(0, 720), (720, 1440)]
+    assert _ranges(plan_units(_probe(n=100), 30.0)) == [(0, 100)]
+    assert plan_units(_probe(n=0, indexed=False), 30.0) == []
+
+
+def test_a_film_gets_shorter_units_only_to_fill_idle_workers():
+    """``film_chunk_s``: the recipe's chunk unless the film should give more units than that
+    makes; then duration / units, never below min_chunk_s, never above chunk_s."""
+    assert film_chunk_s(60.0, 30.0, 5.0, 1) == 30.0          # enough films for the workers
+    assert film_chunk_s(60.0, 30.0, 5.0, 2) == 30.0          # two 30 s units already
+    assert film_chunk_s(60.0, 30.0, 5.0, 8) == 7.5           # one film, eight workers
+    assert film_chunk_s(20.0, 30.0, 5.0, 8) == 5.0           # not below min_chunk_s
+    assert film_chunk_s(600.0, 30.0, 5.0, 8) == 30.0         # long film: plenty of units
+    assert film_chunk_s(60.0, 2.0, 5.0, 8) == 2.0            # a short chunk_s stays
+    assert film_chunk_s(60.0, 0.0, 5.0, 8) == 0.0            # one unit stays one unit
+    probe = _probe()                                         # 60 s
+    assert len(plan_units(probe, film_chunk_s(60.0, 30.0, 5.0, 8))) == 8
+
+
+def test_unit_slots_count_threads_or_gpus():
+    """A cluster of two workers with two threads and one GPU each runs 4 units at once on the
+    CPU and 2 on the GPUs (a unit holds a GPU)."""
+    from distributed import Client, LocalCluster
+
+    from filmmine.runner import unit_slots
+
+    with LocalCluster(n_workers=2, threads_per_worker=2, processes=False,
+                      resources={"GPU": 1}, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        assert unit_slots(client, "cpu") == 4
+        assert unit_slots(client, "cuda") == 2
