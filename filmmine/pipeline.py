@@ -14,6 +14,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,9 +176,11 @@ class _Waiting:
 class UnitMiner:
     """Holds the per-unit state of the streaming stages."""
 
-    def __init__(self, probe: ProbeResult, unit: WorkUnit, recipe: dict, backend: FlowBackend,
-                 staging: StagingWriter, batch: int = 1) -> None:
-        self.probe, self.unit, self.recipe, self.backend = probe, unit, recipe, backend
+    def __init__(self, probe: ProbeResult, unit: WorkUnit, recipe: dict,
+                 backend: FlowBackend | Future[FlowBackend], staging: StagingWriter,
+                 batch: int = 1) -> None:
+        self.probe, self.unit, self.recipe = probe, unit, recipe
+        self._backend = backend     # a Future while it is being built (``backend_soon``)
         self.staging = staging
         # candidates that passed the filters, waiting for one batched disparity call
         self.batch = max(1, int(batch))
@@ -201,6 +204,16 @@ class UnitMiner:
         self.taken: dict[int, int] = {}           # shot start -> samples taken from it
         self.prev_grey: dict[int, np.ndarray] = {}  # shot start -> last candidate's grey view
         self.result = UnitResult(unit)
+
+    @property
+    def backend(self) -> FlowBackend:
+        """The flow backend; the first use waits for it when it is still being built (the
+        wait is timed as ``backend_wait``)."""
+        if isinstance(self._backend, Future):
+            t0 = time.perf_counter()
+            self._backend = self._backend.result()
+            self._tick("backend_wait", t0)
+        return self._backend
 
     def _tick(self, stage: str, t0: float) -> float:
         now = time.perf_counter()
@@ -345,14 +358,35 @@ class UnitMiner:
 _BACKENDS: dict[str, FlowBackend] = {}
 
 
+def _backend_key(recipe: dict, device: str) -> str:
+    return json.dumps([recipe["disparity"]["backend"], device, backend_options(recipe)],
+                      sort_keys=True)   # lists are not hashable
+
+
 def backend_for(recipe: dict, device: str) -> FlowBackend:
     """One flow backend per worker process and configuration (models are built once)."""
-    d = recipe["disparity"]
-    options = backend_options(recipe)
-    key = json.dumps([d["backend"], device, options], sort_keys=True)  # lists are not hashable
+    key = _backend_key(recipe, device)
     if key not in _BACKENDS:
-        _BACKENDS[key] = get_backend(d["backend"], device=device, **options)
+        _BACKENDS[key] = get_backend(recipe["disparity"]["backend"], device=device,
+                                     **backend_options(recipe))
     return _BACKENDS[key]
+
+
+# one thread builds backends (``backend_soon``): never two builds of one model at once
+_BUILDER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="filmmine-backend")
+
+
+def backend_soon(recipe: dict, device: str) -> Future[FlowBackend]:
+    """``backend_for`` while the caller goes on: a worker's first unit builds its model while
+    its ffmpeg starts, not before (census_sgm: importing torch and building it took 2.45 s in a
+    fresh process on the 2-core VM; a CUDA context more on a GPU; the first disparity call
+    comes after a batch of candidates is decoded). Built already: a finished Future."""
+    built = _BACKENDS.get(_backend_key(recipe, device))
+    if built is not None:
+        done: Future[FlowBackend] = Future()
+        done.set_result(built)
+        return done
+    return _BUILDER.submit(backend_for, recipe, device)
 
 
 def disparity_batch(recipe: dict, device: str) -> int:
@@ -393,7 +427,7 @@ def mine_unit(probe: ProbeResult, unit: WorkUnit, recipe: dict, work_dir: Path,
         # after a crash with other arguments): never mixed into this film, mined again
         log.warning("%s %s: staged from other inputs, mined again", probe.name, unit.stem)
         marker.unlink()
-    backend = backend_for(recipe, device)
+    backend = backend_soon(recipe, device)
     staging = StagingWriter(tar_path)
     miner = UnitMiner(probe, unit, recipe, backend, staging, disparity_batch(recipe, device))
     # context before the unit lets the shot detector see cuts that shape its first samples
@@ -425,6 +459,9 @@ def mine_unit(probe: ProbeResult, unit: WorkUnit, recipe: dict, work_dir: Path,
             stats.stop_reason = e.why
             stats.stopped_early = f"decoded 0 of {stop - start} frames ({e.why})"
         result = miner.finish(last)
+        # a backend that cannot be built fails the unit even when no candidate needed it,
+        # as when it was built before decoding
+        miner.backend  # noqa: B018
     except BaseException:
         staging.abort()
         raise

@@ -147,3 +147,34 @@ def test_unit_slots_count_threads_or_gpus():
             Client(cluster) as client:
         assert unit_slots(client, "cpu") == 4
         assert unit_slots(client, "cuda") == 2
+
+
+def test_a_unit_builds_its_backend_while_decoding_and_still_fails_on_a_bad_one(tmp_path):
+    """``backend_soon``: the model is built in a thread while the unit decodes (a built one is
+    handed back at once, the same object). A recipe whose backend cannot be built (``raft``
+    without weights) still fails the unit, even on a film where no candidate reaches the
+    disparity stage (all dark), as when the backend was built before decoding."""
+    from filmmine import synth
+    from filmmine.pipeline import backend_for, backend_soon, mine_unit
+
+    rec = load_recipe("default")
+    built = backend_for(rec, "cpu")
+    soon = backend_soon(rec, "cpu")
+    assert soon.done() and soon.result() is built
+
+    spec = synth.FilmSpec(shots=(synth.ShotSpec("dark", 36, seed=4),), view_width=160,
+                          view_height=90, seed=4)
+    film = tmp_path / "dark.mp4"
+    synth.write_film(spec, film, "sbs")
+    probe = probe_film("dark", (str(film),), "sbs")
+    (unit,) = plan_units(probe, 0.0)
+    marker = mine_unit(probe, unit, rec, tmp_path / "ok")
+    rows = marker["frames"]
+    assert rows and all(r["stage"] == "filter" and r["reason"] == "dark" for r in rows)
+    assert "disparity" not in marker["timings"]          # no candidate needed the backend
+
+    bad = tmp_path / "raft.toml"
+    bad.write_text('base = "default"\n[disparity]\nbackend = "raft"\nraft_weights = ""\n')
+    with pytest.raises(ValueError, match="raft_weights"):
+        mine_unit(probe, unit, load_recipe(bad), tmp_path / "bad")
+    assert not (tmp_path / "bad" / f"{unit.stem}.json").exists()
