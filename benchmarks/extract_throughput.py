@@ -128,6 +128,11 @@ def main() -> None:
             print(f"  ffmpeg decode-only (mean of the runs around): {x['decode_only_s']:.2f} s"
                   f"   extract ({r['device']}): {x['extract_s']:.2f} s ({x['extract_cpu_s']:.1f}"
                   f" CPU s, all processes)   ratio: {x['ratio']:.2f}")
+        tl = r["timeline"]
+        if tl["units_done_s"]:
+            print(f"  timeline (first run, s from its start): probed {tl['probed_s']}, "
+                  f"{len(tl['units_done_s'])} units done {tl['units_done_s'][0]}-"
+                  f"{tl['units_done_s'][-1]}, film assembled {tl['film_done_s']}")
         print(f"  median of {len(r['runs'])}: ratio {r['ratio']:.2f} (goal <= 2.0 on 2 CPU "
               f"cores, <= 1.2 on a GPU node), extract CPU {r['extract_cpu_s']:.1f} s")
         if r["stage_s"]:
@@ -146,10 +151,12 @@ def run_recipe(film: Path, recipe_name: str, workers: int | None, decode_s: floa
                device: str = "cpu", stages_too: bool = True) -> dict:
     out = Path(tempfile.mkdtemp(prefix="filmmine-bench-"))
     try:
-        t0, c0 = time.perf_counter(), cpu_seconds()
+        events = out / "events.jsonl"
+        wall0, t0, c0 = time.time(), time.perf_counter(), cpu_seconds()
         report = extract([str(film)], out / "corpus", layout="sbs", recipe=recipe_name,
-                         workers=workers, device=device, progress=False)
+                         workers=workers, device=device, progress=False, log_jsonl=events)
         extract_s = time.perf_counter() - t0
+        timeline = run_timeline(events, wall0)
         time.sleep(1.0)  # let the nannies reap their workers
         extract_cpu_s = cpu_seconds() - c0
         if not report.records:
@@ -183,7 +190,21 @@ def run_recipe(film: Path, recipe_name: str, workers: int | None, decode_s: floa
         "extract_cpu_s": round(extract_cpu_s, 2),
         "ratio": round(extract_s / decode_s, 2),
         "stage_s": {k: round(v, 2) for k, v in stages.items()},
+        "timeline": timeline,
     }
+
+
+def run_timeline(events: Path, wall0: float) -> dict:
+    """When the run's events came, in seconds from its start (``--log-jsonl``): the film
+    probed, each work unit done, the film assembled. Where a run's wall time goes: start-up
+    (cluster, probe) before the units, the units, assembly after them."""
+    rows = [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
+
+    def at(kind: str) -> list[float]:
+        return [round(r["t"] - wall0, 2) for r in rows if r.get("event") == kind]
+
+    return {"probed_s": min(at("probed"), default=None), "units_done_s": sorted(at("unit")),
+            "film_done_s": max(at("film"), default=None)}
 
 
 if __name__ == "__main__":
