@@ -259,7 +259,7 @@ def extract(inputs: list[str], out: str | Path, *, layout: str = "auto",
     try:
         if todo:
             _run_tasks(todo, out, rec, digest, device, workers, scheduler, progress, debug,
-                       statuses, report, events)
+                       statuses, report, events, films_total=len(films))
     except BaseException:
         events.close()
         raise
@@ -447,7 +447,7 @@ class _Run:
         self.reported: dict[tuple[str, int], int] = {}  # frames reported per unit
         self.shots = self.samples = 0
         self.slots = 1          # units the cluster runs at once (``unit_slots``)
-        self.films_total = 1    # films of this run
+        self.films_total = 1    # films of the command, mined by an earlier run or not
         self.lock = threading.Lock()
         self.bar = tqdm(total=0, unit="frame", desc="extract", disable=not progress,
                         smoothing=0.05, dynamic_ncols=True, file=sys.stderr)
@@ -483,7 +483,6 @@ class _Run:
         """Follow every film to its record or failure. ``probed``: films already being probed
         in the driver (``early_probes``); the others get a probe task."""
         by_name = {f.name: f for f in films}
-        self.films_total = max(1, len(films))
         probed = probed or {}
         # this run's client's loop: as_completed() alone takes the default client's, which is
         # another run's when two runs share the process (it closes, and this run hangs)
@@ -580,7 +579,10 @@ def early_probes(films: list[FilmInput], n: int) -> tuple[ThreadPoolExecutor, di
 
 
 def _run_tasks(films, out, rec, digest, device, workers, scheduler, progress, debug,
-               statuses, report, events) -> None:
+               statuses, report, events, films_total: int | None = None) -> None:
+    """``films``: those to mine; ``films_total``: the run's films, mined before or not (the
+    units' plan depends on the command, not on how far an earlier run got: a rerun after a
+    crash plans the same units and keeps what they staged)."""
     pool, probed = None, {}
     if not scheduler:
         n = workers if workers else _default_workers(os.cpu_count())
@@ -595,6 +597,7 @@ def _run_tasks(films, out, rec, digest, device, workers, scheduler, progress, de
         print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr)
     run = _Run(out, rec, digest, device, statuses, report, events, progress, debug)
     run.slots = unit_slots(client, device)
+    run.films_total = max(1, films_total or len(films))
     client.subscribe_topic(PROGRESS_TOPIC, run.on_progress)
     try:
         run.run(client, films, probed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -359,6 +360,23 @@ def test_a_lone_film_is_split_to_fill_the_workers(library, tmp_path):
         (shard,) = sorted((out / "shards").glob("film_sbs-*.tar"))
         got[workers] = (shard.read_bytes(), pq.read_table(out / "frames.parquet").to_pylist())
     assert got[1] == got[2]
+
+
+def test_the_unit_plan_follows_the_command_not_an_earlier_runs_progress(library, tmp_path):
+    """The units a film gets depend on the films named, mined before or not: two 14 s films on
+    two workers get one unit each (two films fill two workers), also when the first was mined
+    by an earlier run, so a rerun after a crash plans the units the first run staged."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("a", "b"):
+        shutil.copy(library / "film_sbs.mp4", lib / f"{name}.mp4")
+    out = tmp_path / "out"
+    first = extract([str(lib / "a.mp4")], out, layout="sbs", workers=2, progress=False)
+    assert first.records["a"]["units"] == 2                  # alone: split to fill the workers
+    again = extract([str(lib / "a.mp4"), str(lib / "b.mp4")], out, layout="sbs", workers=2,
+                    progress=False)
+    assert again.exit_code == 0, again.summary()
+    assert again.records["b"]["units"] == 1
 
 
 def test_batched_disparity_gives_the_same_samples_and_rows(corpus, library, tmp_path):
