@@ -203,7 +203,6 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a [disparity] key")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     names, fs, ms = frames(args.recipe, _parse_set(args.set))
     print(f"{len(fs)} real pairs ({', '.join(f.name for f in fs)}); labels and cues "
           f"{ms * 1000:.0f} ms a pair")

@@ -534,7 +534,7 @@ class _Run:
         dec = self.rec["decode"]
         share = -(-self.slots // max(1, self.films_total))
         duration = probe.n_frames / probe.fps if probe.fps > 0 else 0.0
-        return film_chunk_s(duration, dec["chunk_s"], dec.get("min_chunk_s", 5.0), share)
+        return film_chunk_s(duration, dec["chunk_s"], dec["min_chunk_s"], share)
 
     def on_probe(self, client: Client, ac, probe: ProbeResult) -> None:
         name = probe.name
