@@ -1,8 +1,9 @@
 """The extract run: Dask tasks per film (probe, work units, assembly), resume, manifest.
 
-The driver submits one probe task per film (a local run probes its first films itself while
-its cluster starts); when a probe returns it submits the film's work units (frame ranges), and
-when all of them are staged, the assembly task that writes shards and the film record.
+The driver queues one probe task per film (a local run probes its first films itself while
+its cluster starts); when a probe returns it queues the film's work units (frame ranges), and
+when all of them are staged, the assembly task that writes shards and the film record. The
+queue hands the scheduler no more tasks at once than the cluster has slots.
 Finished films (record present) and staged units (marker present) are skipped, so rerunning
 after a crash repeats only unfinished work.
 """
@@ -20,13 +21,22 @@ import threading
 import time
 import tomllib
 import traceback
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 import dask
-from dask.distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, as_completed
+from dask.distributed import (
+    Client,
+    KilledWorker,
+    LocalCluster,
+    Nanny,
+    Scheduler,
+    SpecCluster,
+    as_completed,
+)
 from tqdm import tqdm
 
 from .atomic import remove_stale_temps, write_bytes
@@ -172,8 +182,17 @@ def _is_output_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in OUTPUT_ERRNOS
 
 
-def _describe(exc: BaseException) -> str:
-    """One-line reason for an unexpected exception raised by a task."""
+def _describe(exc: BaseException, unit=None) -> str:
+    """One-line reason for an unexpected exception raised by a task (``unit``: its work unit,
+    None for a probe or assembly task)."""
+    if isinstance(exc, KilledWorker):
+        # the process running the task vanished on every try: the OS or the nanny killed it
+        # (out of memory, most often), or it crashed; no Python exception to show
+        what = ("its probe" if unit is None else
+                f"its work unit {unit.index} (frames {unit.start}-{unit.end})")
+        return (f"a worker process died on each of {exc.allowed_failures + 1} tries at {what}: "
+                "killed by the system, most often for lack of memory (fewer workers per "
+                "machine or more memory each; see the worker logs)")
     text = f"internal error: {type(exc).__name__}: {exc}"
     return text.splitlines()[0] + " (rerun with --debug for the traceback)"
 
@@ -297,7 +316,7 @@ def unit_resources(device: str) -> dict[str, int] | None:
 
 
 def unit_slots(client: Client, device: str) -> int:
-    """How many work units the cluster runs at once, as its workers stand at the start: their
+    """How many work units the cluster runs at once, as its workers stand when asked: their
     threads, or on a GPU run their GPU resources (a unit holds one). At least 1."""
     workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
     if unit_resources(device):
@@ -446,7 +465,12 @@ class _Run:
         self.units_of: dict[str, list] = {}
         self.reported: dict[tuple[str, int], int] = {}  # frames reported per unit
         self.shots = self.samples = 0
-        self.slots = 1          # units the cluster runs at once (``unit_slots``)
+        self.slots = 1          # units the cluster runs at once (``unit_slots``), at the start
+        # tasks wait here until a slot is free (``pump``): a worker holds only the task it runs
+        self.waiting: deque[tuple] = deque()
+        self.outstanding = 0    # tasks handed to the scheduler and not yet back
+        self.limit, self.limit_at = 1, float("-inf")  # slots now, and when that was asked
+        self.ac: as_completed | None = None
         self.films_total = 1    # films of the command, mined by an earlier run or not
         self.lock = threading.Lock()
         self.bar = tqdm(total=0, unit="frame", desc="extract", disable=not progress,
@@ -465,13 +489,40 @@ class _Run:
         self.bar.set_postfix_str(f"films {done}/{films_total} cuts {self.shots} "
                                  f"samples {self.samples}", refresh=True)
 
-    def submit(self, client: Client, kind: str, name: str, unit, fn, *args):
-        key = (f"{kind}-{name}-{unit.index if unit is not None else 0}-{self.digest}-"
-               f"{self.out_tag}")
-        resources = unit_resources(self.device) if kind == "unit" else None
-        fut = client.submit(fn, *args, key=key, pure=False, resources=resources)
-        self.meta[fut.key] = (kind, name, unit)
-        return fut
+    def submit(self, client: Client, kind: str, name: str, unit, fn, *args,
+               first: bool = False) -> None:
+        """Queue a task (``first``: ahead of the others), then hand tasks to the scheduler
+        while slots are free (``pump``)."""
+        task = (kind, name, unit, fn, args)
+        if first:
+            self.waiting.appendleft(task)
+        else:
+            self.waiting.append(task)
+        self.pump(client)
+
+    def pump(self, client: Client) -> None:
+        """Hand waiting tasks to the scheduler, no more at once than the cluster has slots.
+
+        Dask sends a worker more tasks than it has threads, and when a worker process dies
+        (the OOM killer, preemption) every task it held counts as a suspect: a film whose
+        unit kills its workers took a film queued behind it down with it after Dask's four
+        tries (KilledWorker). Holding tasks here, a worker holds the one it runs. The
+        slots are asked again every 2 s: workers that join a remote cluster get work."""
+        now = time.monotonic()
+        if now - self.limit_at > 2.0:
+            self.limit, self.limit_at = unit_slots(client, self.device), now
+        while self.waiting and self.outstanding < self.limit:
+            kind, name, unit, fn, args = self.waiting.popleft()
+            if kind != "probe" and self.pending_units.get(name) == -1:
+                continue  # a unit of this film failed: the film is given up
+            key = (f"{kind}-{name}-{unit.index if unit is not None else 0}-{self.digest}-"
+                   f"{self.out_tag}")
+            resources = unit_resources(self.device) if kind == "unit" else None
+            fut = client.submit(fn, *args, key=key, pure=False, resources=resources)
+            self.meta[fut.key] = (kind, name, unit)
+            self.outstanding += 1
+            assert self.ac is not None
+            self.ac.add(fut)
 
     def fail(self, name: str, status: str, reason: str) -> None:
         self.statuses[name].update(status=status, reason=reason)
@@ -486,24 +537,26 @@ class _Run:
         probed = probed or {}
         # this run's client's loop: as_completed() alone takes the default client's, which is
         # another run's when two runs share the process (it closes, and this run hangs)
-        ac = as_completed(loop=client.loop)
+        self.ac = ac = as_completed(loop=client.loop)
         for f in films:
             if f.name not in probed:
-                ac.add(self.submit(client, "probe", f.name, None, _probe_task, f))
+                self.submit(client, "probe", f.name, None, _probe_task, f)
         for f in films:
             if f.name in probed:
                 exc = probed[f.name].exception()
-                self.on_result(client, ac, by_name, "probe", f.name, None, exc,
+                self.on_result(client, by_name, "probe", f.name, None, exc,
                                None if exc else probed[f.name].result())
         for fut in ac:
             kind, name, unit = self.meta.pop(fut.key)
+            self.outstanding -= 1
             if fut.status == "error":
-                self.on_result(client, ac, by_name, kind, name, unit, fut.exception(), None)
+                self.on_result(client, by_name, kind, name, unit, fut.exception(), None)
             else:
-                self.on_result(client, ac, by_name, kind, name, unit, None, fut.result())
+                self.on_result(client, by_name, kind, name, unit, None, fut.result())
+            self.pump(client)
             self.postfix(len(films))
 
-    def on_result(self, client: Client, ac, by_name: dict[str, FilmInput], kind: str, name: str,
+    def on_result(self, client: Client, by_name: dict[str, FilmInput], kind: str, name: str,
                   unit, exc: BaseException | None, result) -> None:
         """A finished task's outcome: ``exc`` when it raised, else its ``result``."""
         if exc is not None:
@@ -512,16 +565,16 @@ class _Run:
             if _is_output_error(exc):
                 # the corpus cannot be written: stop; atomic writes left nothing half done
                 raise OutputError(f"cannot write to {self.out}: {exc.strerror}") from exc
-            self.fail(name, "failed", _describe(exc))
+            self.fail(name, "failed", _describe(exc, unit))
             return
         if isinstance(result, TaskError):
             self.fail(name, result.status, result.reason)
         elif self.pending_units.get(name) == -1:
             pass  # another unit of this film failed already
         elif kind == "probe":
-            self.on_probe(client, ac, result)
+            self.on_probe(client, result)
         elif kind == "unit":
-            self.on_unit(client, ac, by_name[name], unit, result)
+            self.on_unit(client, by_name[name], unit, result)
         else:
             self.report.records[name] = result
             self.statuses[name].update(status="ok", reason=result.get("reason"))
@@ -536,7 +589,7 @@ class _Run:
         duration = probe.n_frames / probe.fps if probe.fps > 0 else 0.0
         return film_chunk_s(duration, dec["chunk_s"], dec["min_chunk_s"], share)
 
-    def on_probe(self, client: Client, ac, probe: ProbeResult) -> None:
+    def on_probe(self, client: Client, probe: ProbeResult) -> None:
         name = probe.name
         self.probes[name] = probe
         units = plan_units(probe, self.chunk_s(probe), lead=unit_context(probe.fps, self.rec)[0])
@@ -549,10 +602,10 @@ class _Run:
                     frames=probe.n_frames, fps=probe.fps, units=len(units))
         work_dir = self.out / ".work" / name
         for u in units:
-            ac.add(self.submit(client, "unit", name, u, _unit_task, probe, u, self.rec,
-                               work_dir, self.device))
+            self.submit(client, "unit", name, u, _unit_task, probe, u, self.rec, work_dir,
+                        self.device)
 
-    def on_unit(self, client: Client, ac, film: FilmInput, unit, marker: dict) -> None:
+    def on_unit(self, client: Client, film: FilmInput, unit, marker: dict) -> None:
         name = film.name
         with self.lock:  # the rest of the unit's frames, whatever progress events said
             rest = (unit.end - unit.start) - self.reported.pop((name, unit.index), 0)
@@ -564,9 +617,10 @@ class _Run:
         self.pending_units[name] -= 1
         if self.pending_units[name] == 0:
             source = {"input": film.source, "paths": list(film.paths)}
-            ac.add(self.submit(client, "assemble", name, None, assemble_film, self.out,
-                               self.probes[name], self.units_of[name], self.rec, self.digest,
-                               source))
+            # first: a film's last step frees its staging space and completes its record
+            self.submit(client, "assemble", name, None, assemble_film, self.out,
+                        self.probes[name], self.units_of[name], self.rec, self.digest, source,
+                        first=True)
 
 
 def early_probes(films: list[FilmInput], n: int) -> tuple[ThreadPoolExecutor, dict[str, Future]]:

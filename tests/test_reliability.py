@@ -458,3 +458,83 @@ def test_films_probed_in_the_driver_or_in_tasks_get_the_same_outcome(tmp_path, m
     assert outcome["driver"] == outcome["tasks"]
     statuses = {film: status for film, status, _ in outcome["driver"][0]}
     assert statuses == {"good": "ok", "empty": "failed", "noise": "failed", "mono": "skipped"}
+
+
+def _executing(dask_worker) -> list[str]:
+    """Keys of the tasks a worker is running now."""
+    return [str(ts.key) for ts in dask_worker.state.executing]
+
+
+def test_a_worker_killed_while_mining_loses_nothing(library, corpus, tmp_path):
+    """A worker process killed (SIGKILL: preemption, the OOM killer) while it runs a work
+    unit: Dask's nanny starts another, the scheduler gives the unit to a worker again, and
+    the corpus is byte-identical to an uninterrupted run's, with no temp file left."""
+    import threading
+
+    from distributed import Client, LocalCluster
+
+    out = tmp_path / "out"
+    killed: list[tuple[str, str]] = []
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        pids = client.run(os.getpid)
+
+        def kill_one_mid_unit() -> None:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                running = client.run(_executing)
+                for addr, keys in running.items():
+                    units = [k for k in keys if k.startswith("unit-")]
+                    if units and addr in pids:
+                        time.sleep(0.2)   # into the unit: decoding, staging samples
+                        os.kill(pids[addr], signal.SIGKILL)
+                        killed.append((addr, units[0]))
+                        return
+                time.sleep(0.02)
+
+        thread = threading.Thread(target=kill_one_mid_unit)
+        thread.start()
+        report = extract([str(library / "library.json")], out,
+                         scheduler=cluster.scheduler_address, progress=False)
+        thread.join()
+    assert killed, "no work unit was seen running"
+    assert report.exit_code == 0, report.summary()
+    assert not list(out.rglob(".tmp-*"))
+    assert tree_digest(out) == tree_digest(corpus)
+
+
+def test_a_film_whose_unit_kills_every_worker_fails_alone(library, corpus, tmp_path):
+    """A work unit that kills each worker that runs it (a film too big for a worker's
+    memory) fails its film after Dask's retries with a one-line reason that says so; the
+    other films are mined as in a clean run."""
+    from distributed import Client, LocalCluster
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    victim = "film_tab"
+
+    class KillOnUnit(WorkerPlugin):   # defined here: pickled by value for the workers
+        def transition(self, key, start, finish, **kwargs):
+            if finish == "executing" and str(key).startswith(f"unit-{victim}-"):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    out = tmp_path / "out"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        client.register_plugin(KillOnUnit(), name="kill-on-unit")
+        report = extract([str(library / "library.json")], out,
+                         scheduler=cluster.scheduler_address, progress=False)
+    assert report.exit_code == 1, report.summary()
+    by_film = {i["film"]: i for i in report.inputs}
+    assert by_film[victim]["status"] == "failed"
+    reason = by_film[victim]["reason"]
+    assert "\n" not in reason and "internal error" not in reason, reason
+    assert "worker" in reason and "died" in reason and "memory" in reason, reason
+    assert not (out / "films" / f"{victim}.json").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    failed = {i["film"]: i["reason"] for i in manifest["inputs"] if i["status"] != "ok"}
+    assert failed == {victim: reason}
+    clean, got = tree_digest(corpus), tree_digest(out)
+    others = [k for k in clean if k.startswith(("films/", "shards/")) and victim not in k]
+    assert len(others) >= 8
+    assert {k: got.get(k) for k in others} == {k: clean[k] for k in others}
+    assert not list(out.rglob(".tmp-*"))
