@@ -7,6 +7,7 @@ Layout of a corpus directory (documented in ``manifests/CORPUS.md``)::
     films/<film>.json                 per-film record, written after all its shards (resume marker)
     films/<film>.samples.parquet  films/<film>.frames.parquet
     .work/<film>/unit-<n>.tar|json    staging, removed once the film is assembled
+    .work/<film>/plan.json            the unit length its staged units were cut by
 """
 
 from __future__ import annotations

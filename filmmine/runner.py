@@ -449,6 +449,9 @@ def _gpu_cluster(layout: list[int], device: str) -> SpecCluster:
     return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.CRITICAL)
 
 
+PLAN_FILE = "plan.json"   # in .work/FILM: the unit length the film's staged units were cut by
+
+
 class _Run:
     """Submits and follows the tasks of one extract run (driver side)."""
 
@@ -589,10 +592,31 @@ class _Run:
         duration = probe.n_frames / probe.fps if probe.fps > 0 else 0.0
         return film_chunk_s(duration, dec["chunk_s"], dec["min_chunk_s"], share)
 
+    def planned_chunk_s(self, probe: ProbeResult, work_dir: Path) -> float:
+        """The film's unit length: the one an earlier run of this corpus planned it with when
+        that run left staged work (``.work/FILM/plan.json``), else ``chunk_s``, recorded there
+        before any unit runs. A rerun after a crash on a cluster of another size (or with
+        other films) keeps the units the first run staged: those of another split would be
+        other frame ranges, all mined again."""
+        path = work_dir / PLAN_FILE
+        try:
+            kept = float(json.loads(path.read_text())["chunk_s"])
+        except (OSError, ValueError, KeyError, TypeError):
+            kept = None
+        if kept is not None and 0 <= kept <= self.rec["decode"]["chunk_s"]:
+            return kept
+        chunk = self.chunk_s(probe)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        write_bytes(path, json.dumps({"chunk_s": chunk, "slots": self.slots,
+                                      "films": self.films_total}).encode())
+        return chunk
+
     def on_probe(self, client: Client, probe: ProbeResult) -> None:
         name = probe.name
         self.probes[name] = probe
-        units = plan_units(probe, self.chunk_s(probe), lead=unit_context(probe.fps, self.rec)[0])
+        work_dir = self.out / ".work" / name
+        units = plan_units(probe, self.planned_chunk_s(probe, work_dir),
+                           lead=unit_context(probe.fps, self.rec)[0])
         self.units_of[name] = units
         self.pending_units[name] = len(units)
         with self.lock:
@@ -600,7 +624,6 @@ class _Run:
             self.bar.refresh()
         self.events("probed", film=name, layout=probe.layout, why=probe.layout_reason,
                     frames=probe.n_frames, fps=probe.fps, units=len(units))
-        work_dir = self.out / ".work" / name
         for u in units:
             self.submit(client, "unit", name, u, _unit_task, probe, u, self.rec, work_dir,
                         self.device)

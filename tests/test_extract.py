@@ -592,3 +592,42 @@ def test_film_ids_are_distinct_when_a_suffixed_id_is_taken(tmp_path):
         names = [f.name for f in films]
         assert len(set(names)) == 3, names
     assert [f.name for f in resolve_inputs([str(lib)], "sbs")[0]] == ["a-2", "a", "a-3"]
+
+
+def test_a_rerun_on_a_smaller_cluster_keeps_the_staged_units(library, tmp_path, monkeypatch):
+    """A run on two slots cuts a lone 14 s film into two units, stages both and dies before
+    the assembly; the rerun on one slot would cut it into one unit, but keeps the first run's
+    plan (``.work/FILM/plan.json``): it mines nothing again and gives a clean run's bytes."""
+    from filmmine import pipeline, runner
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    shutil.copy(library / "film_sbs.mp4", lib / "a.mp4")
+    film, out = str(lib / "a.mp4"), tmp_path / "out"
+
+    def no_assembly(*args, **kwargs):
+        raise RuntimeError("the run died before the assembly")
+
+    with monkeypatch.context() as m:
+        m.setattr(runner, "unit_slots", lambda client, device: 2)
+        m.setattr(runner, "assemble_film", no_assembly)
+        first = extract([film], out, layout="sbs", workers=0, progress=False)
+    assert first.exit_code == 1, first.summary()
+    assert len(list((out / ".work" / "a").glob("unit-*.json"))) == 2
+    mined = []
+    real_miner = pipeline.UnitMiner
+
+    def counting_miner(probe, unit, *args, **kwargs):
+        mined.append(unit.index)
+        return real_miner(probe, unit, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "UnitMiner", counting_miner)
+    again = extract([film], out, layout="sbs", workers=0, progress=False)   # one slot
+    assert again.exit_code == 0, again.summary()
+    assert again.records["a"]["units"] == 2 and mined == []
+    assert not (out / ".work").exists()
+    clean = tmp_path / "clean"
+    assert extract([film], clean, layout="sbs", workers=0, progress=False).records["a"][
+        "units"] == 1
+    for name in ("shards/a-00000.tar", "films/a.frames.parquet", "films/a.samples.parquet"):
+        assert (out / name).read_bytes() == (clean / name).read_bytes(), name
