@@ -45,3 +45,7 @@ class RecipeError(FilmmineError):
 
 class MonoInput(InputError):
     """The input is a 2D video: skipped, not failed."""
+
+
+class CorpusBusy(FilmmineError):
+    """Another ``filmmine extract`` is writing the corpus directory."""

@@ -10,12 +10,14 @@ after a crash repeats only unfinished work.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -42,7 +44,7 @@ from tqdm import tqdm
 from .atomic import remove_stale_temps, write_bytes
 from .corpus import assemble_film, film_record_path, manifest, write_corpus_tables
 from .decode import DECODE_THREADS_ENV
-from .errors import FilmmineError, MonoInput, RecipeError
+from .errors import CorpusBusy, FilmmineError, MonoInput, RecipeError
 from .ffmpeg_bin import ffmpeg_version, require_ffmpeg
 from .flow import GPU_SHARE_ENV, get_backend
 from .inputs import FilmInput, resolve_inputs
@@ -232,6 +234,76 @@ def extract(inputs: list[str], out: str | Path, *, layout: str = "auto",
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        lock = CorpusLock(out)
+    except OSError as e:
+        raise OutputError(f"cannot write to {out}: {e.strerror}") from e
+    try:
+        return _extract_locked(inputs, out, layout, rec, digest, workers, scheduler, device,
+                               progress, debug, log_jsonl)
+    finally:
+        lock.release()
+
+
+class CorpusLock:
+    """One ``extract`` at a time per corpus: an exclusive ``flock`` on ``out/.extract.lock``.
+
+    Two runs on one corpus (a job submitted twice) deleted each other's temp files at their
+    start, removed each other's staging after assembling a film (the other's assembly then
+    failed), and the run that ended last wrote the manifest. The second run now stops at
+    once with a one-line reason. The kernel drops the lock with its process, so after
+    ``kill -9`` the next run takes it (the file stays until a run ends). A file system
+    without ``flock`` (some network mounts) raises ENOLCK/EOPNOTSUPP: the run goes on
+    unlocked, as before."""
+
+    NAME = ".extract.lock"
+
+    def __init__(self, out: Path) -> None:
+        import fcntl
+
+        self.path = out / self.NAME
+        self.fd: int | None = None
+        while self.fd is None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise CorpusBusy(f"{out} is being written by another filmmine extract "
+                                 f"({holder}); wait for it to end, or use another --out") from None
+            except OSError as e:
+                if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    os.close(fd)
+                    raise
+                log.warning("%s: no file locking here (%s); not guarded against a second run",
+                            out, e.strerror)
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+            else:  # locked a file the run before removed as it ended: lock the new one
+                os.close(fd)
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+
+    def release(self) -> None:
+        """Remove the lock file, then drop the lock (a run that opens the file before the
+        removal finds it locked; one after it makes a new one)."""
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        os.close(self.fd)
+        self.fd = None
+
+
+def _extract_locked(inputs: list[str], out: Path, layout: str, rec: dict, digest: str,
+                    workers: int | None, scheduler: str | None, device: str, progress: bool,
+                    debug: bool, log_jsonl: str | Path | None) -> RunReport:
+    """``extract`` once it holds the corpus (``CorpusLock``)."""
+    try:
         _check_recipe(out, rec, digest)
         remove_stale_temps(out)
     except OSError as e:

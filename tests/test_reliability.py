@@ -538,3 +538,30 @@ def test_a_film_whose_unit_kills_every_worker_fails_alone(library, corpus, tmp_p
     assert len(others) >= 8
     assert {k: got.get(k) for k in others} == {k: clean[k] for k in others}
     assert not list(out.rglob(".tmp-*"))
+
+
+def test_a_second_run_on_a_corpus_being_written_stops_at_once(library, corpus, tmp_path):
+    """The same command started twice (a job submitted again): the second stops at once with
+    one line naming the first, which is not disturbed (its corpus is a clean run's bytes);
+    the lock file is gone when the first ends. (After kill -9 the kernel drops the lock:
+    test_kill_9_at_several_points_then_rerun_is_byte_identical resumes through it.)"""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "filmmine.cli", "extract", str(library / "library.json"),
+           "--out", str(out), "--workers", "2", "--quiet"]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    lock = out / ".extract.lock"
+    t0 = time.monotonic()
+    while not (lock.is_file() and lock.read_text()):   # the holder writes its pid once locked
+        assert time.monotonic() - t0 < 60 and first.poll() is None
+        time.sleep(0.05)
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    still_running = first.poll() is None
+    _, first_err = first.communicate(timeout=600)
+    assert second.returncode == 2, second.stderr
+    assert still_running, "the first run ended before the second started: no overlap tested"
+    err = second.stderr.strip().splitlines()
+    assert len(err) == 1 and "being written by another filmmine extract" in err[0], err
+    assert f"pid {first.pid} on " in err[0]
+    assert first.returncode == 0, first_err
+    assert not lock.exists()
+    assert tree_digest(out) == tree_digest(corpus)
