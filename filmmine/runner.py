@@ -184,14 +184,14 @@ def _is_output_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in OUTPUT_ERRNOS
 
 
-def _describe(exc: BaseException, unit=None) -> str:
-    """One-line reason for an unexpected exception raised by a task (``unit``: its work unit,
-    None for a probe or assembly task)."""
+def _describe(exc: BaseException, kind: str = "unit", unit=None) -> str:
+    """One-line reason for an unexpected exception raised by a task: ``kind`` probe, unit or
+    assemble; ``unit``: a unit task's work unit."""
     if isinstance(exc, KilledWorker):
         # the process running the task vanished on every try: the OS or the nanny killed it
         # (out of memory, most often), or it crashed; no Python exception to show
-        what = ("its probe" if unit is None else
-                f"its work unit {unit.index} (frames {unit.start}-{unit.end})")
+        what = (f"its work unit {unit.index} (frames {unit.start}-{unit.end})"
+                if unit is not None else f"its {'assembly' if kind == 'assemble' else kind}")
         return (f"a worker process died on each of {exc.allowed_failures + 1} tries at {what}: "
                 "killed by the system, most often for lack of memory (fewer workers per "
                 "machine or more memory each; see the worker logs)")
@@ -640,7 +640,7 @@ class _Run:
             if _is_output_error(exc):
                 # the corpus cannot be written: stop; atomic writes left nothing half done
                 raise OutputError(f"cannot write to {self.out}: {exc.strerror}") from exc
-            self.fail(name, "failed", _describe(exc, unit))
+            self.fail(name, "failed", _describe(exc, kind, unit))
             return
         if isinstance(result, TaskError):
             self.fail(name, result.status, result.reason)
@@ -678,9 +678,14 @@ class _Run:
         if kept is not None and 0 <= kept <= self.rec["decode"]["chunk_s"]:
             return kept
         chunk = self.chunk_s(probe)
-        work_dir.mkdir(parents=True, exist_ok=True)
-        write_bytes(path, json.dumps({"chunk_s": chunk, "slots": self.slots,
-                                      "films": self.films_total}).encode())
+        try:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            write_bytes(path, json.dumps({"chunk_s": chunk, "slots": self.slots,
+                                          "films": self.films_total}).encode())
+        except OSError as e:
+            if _is_output_error(e):
+                raise OutputError(f"cannot write to {self.out}: {e.strerror}") from e
+            raise
         return chunk
 
     def on_probe(self, client: Client, probe: ProbeResult) -> None:
