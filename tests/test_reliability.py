@@ -503,24 +503,33 @@ def test_a_worker_killed_while_mining_loses_nothing(library, corpus, tmp_path):
     assert tree_digest(out) == tree_digest(corpus)
 
 
+def _unit_killer(film: str, log: Path):
+    """A Dask worker plugin that SIGKILLs its worker when it starts a unit of ``film`` (as
+    the OOM killer would), after appending the task's key to ``log``."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class KillOnUnit(WorkerPlugin):   # defined in a function: pickled by value for workers
+        def transition(self, key, start, finish, **kwargs):
+            if finish == "executing" and str(key).startswith(f"unit-{film}-"):
+                with open(log, "a") as f:
+                    f.write(f"{key}\n")
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return KillOnUnit()
+
+
 def test_a_film_whose_unit_kills_every_worker_fails_alone(library, corpus, tmp_path):
     """A work unit that kills each worker that runs it (a film too big for a worker's
     memory) fails its film after Dask's retries with a one-line reason that says so; the
     other films are mined as in a clean run."""
     from distributed import Client, LocalCluster
-    from distributed.diagnostics.plugin import WorkerPlugin
 
     victim = "film_tab"
-
-    class KillOnUnit(WorkerPlugin):   # defined here: pickled by value for the workers
-        def transition(self, key, start, finish, **kwargs):
-            if finish == "executing" and str(key).startswith(f"unit-{victim}-"):
-                os.kill(os.getpid(), signal.SIGKILL)
-
     out = tmp_path / "out"
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=":0") as cluster, Client(cluster) as client:
-        client.register_plugin(KillOnUnit(), name="kill-on-unit")
+        client.register_plugin(_unit_killer(victim, tmp_path / "deaths.txt"),
+                               name="kill-on-unit")
         report = extract([str(library / "library.json")], out,
                          scheduler=cluster.scheduler_address, progress=False)
     assert report.exit_code == 1, report.summary()
@@ -538,6 +547,31 @@ def test_a_film_whose_unit_kills_every_worker_fails_alone(library, corpus, tmp_p
     assert len(others) >= 8
     assert {k: got.get(k) for k in others} == {k: clean[k] for k in others}
     assert not list(out.rglob(".tmp-*"))
+
+
+def test_a_film_given_up_stops_killing_workers(library, tmp_path):
+    """A film cut into 7 units, each of which kills the worker that starts it: once one of
+    them has failed (Dask's four tries), the film's units still queued are dropped, not each
+    run to four more worker deaths (28 in all): at most the 4 tries of each of the two units
+    that can be running at once."""
+    from distributed import Client, LocalCluster
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('base = "default"\n[decode]\nchunk_s = 2.0\n')
+    deaths = tmp_path / "deaths.txt"
+    out = tmp_path / "out"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        client.register_plugin(_unit_killer("film_tab", deaths), name="kill-on-unit")
+        report = extract([str(library / "film_tab.mp4")], out, layout="tab", recipe=recipe,
+                         scheduler=cluster.scheduler_address, progress=False)
+    (entry,) = report.inputs
+    assert entry["status"] == "failed" and "died on each of 4 tries" in entry["reason"]
+    assert [i["status"] for i in json.loads((out / "manifest.json").read_text())["inputs"]] \
+        == ["failed"]
+    keys = deaths.read_text().split()
+    assert 4 <= len(keys) <= 8, keys
+    assert len({k.split("-")[2] for k in keys}) <= 2, keys     # units ever started
 
 
 def test_a_second_run_on_a_corpus_being_written_stops_at_once(library, corpus, tmp_path):
