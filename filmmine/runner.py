@@ -521,6 +521,9 @@ def _gpu_cluster(layout: list[int], device: str) -> SpecCluster:
     return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.CRITICAL)
 
 
+SLOTS_REFRESH_S = 2.0   # how often the driver asks the cluster's slots while tasks wait
+RESULT_POLL_S = 0.02    # how often the driver looks for a finished task
+
 PLAN_FILE = "plan.json"   # in .work/FILM: the unit length the film's staged units were cut by
 
 
@@ -582,9 +585,12 @@ class _Run:
         (the OOM killer, preemption) every task it held counts as a suspect: a film whose
         unit kills its workers took a film queued behind it down with it after Dask's four
         tries (KilledWorker). Holding tasks here, a worker holds the one it runs. The
-        slots are asked again every 2 s: workers that join a remote cluster get work."""
+        slots are asked again every ``SLOTS_REFRESH_S`` while tasks wait, finished tasks
+        or not: workers that join a remote cluster get work."""
+        if not self.waiting:
+            return
         now = time.monotonic()
-        if now - self.limit_at > 2.0:
+        if now - self.limit_at > SLOTS_REFRESH_S:
             self.limit, self.limit_at = unit_slots(client, self.device), now
         while self.waiting and self.outstanding < self.limit:
             kind, name, unit, fn, args = self.waiting.popleft()
@@ -621,7 +627,17 @@ class _Run:
                 exc = probed[f.name].exception()
                 self.on_result(client, by_name, "probe", f.name, None, exc,
                                None if exc else probed[f.name].result())
-        for fut in ac:
+        while True:
+            if not ac.has_ready():
+                if ac.is_empty():
+                    break
+                # nothing back yet: a worker that joined meanwhile gets a waiting task (the
+                # slots are asked every 2 s), not only once a running one ends, which on a
+                # remote cluster whose workers arrive one by one is a whole unit later
+                time.sleep(RESULT_POLL_S)
+                self.pump(client)
+                continue
+            fut = next(ac)
             kind, name, unit = self.meta.pop(fut.key)
             self.outstanding -= 1
             if fut.status == "error":

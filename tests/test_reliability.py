@@ -599,3 +599,85 @@ def test_a_second_run_on_a_corpus_being_written_stops_at_once(library, corpus, t
     assert first.returncode == 0, first_err
     assert not lock.exists()
     assert tree_digest(out) == tree_digest(corpus)
+
+
+def _gate_unit_0(flag: Path, log: Path):
+    """A Dask worker plugin (set up on each worker, those that join later too) that holds
+    the start of unit 0 until another unit has started somewhere, for at most 60 s, and
+    appends how the wait ended to ``log``; ``flag``'s parent gets ``unit0-started``."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class GateUnit0(WorkerPlugin):   # defined in a function: pickled by value for workers
+        def setup(self, worker):
+            import filmmine.runner as runner
+
+            mine = runner.mine_unit
+
+            def gated(probe, unit, *args, **kwargs):
+                if unit.index == 0:
+                    (flag.parent / "unit0-started").touch()
+                    t0 = time.monotonic()
+                    while not flag.exists() and time.monotonic() - t0 < 60:
+                        time.sleep(0.05)
+                    with open(log, "a") as f:
+                        f.write("released\n" if flag.exists() else "timed out\n")
+                else:
+                    flag.touch()
+                return mine(probe, unit, *args, **kwargs)
+
+            runner.mine_unit = gated
+
+    return GateUnit0()
+
+
+def test_a_worker_that_joins_mid_unit_gets_work_at_once(library, tmp_path):
+    """A remote cluster whose workers arrive one by one (a batch system starting jobs): a
+    worker that joins while every slot is busy gets a waiting unit within seconds, not only
+    once a running unit ends. Unit 0 is held until another unit starts; the second worker
+    joins while it is held."""
+    import threading
+
+    from distributed import Client
+
+    sched_file = tmp_path / "scheduler.json"
+    worker = [str(DASK), "worker", "--scheduler-file", str(sched_file), "--nworkers", "1",
+              "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"]
+    procs = [subprocess.Popen([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--dashboard-address", ":0", "--scheduler-file",
+                               str(sched_file)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)]
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('base = "default"\n[decode]\nchunk_s = 4.0\n')
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    out, result = tmp_path / "out", {}
+    try:
+        _wait_for(sched_file)
+        procs.append(subprocess.Popen(worker, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+        address = json.loads(sched_file.read_text())["address"]
+        with Client(address, timeout=30) as client:
+            client.wait_for_workers(1, timeout=60)
+            client.register_plugin(_gate_unit_0(gate / "other-unit-started",
+                                                tmp_path / "gate.log"), name="gate-unit-0")
+
+            def run() -> None:
+                result["report"] = extract([str(library / "film_tab.mp4")], out,
+                                           layout="tab", recipe=recipe, scheduler=address,
+                                           progress=False)
+
+            thread = threading.Thread(target=run)
+            thread.start()
+            _wait_for(gate / "unit0-started", timeout_s=120)
+            procs.append(subprocess.Popen(worker, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+            thread.join(timeout=300)
+        report = result["report"]
+        assert report.exit_code == 0, report.summary()
+        assert report.records["film_tab"]["units"] >= 2, report.records
+        assert (tmp_path / "gate.log").read_text() == "released\n"
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
