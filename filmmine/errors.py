@@ -49,3 +49,7 @@ class MonoInput(InputError):
 
 class CorpusBusy(FilmmineError):
     """Another ``filmmine extract`` is writing the corpus directory."""
+
+
+class ClusterError(FilmmineError):
+    """The Dask scheduler given with ``--scheduler`` cannot be reached, or was lost mid-run."""

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from .atomic import remove_stale_temps, write_bytes
 from .corpus import assemble_film, film_record_path, manifest, write_corpus_tables
 from .decode import DECODE_THREADS_ENV
-from .errors import CorpusBusy, FilmmineError, MonoInput, RecipeError
+from .errors import ClusterError, CorpusBusy, FilmmineError, MonoInput, RecipeError
 from .ffmpeg_bin import ffmpeg_version, require_ffmpeg
 from .flow import GPU_SHARE_ENV, get_backend
 from .inputs import FilmInput, resolve_inputs
@@ -223,9 +223,12 @@ def extract(inputs: list[str], out: str | Path, *, layout: str = "auto",
             debug: bool = False, log_jsonl: str | Path | None = None) -> RunReport:
     """Mine ``inputs`` into the corpus directory ``out``; see the module docstring."""
     require_ffmpeg()
-    if not debug:  # distributed sets its loggers up on import; task failures are reported
-        for name in ("distributed", "dask"):  # by the run itself, in one line each
-            logging.getLogger(name).setLevel(logging.CRITICAL)
+    if not debug:  # distributed sets its loggers up on import (some with levels of their
+        # own, e.g. distributed.client: its traceback when the scheduler goes away); the run
+        # reports task failures and a lost scheduler itself, in one line each
+        for name in list(logging.root.manager.loggerDict):
+            if name.split(".")[0] in ("distributed", "dask"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
     rec = load_recipe(recipe)
     digest = recipe_digest(rec)
     d = rec["disparity"]
@@ -424,7 +427,11 @@ LOCAL_DASK_CONFIG = {
 def _client(workers: int | None, scheduler: str | None,
             device: str = "cpu") -> tuple[Client, SpecCluster | None]:
     if scheduler:
-        client = Client(scheduler)
+        try:
+            client = Client(scheduler)
+        except (OSError, ValueError, TypeError) as e:   # refused, timed out, no such address
+            why = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise ClusterError(f"cannot reach the Dask scheduler at {scheduler}: {why}") from e
         client.register_worker_callbacks(_worker_setup)
         return client, None
     with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ(),
@@ -525,6 +532,31 @@ SLOTS_REFRESH_S = 2.0   # how often the driver asks the cluster's slots while ta
 RESULT_POLL_S = 0.02    # how often the driver looks for a finished task
 
 PLAN_FILE = "plan.json"   # in .work/FILM: the unit length the film's staged units were cut by
+
+
+RESUME = "films finished and work units staged so far are kept: rerun the same command to resume"
+
+
+def _cancelled_reason(client: Client, fut) -> str:
+    """One line for a task of the run cancelled under it: the driver lost its scheduler (it
+    died, its node went away), or someone cancelled the task's key on a shared scheduler.
+    The run stops there; what it had finished and staged is kept for the rerun."""
+    # FutureCancelledError with the reason, kept on the future's state: read it there, as
+    # fut.result() goes through the client's event loop, which is closing when it lost
+    exc = getattr(getattr(fut, "_state", None), "exception", None)
+    why = str(getattr(exc, "reason", None) or "cancelled")
+    if "connection-lost" in why:
+        return _lost_reason(client, why)
+    return (f"a task of this run was cancelled on the Dask scheduler at "
+            f"{_address(client)} ({why}); {RESUME}")
+
+
+def _lost_reason(client: Client, why: str) -> str:
+    return f"lost the Dask scheduler at {_address(client)} ({why}); {RESUME}"
+
+
+def _address(client: Client) -> str:
+    return getattr(client.scheduler, "address", None) or "?"
 
 
 class _Run:
@@ -639,11 +671,17 @@ class _Run:
                 continue
             fut = next(ac)
             kind, name, unit = self.meta.pop(fut.key)
+            if fut.status == "cancelled":
+                raise ClusterError(_cancelled_reason(client, fut))
             self.outstanding -= 1
             if fut.status == "error":
                 self.on_result(client, by_name, kind, name, unit, fut.exception(), None)
             else:
-                self.on_result(client, by_name, kind, name, unit, None, fut.result())
+                try:
+                    result = fut.result()
+                except OSError as e:   # CommClosedError: the scheduler relays each result
+                    raise ClusterError(_lost_reason(client, type(e).__name__)) from e
+                self.on_result(client, by_name, kind, name, unit, None, result)
             self.pump(client)
             self.postfix(len(films))
 

@@ -30,36 +30,116 @@ def _wait_for(path: Path, timeout_s: float = 60) -> None:
         time.sleep(0.1)
 
 
-def test_existing_scheduler_gives_the_same_corpus(library, corpus, tmp_path):
-    """`dask scheduler` + two `dask worker` processes on loopback, then --scheduler."""
-    from distributed import Client
+class _DaskCluster:
+    """`dask scheduler` and single-threaded `dask worker` processes on loopback."""
 
-    sched_file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--dashboard-address", ":0", "--scheduler-file",
-                               str(sched_file)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)]
-    try:
-        _wait_for(sched_file)
-        for _ in range(2):
-            procs.append(subprocess.Popen(
-                [str(DASK), "worker", "--scheduler-file", str(sched_file), "--nworkers", "1",
-                 "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        address = json.loads(sched_file.read_text())["address"]
-        with Client(address, timeout=30) as c:
-            c.wait_for_workers(2, timeout=60)
-            assert len(c.scheduler_info()["workers"]) == 2
-        out = tmp_path / "remote"
-        report = extract([str(library / "library.json")], out, scheduler=address,
-                         progress=False)
-        assert report.exit_code == 0, report.summary()
-        assert tree_digest(out) == tree_digest(corpus)
-    finally:
-        for p in reversed(procs):
+    def __init__(self, tmp_path: Path, tag: str = "") -> None:
+        self.sched_file = tmp_path / f"scheduler{tag}.json"
+        self.scheduler = subprocess.Popen(
+            [str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0",
+             "--dashboard-address", ":0", "--scheduler-file", str(self.sched_file)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.workers: list[subprocess.Popen] = []
+        try:
+            _wait_for(self.sched_file)
+        except BaseException:
+            self.close()
+            raise
+        self.address = json.loads(self.sched_file.read_text())["address"]
+
+    def add_worker(self) -> None:
+        self.workers.append(subprocess.Popen(
+            [str(DASK), "worker", "--scheduler-file", str(self.sched_file), "--nworkers", "1",
+             "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def wait_for_workers(self, n: int) -> None:
+        from distributed import Client
+
+        with Client(self.address, timeout=30) as c:
+            c.wait_for_workers(n, timeout=60)
+            assert len(c.scheduler_info()["workers"]) == n
+
+    def close(self) -> None:
+        procs = [*self.workers, self.scheduler]
+        for p in procs:
             p.terminate()
         for p in procs:
             p.wait(timeout=30)
+
+    def __enter__(self) -> _DaskCluster:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def test_existing_scheduler_gives_the_same_corpus(library, corpus, tmp_path):
+    """`dask scheduler` + two `dask worker` processes on loopback, then --scheduler."""
+    with _DaskCluster(tmp_path) as cluster:
+        for _ in range(2):
+            cluster.add_worker()
+        cluster.wait_for_workers(2)
+        out = tmp_path / "remote"
+        report = extract([str(library / "library.json")], out, scheduler=cluster.address,
+                         progress=False)
+        assert report.exit_code == 0, report.summary()
+        assert tree_digest(out) == tree_digest(corpus)
+
+
+def test_a_lost_scheduler_stops_in_one_line_and_the_rerun_resumes(library, corpus, tmp_path):
+    """The scheduler process dies mid-run (its node went away): the run stops at once with
+    one line saying so, exit 2 and no traceback, writing no manifest; the same command on a
+    new cluster resumes, and the corpus is a clean run's bytes."""
+    out = tmp_path / "out"
+
+    def cmd(address: str) -> list[str]:
+        return [sys.executable, "-m", "filmmine.cli", "extract", str(library / "library.json"),
+                "--out", str(out), "--scheduler", address, "--quiet"]
+
+    with _DaskCluster(tmp_path, "1") as cluster:
+        for _ in range(2):
+            cluster.add_worker()
+        cluster.wait_for_workers(2)
+        run = subprocess.Popen(cmd(cluster.address), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        t0 = time.monotonic()
+        while not list((out / "films").glob("*.json")):    # a film is finished
+            assert time.monotonic() - t0 < 300 and run.poll() is None
+            time.sleep(0.05)
+        cluster.scheduler.kill()
+        _, err = run.communicate(timeout=120)
+    assert run.returncode == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"lost the Dask scheduler at {cluster.address}" in lines[0], err
+    assert "rerun the same command" in lines[0]
+    assert not (out / "manifest.json").exists()
+    finished = len(list((out / "films").glob("*.json")))
+    assert 1 <= finished < 5
+    with _DaskCluster(tmp_path, "2") as cluster:
+        for _ in range(2):
+            cluster.add_worker()
+        cluster.wait_for_workers(2)
+        again = subprocess.run(cmd(cluster.address), capture_output=True, text=True,
+                               timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert not list(out.rglob(".tmp-*"))
+    assert tree_digest(out) == tree_digest(corpus)
+
+
+def test_an_unreachable_scheduler_is_one_line(library, tmp_path):
+    """--scheduler naming no scheduler (refused, or not an address): exit 2, one line."""
+    env = {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
+    for address, why in [("tcp://127.0.0.1:1", "Timed out trying to connect"),
+                         ("nonsense", "missing port number")]:
+        done = subprocess.run([sys.executable, "-m", "filmmine.cli", "extract",
+                               str(library / "library.json"), "--out", str(tmp_path / "out"),
+                               "--scheduler", address, "--quiet"],
+                              capture_output=True, text=True, timeout=120, env=env)
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, done.stderr
+        assert f"cannot reach the Dask scheduler at {address}: " in lines[0] and why in lines[0]
 
 
 def _records_consistent(out: Path) -> None:
@@ -639,45 +719,29 @@ def test_a_worker_that_joins_mid_unit_gets_work_at_once(library, tmp_path):
 
     from distributed import Client
 
-    sched_file = tmp_path / "scheduler.json"
-    worker = [str(DASK), "worker", "--scheduler-file", str(sched_file), "--nworkers", "1",
-              "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"]
-    procs = [subprocess.Popen([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--dashboard-address", ":0", "--scheduler-file",
-                               str(sched_file)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)]
     recipe = tmp_path / "r.toml"
     recipe.write_text('base = "default"\n[decode]\nchunk_s = 4.0\n')
     gate = tmp_path / "gate"
     gate.mkdir()
     out, result = tmp_path / "out", {}
-    try:
-        _wait_for(sched_file)
-        procs.append(subprocess.Popen(worker, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL))
-        address = json.loads(sched_file.read_text())["address"]
-        with Client(address, timeout=30) as client:
-            client.wait_for_workers(1, timeout=60)
+    with _DaskCluster(tmp_path) as cluster:
+        cluster.add_worker()
+        cluster.wait_for_workers(1)
+        with Client(cluster.address, timeout=30) as client:
             client.register_plugin(_gate_unit_0(gate / "other-unit-started",
                                                 tmp_path / "gate.log"), name="gate-unit-0")
 
             def run() -> None:
                 result["report"] = extract([str(library / "film_tab.mp4")], out,
-                                           layout="tab", recipe=recipe, scheduler=address,
-                                           progress=False)
+                                           layout="tab", recipe=recipe,
+                                           scheduler=cluster.address, progress=False)
 
             thread = threading.Thread(target=run)
             thread.start()
             _wait_for(gate / "unit0-started", timeout_s=120)
-            procs.append(subprocess.Popen(worker, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL))
+            cluster.add_worker()
             thread.join(timeout=300)
-        report = result["report"]
-        assert report.exit_code == 0, report.summary()
-        assert report.records["film_tab"]["units"] >= 2, report.records
-        assert (tmp_path / "gate.log").read_text() == "released\n"
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
+    report = result["report"]
+    assert report.exit_code == 0, report.summary()
+    assert report.records["film_tab"]["units"] >= 2, report.records
+    assert (tmp_path / "gate.log").read_text() == "released\n"
