@@ -430,6 +430,8 @@ BACKENDS: dict[str, Callable[..., FlowBackend]] = {
     "raft": _lazy("flow_raft", "RaftFlow"),
 }
 
+TORCH_BACKENDS = frozenset({"census_sgm", "raft"})   # their labels depend on torch's version
+
 # recipe [disparity] key -> backend keyword (DIS keeps its historical names)
 _OPTION_KEYS: dict[str, str] = {
     "preset": "preset", "dis_finest_scale": "finest_scale", "dis_patch_size": "patch_size",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -46,7 +47,7 @@ from .corpus import assemble_film, film_record_path, manifest, write_corpus_tabl
 from .decode import DECODE_THREADS_ENV
 from .errors import ClusterError, CorpusBusy, FilmmineError, MonoInput, RecipeError
 from .ffmpeg_bin import ffmpeg_version, require_ffmpeg
-from .flow import GPU_SHARE_ENV, get_backend
+from .flow import GPU_SHARE_ENV, TORCH_BACKENDS, get_backend
 from .inputs import FilmInput, resolve_inputs
 from .pipeline import backend_options, film_chunk_s, mine_unit, plan_units, unit_context
 from .probe import ProbeResult, probe_film
@@ -98,6 +99,68 @@ def versions() -> dict[str, str]:
     return out
 
 
+@functools.cache
+def software_stack(torch: bool = False) -> tuple[tuple[str, str], ...]:
+    """The versions a task's output bytes depend on besides its input and recipe: filmmine,
+    ffmpeg (decode, probe), numpy, OpenCV (flow, filters), PySceneDetect (shots), zlib (PNG
+    labels), webdataset and pyarrow (shards, tables), and torch for the torch backends.
+    Compared between the driver and every worker that runs a task of the run (a node set
+    up with other versions would give other bytes, silently: shards no longer the same on
+    every run). Python and Dask themselves are left to Dask, which checks them."""
+    import zlib
+
+    import cv2
+    import numpy as np
+
+    from . import __version__
+
+    # the package's own code, not only its version number: a node with a stale checkout
+    src = hashlib.sha256()
+    pkg = Path(__file__).parent
+    for f in sorted(pkg.rglob("*.py")):
+        src.update(f.relative_to(pkg).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    stack = {"filmmine": f"{__version__}+{src.hexdigest()[:12]}", "ffmpeg": ffmpeg_version(), "numpy": np.__version__,
+             "opencv": cv2.__version__, "zlib": zlib.ZLIB_RUNTIME_VERSION}
+    for dist in ("scenedetect", "webdataset", "pyarrow", *(("torch",) if torch else ())):
+        try:
+            stack[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            stack[dist] = "missing"
+    return tuple(sorted(stack.items()))
+
+
+def stack_mismatch(expected: tuple[tuple[str, str], ...], here: tuple[tuple[str, str], ...],
+                   where: str) -> str | None:
+    """One line naming what differs between the driver's stack and ``here`` (a worker's),
+    or None when they are the same."""
+    mine, theirs = dict(expected), dict(here)
+    diff = [k for k in sorted(mine.keys() | theirs.keys()) if mine.get(k) != theirs.get(k)]
+    if not diff:
+        return None
+    what = ", ".join(f"{k} {theirs.get(k, 'missing')} (driver: {mine.get(k, 'missing')})"
+                     for k in diff)
+    return (f"{where} runs other versions than the driver: {what}; its output would not be "
+            "the same bytes: install the same versions on every node, then rerun")
+
+
+def _on_same_stack(expected: tuple[tuple[str, str], ...], fn, *args):
+    """A task: ``fn(*args)`` on a worker whose ``software_stack`` is the driver's, else a
+    TaskError("cluster", reason) that stops the run (a misconfigured node, not a bad film)."""
+    here = software_stack(any(k == "torch" for k, _ in expected))
+    if here != expected:
+        try:
+            from distributed import get_worker
+
+            w = get_worker()
+            where = f"Dask worker {w.address} (host {socket.gethostname()})"
+        except ValueError:
+            where = f"host {socket.gethostname()}"
+        why = stack_mismatch(expected, here, where)
+        if why:
+            return TaskError("cluster", why)
+    return fn(*args)
+
+
 def _worker_setup() -> None:
     import cv2
 
@@ -117,7 +180,7 @@ def _worker_setup() -> None:
 class TaskError:
     """An expected failure, returned as data (the worker does not log it as a crash)."""
 
-    status: str   # "failed" | "skipped"
+    status: str   # "failed" | "skipped" | "cluster" (the worker's software: stops the run)
     reason: str
 
 
@@ -581,6 +644,8 @@ class _Run:
         self.outstanding = 0    # tasks handed to the scheduler and not yet back
         self.limit, self.limit_at = 1, float("-inf")  # slots now, and when that was asked
         self.ac: as_completed | None = None
+        # what each task checks its worker against (``_on_same_stack``)
+        self.stack = software_stack(rec["disparity"]["backend"] in TORCH_BACKENDS)
         self.films_total = 1    # films of the command, mined by an earlier run or not
         self.lock = threading.Lock()
         self.bar = tqdm(total=0, unit="frame", desc="extract", disable=not progress,
@@ -631,7 +696,8 @@ class _Run:
             key = (f"{kind}-{name}-{unit.index if unit is not None else 0}-{self.digest}-"
                    f"{self.out_tag}")
             resources = unit_resources(self.device) if kind == "unit" else None
-            fut = client.submit(fn, *args, key=key, pure=False, resources=resources)
+            fut = client.submit(_on_same_stack, self.stack, fn, *args, key=key, pure=False,
+                                resources=resources)
             self.meta[fut.key] = (kind, name, unit)
             self.outstanding += 1
             assert self.ac is not None
@@ -696,6 +762,8 @@ class _Run:
                 raise OutputError(f"cannot write to {self.out}: {exc.strerror}") from exc
             self.fail(name, "failed", _describe(exc, kind, unit))
             return
+        if isinstance(result, TaskError) and result.status == "cluster":
+            raise ClusterError(result.reason)
         if isinstance(result, TaskError):
             self.fail(name, result.status, result.reason)
         elif self.pending_units.get(name) == -1:

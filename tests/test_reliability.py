@@ -745,3 +745,63 @@ def test_a_worker_that_joins_mid_unit_gets_work_at_once(library, tmp_path):
     assert report.exit_code == 0, report.summary()
     assert report.records["film_tab"]["units"] >= 2, report.records
     assert (tmp_path / "gate.log").read_text() == "released\n"
+
+
+def _other_opencv_on_worker(name):
+    """A Dask worker plugin: the worker called ``name`` reports another OpenCV version (a
+    node set up with other packages than the driver's)."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class OtherOpenCV(WorkerPlugin):   # defined in a function: pickled by value for workers
+        def setup(self, worker):
+            if worker.name != name:
+                return
+            import filmmine.runner as runner
+
+            real = runner.software_stack
+
+            def other(torch=False):
+                return tuple(sorted({**dict(real(torch)), "opencv": "0.0.0"}.items()))
+
+            runner.software_stack = other
+
+    return OtherOpenCV()
+
+
+def test_a_worker_with_other_versions_stops_the_run(library, tmp_path):
+    """One worker of the cluster has another OpenCV than the driver: its labels would be
+    other bytes, mixed silently into the corpus. The first task it gets stops the run with
+    one line naming the worker and the versions; nothing of its is staged or assembled."""
+    import cv2
+    from distributed import Client, LocalCluster
+
+    from filmmine.errors import ClusterError
+
+    out = tmp_path / "out"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        client.register_plugin(_other_opencv_on_worker(1), name="other-opencv")
+        odd = next(a for a, w in client.scheduler_info()["workers"].items() if w["name"] == 1)
+        with pytest.raises(ClusterError) as e:
+            extract([str(library / "library.json")], out, scheduler=cluster.scheduler_address,
+                    progress=False)
+    why = str(e.value)
+    assert "\n" not in why
+    assert f"Dask worker {odd} " in why, why
+    assert f"opencv 0.0.0 (driver: {cv2.__version__})" in why, why
+    assert "install the same versions on every node" in why
+    assert not (out / "manifest.json").exists()
+
+
+def test_the_software_stack_names_what_differs():
+    from filmmine.runner import software_stack, stack_mismatch
+
+    mine = software_stack()
+    keys = dict(mine)
+    assert {"filmmine", "ffmpeg", "numpy", "opencv", "zlib", "scenedetect"} <= keys.keys()
+    assert "torch" in dict(software_stack(True)) and "torch" not in keys
+    assert stack_mismatch(mine, mine, "w") is None
+    other = tuple(sorted({**keys, "numpy": "1.0", "zlib": "9"}.items()))
+    why = stack_mismatch(mine, other, "worker w")
+    assert why.startswith("worker w runs other versions than the driver: numpy 1.0 (driver: ")
+    assert f"zlib 9 (driver: {keys['zlib']})" in why
