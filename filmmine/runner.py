@@ -119,8 +119,9 @@ def software_stack(torch: bool = False) -> tuple[tuple[str, str], ...]:
     pkg = Path(__file__).parent
     for f in sorted(pkg.rglob("*.py")):
         src.update(f.relative_to(pkg).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
-    stack = {"filmmine": f"{__version__}+{src.hexdigest()[:12]}", "ffmpeg": ffmpeg_version(), "numpy": np.__version__,
-             "opencv": cv2.__version__, "zlib": zlib.ZLIB_RUNTIME_VERSION}
+    stack = {"filmmine": f"{__version__}+{src.hexdigest()[:12]}", "ffmpeg": ffmpeg_version(),
+             "numpy": np.__version__, "opencv": cv2.__version__,
+             "zlib": zlib.ZLIB_RUNTIME_VERSION}
     for dist in ("scenedetect", "webdataset", "pyarrow", *(("torch",) if torch else ())):
         try:
             stack[dist] = metadata.version(dist)
@@ -456,13 +457,29 @@ def unit_resources(device: str) -> dict[str, int] | None:
 def unit_slots(client: Client, device: str) -> int:
     """How many work units the cluster runs at once, as its workers stand when asked: their
     threads, or on a GPU run their GPU resources (a unit holds one). At least 1."""
+    return max(1, _slots_now(client, device))
+
+
+def _slots_now(client: Client, device: str) -> int:
+    """``unit_slots`` as it is: 0 while no worker (or, on a GPU run, no GPU worker) is
+    connected."""
     workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
     if unit_resources(device):
-        n = sum(min(int(w.get("nthreads", 1)), int(w.get("resources", {}).get("GPU", 0)))
-                for w in workers)
-    else:
-        n = sum(int(w.get("nthreads", 1)) for w in workers)
-    return max(1, n)
+        return sum(min(int(w.get("nthreads", 1)), int(w.get("resources", {}).get("GPU", 0)))
+                   for w in workers)
+    return sum(int(w.get("nthreads", 1)) for w in workers)
+
+
+def no_slots_warning(device: str, address: str, waited_s: float) -> str:
+    """What the driver says when the cluster has had no slot for a unit for ``waited_s``:
+    its workers have not started yet (batch jobs still queued), or on a GPU run none was
+    started with the GPU resource the units need (they would wait for ever)."""
+    if unit_resources(device):
+        return (f"no worker of the Dask cluster at {address} offers the GPU resource a "
+                f"--device {device} unit needs, for {waited_s:.0f} s: the run waits for one "
+                "(start GPU workers with --resources GPU=1, one per GPU)")
+    return (f"no Dask worker connected to the scheduler at {address} for {waited_s:.0f} s: "
+            "the run waits for one")
 
 
 def _gpu_count() -> int:
@@ -593,6 +610,7 @@ def _gpu_cluster(layout: list[int], device: str) -> SpecCluster:
 
 SLOTS_REFRESH_S = 2.0   # how often the driver asks the cluster's slots while tasks wait
 RESULT_POLL_S = 0.02    # how often the driver looks for a finished task
+NO_SLOTS_WARN_S = 30.0  # a cluster with no slot for a unit this long is said to be so
 
 PLAN_FILE = "plan.json"   # in .work/FILM: the unit length the film's staged units were cut by
 
@@ -643,6 +661,8 @@ class _Run:
         self.waiting: deque[tuple] = deque()
         self.outstanding = 0    # tasks handed to the scheduler and not yet back
         self.limit, self.limit_at = 1, float("-inf")  # slots now, and when that was asked
+        self.no_slots_since: float | None = None  # since when the cluster has had none
+        self.no_slots_said = False
         self.ac: as_completed | None = None
         # what each task checks its worker against (``_on_same_stack``)
         self.stack = software_stack(rec["disparity"]["backend"] in TORCH_BACKENDS)
@@ -686,9 +706,7 @@ class _Run:
         or not: workers that join a remote cluster get work."""
         if not self.waiting:
             return
-        now = time.monotonic()
-        if now - self.limit_at > SLOTS_REFRESH_S:
-            self.limit, self.limit_at = unit_slots(client, self.device), now
+        self.refresh_slots(client)
         while self.waiting and self.outstanding < self.limit:
             kind, name, unit, fn, args = self.waiting.popleft()
             if kind != "probe" and self.pending_units.get(name) == -1:
@@ -702,6 +720,25 @@ class _Run:
             self.outstanding += 1
             assert self.ac is not None
             self.ac.add(fut)
+
+    def refresh_slots(self, client: Client) -> None:
+        """Ask the cluster's slots when the last answer is ``SLOTS_REFRESH_S`` old; say so
+        once when it has had none for ``NO_SLOTS_WARN_S`` (and again after it had some)."""
+        now = time.monotonic()
+        if now - self.limit_at <= SLOTS_REFRESH_S:
+            return
+        n, self.limit_at = _slots_now(client, self.device), now
+        self.limit = max(1, n)
+        if n:
+            self.no_slots_since = None
+            return
+        if self.no_slots_since is None:
+            self.no_slots_since, self.no_slots_said = now, False
+        elif not self.no_slots_said and now - self.no_slots_since >= NO_SLOTS_WARN_S:
+            log.warning(no_slots_warning(self.device, _address(client),
+                                         now - self.no_slots_since))
+            self.events("waiting", why="no slots", seconds=round(now - self.no_slots_since))
+            self.no_slots_said = True
 
     def fail(self, name: str, status: str, reason: str) -> None:
         self.statuses[name].update(status=status, reason=reason)
@@ -733,6 +770,7 @@ class _Run:
                 # slots are asked every 2 s), not only once a running one ends, which on a
                 # remote cluster whose workers arrive one by one is a whole unit later
                 time.sleep(RESULT_POLL_S)
+                self.refresh_slots(client)
                 self.pump(client)
                 continue
             fut = next(ac)

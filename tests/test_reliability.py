@@ -805,3 +805,44 @@ def test_the_software_stack_names_what_differs():
     why = stack_mismatch(mine, other, "worker w")
     assert why.startswith("worker w runs other versions than the driver: numpy 1.0 (driver: ")
     assert f"zlib 9 (driver: {keys['zlib']})" in why
+
+
+def test_a_cluster_without_workers_is_said_to_be_waited_for(library, tmp_path, monkeypatch,
+                                                            caplog):
+    """A scheduler whose workers have not started (batch jobs still queued): the run says
+    once that it waits for a worker, and goes on when one joins."""
+    import logging
+    import threading
+
+    import filmmine.runner as runner
+
+    monkeypatch.setattr(runner, "NO_SLOTS_WARN_S", 1.0)
+    monkeypatch.setattr(runner, "SLOTS_REFRESH_S", 0.2)
+    out, result = tmp_path / "out", {}
+    caplog.set_level(logging.WARNING, logger="filmmine.runner")
+    with _DaskCluster(tmp_path) as cluster:
+        def run() -> None:
+            result["report"] = extract([str(library / "film_sbs.mp4")], out, layout="sbs",
+                                       scheduler=cluster.address, progress=False)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        t0 = time.monotonic()
+        while not any("waits for one" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() - t0 < 60 and thread.is_alive()
+            time.sleep(0.1)
+        cluster.add_worker()
+        thread.join(timeout=300)
+    said = [r.getMessage() for r in caplog.records if "waits for one" in r.getMessage()]
+    assert len(said) == 1, said
+    assert said[0].startswith(f"no Dask worker connected to the scheduler at {cluster.address}")
+    assert result["report"].exit_code == 0, result["report"].summary()
+
+
+def test_a_gpu_run_without_gpu_workers_says_how_to_start_them():
+    from filmmine.runner import no_slots_warning
+
+    gpu = no_slots_warning("cuda", "tcp://h:1", 31.2)
+    assert "offers the GPU resource a --device cuda unit needs, for 31 s" in gpu
+    assert "--resources GPU=1" in gpu
+    assert "GPU" not in no_slots_warning("cpu", "tcp://h:1", 30)
