@@ -660,6 +660,10 @@ class _Run:
     def __init__(self, out: Path, rec: dict, digest: str, device: str, statuses: dict,
                  report: RunReport, events: EventLog, progress: bool, debug: bool) -> None:
         self.out, self.rec, self.digest, self.device = out, rec, digest, device
+        # what tasks are given: a remote worker runs in a working directory of its own, where
+        # a relative --out named another directory (shards and records written there, and
+        # the driver's corpus referencing shards it did not have)
+        self.out_abs = out.absolute()
         # task keys name the corpus too: on a shared scheduler, runs of the same film and
         # recipe into other corpora must not get these tasks (Dask dedupes by key)
         self.out_tag = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:8]
@@ -866,7 +870,7 @@ class _Run:
     def on_probe(self, client: Client, probe: ProbeResult) -> None:
         name = probe.name
         self.probes[name] = probe
-        work_dir = self.out / ".work" / name
+        work_dir = self.out_abs / ".work" / name
         units = plan_units(probe, self.planned_chunk_s(probe, work_dir),
                            lead=unit_context(probe.fps, self.rec)[0])
         self.units_of[name] = units
@@ -893,7 +897,7 @@ class _Run:
         if self.pending_units[name] == 0:
             source = {"input": film.source, "paths": list(film.paths)}
             # first: a film's last step frees its staging space and completes its record
-            self.submit(client, "assemble", name, None, assemble_film, self.out,
+            self.submit(client, "assemble", name, None, assemble_film, self.out_abs,
                         self.probes[name], self.units_of[name], self.rec, self.digest, source,
                         first=True)
 

@@ -47,11 +47,11 @@ class _DaskCluster:
             raise
         self.address = json.loads(self.sched_file.read_text())["address"]
 
-    def add_worker(self) -> None:
+    def add_worker(self, cwd: Path | None = None) -> None:
         self.workers.append(subprocess.Popen(
             [str(DASK), "worker", "--scheduler-file", str(self.sched_file), "--nworkers", "1",
              "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd))
 
     def wait_for_workers(self, n: int) -> None:
         from distributed import Client
@@ -85,6 +85,27 @@ def test_existing_scheduler_gives_the_same_corpus(library, corpus, tmp_path):
                          progress=False)
         assert report.exit_code == 0, report.summary()
         assert tree_digest(out) == tree_digest(corpus)
+
+
+def test_a_relative_out_on_workers_started_elsewhere(library, corpus, tmp_path):
+    """`--out corpus` relative to the driver's directory, on workers started in another one
+    (as on any other node): the corpus is where the driver was told, a clean run's bytes,
+    and nothing is written where the workers run."""
+    elsewhere = tmp_path / "workers-cwd"
+    elsewhere.mkdir()
+    here = tmp_path / "driver-cwd"
+    here.mkdir()
+    with _DaskCluster(tmp_path) as cluster:
+        for _ in range(2):
+            cluster.add_worker(cwd=elsewhere)
+        cluster.wait_for_workers(2)
+        done = subprocess.run([sys.executable, "-m", "filmmine.cli", "extract",
+                               str(library / "library.json"), "--out", "corpus",
+                               "--scheduler", cluster.address, "--quiet"],
+                              cwd=here, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert list(elsewhere.iterdir()) == []
+    assert tree_digest(here / "corpus") == tree_digest(corpus)
 
 
 def test_a_lost_scheduler_stops_in_one_line_and_the_rerun_resumes(library, corpus, tmp_path):
