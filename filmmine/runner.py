@@ -144,21 +144,57 @@ def stack_mismatch(expected: tuple[tuple[str, str], ...], here: tuple[tuple[str,
             "the same bytes: install the same versions on every node, then rerun")
 
 
-def _on_same_stack(expected: tuple[tuple[str, str], ...], fn, *args):
-    """A task: ``fn(*args)`` on a worker whose ``software_stack`` is the driver's, else a
-    TaskError("cluster", reason) that stops the run (a misconfigured node, not a bad film)."""
-    here = software_stack(any(k == "torch" for k, _ in expected))
-    if here != expected:
-        try:
-            from distributed import get_worker
+RUN_FILE = ".extract.run"   # in OUT while a run's tasks are out: the run's token (WorkerCheck)
 
-            w = get_worker()
-            where = f"Dask worker {w.address} (host {socket.gethostname()})"
-        except ValueError:
-            where = f"host {socket.gethostname()}"
-        why = stack_mismatch(expected, here, where)
-        if why:
-            return TaskError("cluster", why)
+
+@dataclass(frozen=True)
+class WorkerCheck:
+    """What each task checks on its worker before it runs: the driver's ``software_stack``,
+    and that the worker sees ``out`` as the driver does (its ``RUN_FILE`` holds this run's
+    ``token``). A node set up otherwise stops the run: a misconfigured node, not a bad film.
+    Node-local disks at the --out path had each worker stage and assemble on its own disk,
+    and the driver's corpus referenced what it did not have."""
+
+    stack: tuple[tuple[str, str], ...]
+    out: str        # absolute
+    token: str
+
+    def problem(self) -> str | None:
+        here = software_stack(any(k == "torch" for k, _ in self.stack))
+        if here != self.stack:
+            why = stack_mismatch(self.stack, here, _this_worker())
+            if why:
+                return why
+        seen = None
+        for attempt in range(3):   # a network file system may show a new file late
+            try:
+                seen = (Path(self.out) / RUN_FILE).read_text()
+            except OSError:
+                seen = None
+            if seen == self.token:
+                return None
+            time.sleep(0.5 * (attempt + 1))
+        what = "is not there" if seen is None else "is another run's"
+        return (f"{_this_worker()} does not see {self.out} as the driver does ({RUN_FILE} of "
+                f"this run {what}): every worker must see --out and the library at the same "
+                "paths, e.g. on a shared file system")
+
+
+def _this_worker() -> str:
+    try:
+        from distributed import get_worker
+
+        return f"Dask worker {get_worker().address} (host {socket.gethostname()})"
+    except ValueError:
+        return f"host {socket.gethostname()}"
+
+
+def _checked_task(check: WorkerCheck, fn, *args):
+    """A task: ``fn(*args)`` once ``check`` passes on this worker, else a
+    TaskError("cluster", reason) that stops the run."""
+    why = check.problem()
+    if why:
+        return TaskError("cluster", why)
     return fn(*args)
 
 
@@ -682,8 +718,8 @@ class _Run:
         self.no_slots_since: float | None = None  # since when the cluster has had none
         self.no_slots_said = False
         self.ac: as_completed | None = None
-        # what each task checks its worker against (``_on_same_stack``)
-        self.stack = software_stack(rec["disparity"]["backend"] in TORCH_BACKENDS)
+        # what each task checks its worker against: set by ``mark_out``
+        self.check: WorkerCheck | None = None
         self.films_total = 1    # films of the command, mined by an earlier run or not
         self.lock = threading.Lock()
         self.bar = tqdm(total=0, unit="frame", desc="extract", disable=not progress,
@@ -732,7 +768,7 @@ class _Run:
             key = (f"{kind}-{name}-{unit.index if unit is not None else 0}-{self.digest}-"
                    f"{self.out_tag}")
             resources = unit_resources(self.device) if kind == "unit" else None
-            fut = client.submit(_on_same_stack, self.stack, fn, *args, key=key, pure=False,
+            fut = client.submit(_checked_task, self.check, fn, *args, key=key, pure=False,
                                 resources=resources)
             self.meta[fut.key] = (kind, name, unit)
             self.outstanding += 1
@@ -757,6 +793,22 @@ class _Run:
                                          now - self.no_slots_since))
             self.events("waiting", why="no slots", seconds=round(now - self.no_slots_since))
             self.no_slots_said = True
+
+    def mark_out(self) -> None:
+        """Write this run's token to ``OUT/RUN_FILE`` (atomically), for ``WorkerCheck``."""
+        token = f"{socket.gethostname()} {os.getpid()} {os.urandom(8).hex()}"
+        try:
+            write_bytes(self.out_abs / RUN_FILE, token.encode())
+        except OSError as e:
+            if _is_output_error(e):
+                raise OutputError(f"cannot write to {self.out}: {e.strerror}") from e
+            raise
+        stack = software_stack(self.rec["disparity"]["backend"] in TORCH_BACKENDS)
+        self.check = WorkerCheck(stack, str(self.out_abs), token)
+
+    def unmark_out(self) -> None:
+        with contextlib.suppress(OSError):
+            (self.out_abs / RUN_FILE).unlink()
 
     def fail(self, name: str, status: str, reason: str) -> None:
         self.statuses[name].update(status=status, reason=reason)
@@ -933,8 +985,10 @@ def _run_tasks(films, out, rec, digest, device, workers, scheduler, progress, de
     run.films_total = max(1, films_total or len(films))
     client.subscribe_topic(PROGRESS_TOPIC, run.on_progress)
     try:
+        run.mark_out()
         run.run(client, films, probed)
     finally:
+        run.unmark_out()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         run.bar.close()

@@ -867,3 +867,49 @@ def test_a_gpu_run_without_gpu_workers_says_how_to_start_them():
     assert "offers the GPU resource a --device cuda unit needs, for 31 s" in gpu
     assert "--resources GPU=1" in gpu
     assert "GPU" not in no_slots_warning("cpu", "tcp://h:1", 30)
+
+
+def _can_unshare_mounts() -> bool:
+    try:
+        return subprocess.run(["unshare", "-m", "--propagation", "private", "true"],
+                              capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _can_unshare_mounts(),
+                    reason="needs unshare -m (mount namespaces) to give a worker its own disk")
+def test_a_worker_that_does_not_see_the_corpus_stops_the_run(library, tmp_path):
+    """A worker whose --out path is its own disk (a node-local /scratch instead of a shared
+    file system; here a tmpfs mounted over it in the worker's own mount namespace): the
+    first task it gets stops the run with one line naming the worker and saying what every
+    worker must see; nothing it mined is referenced."""
+    from distributed import Client
+
+    from filmmine.errors import ClusterError
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    out = shared / "corpus"
+    with _DaskCluster(tmp_path) as cluster:
+        cluster.add_worker()                        # sees the driver's disk
+        cluster.workers.append(subprocess.Popen(    # has its own disk at the same path
+            ["unshare", "-m", "--propagation", "private", "sh", "-c",
+             f'mount -t tmpfs none "{shared}" && exec "{DASK}" worker --scheduler-file '
+             f'"{cluster.sched_file}" --nworkers 1 --nthreads 1 --host 127.0.0.1 '
+             "--no-dashboard --name local-disk"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        cluster.wait_for_workers(2)
+        with Client(cluster.address, timeout=30) as c:
+            odd = next(a for a, w in c.scheduler_info()["workers"].items()
+                       if w["name"] == "local-disk")
+        with pytest.raises(ClusterError) as e:
+            extract([str(library / "library.json")], out, scheduler=cluster.address,
+                    progress=False)
+    why = str(e.value)
+    assert "\n" not in why
+    assert why.startswith(f"Dask worker {odd} (host "), why
+    assert f"does not see {out} as the driver does (.extract.run of this run is not there)" \
+        in why, why
+    assert "every worker must see --out and the library at the same paths" in why
+    assert not (out / "manifest.json").exists() and not (out / ".extract.run").exists()
