@@ -189,10 +189,18 @@ def _this_worker() -> str:
         return f"host {socket.gethostname()}"
 
 
-def _checked_task(check: WorkerCheck, fn, *args):
-    """A task: ``fn(*args)`` once ``check`` passes on this worker, else a
-    TaskError("cluster", reason) that stops the run."""
+def _checked_task(check: WorkerCheck, reads: tuple[str, ...], fn, *args):
+    """A task: ``fn(*args)`` once ``check`` passes on this worker and it sees the film files
+    the task ``reads`` (the driver saw them: a worker without them is a node without the
+    library's mount, not a missing film), else a TaskError("cluster", reason) that stops the
+    run."""
     why = check.problem()
+    if why is None:
+        unseen = next((p for p in reads if not os.path.exists(p)), None)
+        if unseen is not None:
+            why = (f"{_this_worker()} does not see {unseen}, which the driver does: every "
+                   "worker must see --out and the library at the same paths, e.g. on a "
+                   "shared file system")
     if why:
         return TaskError("cluster", why)
     return fn(*args)
@@ -720,6 +728,7 @@ class _Run:
         self.ac: as_completed | None = None
         # what each task checks its worker against: set by ``mark_out``
         self.check: WorkerCheck | None = None
+        self.paths_of: dict[str, tuple[str, ...]] = {}   # each film's files, as the driver saw
         self.films_total = 1    # films of the command, mined by an earlier run or not
         self.lock = threading.Lock()
         self.bar = tqdm(total=0, unit="frame", desc="extract", disable=not progress,
@@ -768,8 +777,9 @@ class _Run:
             key = (f"{kind}-{name}-{unit.index if unit is not None else 0}-{self.digest}-"
                    f"{self.out_tag}")
             resources = unit_resources(self.device) if kind == "unit" else None
-            fut = client.submit(_checked_task, self.check, fn, *args, key=key, pure=False,
-                                resources=resources)
+            reads = self.paths_of.get(name, ()) if kind in ("probe", "unit") else ()
+            fut = client.submit(_checked_task, self.check, reads, fn, *args, key=key,
+                                pure=False, resources=resources)
             self.meta[fut.key] = (kind, name, unit)
             self.outstanding += 1
             assert self.ac is not None
@@ -820,6 +830,7 @@ class _Run:
         """Follow every film to its record or failure. ``probed``: films already being probed
         in the driver (``early_probes``); the others get a probe task."""
         by_name = {f.name: f for f in films}
+        self.paths_of = {f.name: tuple(f.paths) for f in films}
         probed = probed or {}
         # this run's client's loop: as_completed() alone takes the default client's, which is
         # another run's when two runs share the process (it closes, and this run hangs)

@@ -913,3 +913,34 @@ def test_a_worker_that_does_not_see_the_corpus_stops_the_run(library, tmp_path):
         in why, why
     assert "every worker must see --out and the library at the same paths" in why
     assert not (out / "manifest.json").exists() and not (out / ".extract.run").exists()
+
+
+@pytest.mark.skipif(not _can_unshare_mounts(),
+                    reason="needs unshare -m (mount namespaces) to hide the library from a worker")
+def test_a_worker_that_does_not_see_the_library_stops_the_run(library, tmp_path):
+    """A worker on a node without the library's mount (an empty tmpfs over it, in the
+    worker's own mount namespace): the run stops in one line naming the worker and the file
+    it does not see, instead of failing good films as missing."""
+    from distributed import Client
+
+    from filmmine.errors import ClusterError
+
+    out = tmp_path / "out"
+    with _DaskCluster(tmp_path) as cluster:
+        cluster.workers.append(subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c",
+             f'mount -t tmpfs none "{library}" && exec "{DASK}" worker --scheduler-file '
+             f'"{cluster.sched_file}" --nworkers 1 --nthreads 1 --host 127.0.0.1 '
+             "--no-dashboard --name no-library"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        cluster.wait_for_workers(1)
+        with Client(cluster.address, timeout=30) as c:
+            (odd,) = c.scheduler_info()["workers"]
+        with pytest.raises(ClusterError) as e:
+            extract([str(library / "film_sbs.mp4")], out, layout="sbs",
+                    scheduler=cluster.address, progress=False)
+    why = str(e.value)
+    assert "\n" not in why
+    assert why.startswith(f"Dask worker {odd} (host "), why
+    assert f"does not see {library / 'film_sbs.mp4'}, which the driver does" in why, why
+    assert not (out / "manifest.json").exists()
