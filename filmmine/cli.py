@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import __version__
@@ -69,8 +71,28 @@ def _extract(inputs: list[str], args: argparse.Namespace, layout: str = "auto") 
     return report.exit_code
 
 
+class Terminated(BaseException):
+    """SIGTERM (a batch system's walltime, ``kill``): unwound like Ctrl-C, so the run closes
+    its cluster and lock and says how to go on, instead of vanishing without a word."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command not in ("extract", "demo") or \
+            threading.current_thread() is not threading.main_thread():
+        return _main(args)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _main(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: argparse.Namespace) -> int:
     debug = getattr(args, "debug", False)
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -98,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("filmmine: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Terminated:
+        print("filmmine: terminated (SIGTERM); rerun the same command to resume",
+              file=sys.stderr)
+        return 143
     return 0
 
 

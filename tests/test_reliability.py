@@ -944,3 +944,27 @@ def test_a_worker_that_does_not_see_the_library_stops_the_run(library, tmp_path)
     assert why.startswith(f"Dask worker {odd} (host "), why
     assert f"does not see {library / 'film_sbs.mp4'}, which the driver does" in why, why
     assert not (out / "manifest.json").exists()
+
+
+def test_sigterm_closes_the_run_in_one_line_and_the_rerun_resumes(library, corpus, tmp_path):
+    """SIGTERM to `filmmine extract` (a batch system's walltime): exit 143 with one line
+    saying how to go on, no traceback, the lock and the run token gone; the same command
+    then gives a clean run's bytes."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "filmmine.cli", "extract", str(library / "library.json"),
+           "--out", str(out), "--workers", "2", "--quiet"]
+    run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not list((out / ".work").glob("*/unit-*.json")):    # a unit is staged
+        assert time.monotonic() - t0 < 300 and run.poll() is None
+        time.sleep(0.02)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 143, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines == ["filmmine: terminated (SIGTERM); rerun the same command to resume"], err
+    assert not (out / ".extract.lock").exists() and not (out / ".extract.run").exists()
+    assert not (out / "manifest.json").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert tree_digest(out) == tree_digest(corpus)
