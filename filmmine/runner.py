@@ -830,7 +830,9 @@ class _Run:
         """Follow every film to its record or failure. ``probed``: films already being probed
         in the driver (``early_probes``); the others get a probe task."""
         by_name = {f.name: f for f in films}
-        self.paths_of = {f.name: tuple(f.paths) for f in films}
+        # the files the driver sees: one missing here too is the film's problem (a manifest
+        # naming a missing view), reported as the film's reason
+        self.paths_of = {f.name: tuple(p for p in f.paths if os.path.exists(p)) for f in films}
         probed = probed or {}
         # this run's client's loop: as_completed() alone takes the default client's, which is
         # another run's when two runs share the process (it closes, and this run hangs)
