@@ -47,11 +47,18 @@ class _DaskCluster:
             raise
         self.address = json.loads(self.sched_file.read_text())["address"]
 
-    def add_worker(self, cwd: Path | None = None) -> None:
-        self.workers.append(subprocess.Popen(
-            [str(DASK), "worker", "--scheduler-file", str(self.sched_file), "--nworkers", "1",
-             "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd))
+    def add_worker(self, cwd: Path | None = None, hide: Path | None = None,
+                   name: str | None = None) -> None:
+        """A worker process; ``hide``: a directory it sees empty (a tmpfs mounted over it in
+        its own mount namespace: a node without that file system)."""
+        argv = [str(DASK), "worker", "--scheduler-file", str(self.sched_file), "--nworkers",
+                "1", "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard",
+                *(("--name", name) if name else ())]
+        if hide is not None:
+            argv = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                    'mount -t tmpfs none "$0" && exec "$@"', str(hide), *argv]
+        self.workers.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.DEVNULL, cwd=cwd))
 
     def wait_for_workers(self, n: int) -> None:
         from distributed import Client
@@ -892,13 +899,8 @@ def test_a_worker_that_does_not_see_the_corpus_stops_the_run(library, tmp_path):
     shared.mkdir()
     out = shared / "corpus"
     with _DaskCluster(tmp_path) as cluster:
-        cluster.add_worker()                        # sees the driver's disk
-        cluster.workers.append(subprocess.Popen(    # has its own disk at the same path
-            ["unshare", "-m", "--propagation", "private", "sh", "-c",
-             f'mount -t tmpfs none "{shared}" && exec "{DASK}" worker --scheduler-file '
-             f'"{cluster.sched_file}" --nworkers 1 --nthreads 1 --host 127.0.0.1 '
-             "--no-dashboard --name local-disk"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        cluster.add_worker()                                    # sees the driver's disk
+        cluster.add_worker(hide=shared, name="local-disk")      # its own disk, same path
         cluster.wait_for_workers(2)
         with Client(cluster.address, timeout=30) as c:
             odd = next(a for a, w in c.scheduler_info()["workers"].items()
@@ -927,12 +929,7 @@ def test_a_worker_that_does_not_see_the_library_stops_the_run(library, tmp_path)
 
     out = tmp_path / "out"
     with _DaskCluster(tmp_path) as cluster:
-        cluster.workers.append(subprocess.Popen(
-            ["unshare", "-m", "--propagation", "private", "sh", "-c",
-             f'mount -t tmpfs none "{library}" && exec "{DASK}" worker --scheduler-file '
-             f'"{cluster.sched_file}" --nworkers 1 --nthreads 1 --host 127.0.0.1 '
-             "--no-dashboard --name no-library"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        cluster.add_worker(hide=library, name="no-library")
         cluster.wait_for_workers(1)
         with Client(cluster.address, timeout=30) as c:
             (odd,) = c.scheduler_info()["workers"]
