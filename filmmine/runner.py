@@ -192,18 +192,16 @@ def _this_worker() -> str:
 
 def _checked_task(check: WorkerCheck, reads: tuple[str, ...], fn, *args):
     """A task: ``fn(*args)`` once ``check`` passes on this worker and it sees the film files
-    the task ``reads`` (the driver saw them: a worker without them is a node without the
-    library's mount, not a missing film), else a TaskError("cluster", reason) that stops the
-    run."""
+    the task ``reads`` (the driver saw them at the run's start), else a TaskError that says
+    why: "cluster" (stops the run) or "unseen" (the driver looks again: ``_Run.on_unseen``)."""
     why = check.problem()
-    if why is None:
-        unseen = next((p for p in reads if not os.path.exists(p)), None)
-        if unseen is not None:
-            why = (f"{_this_worker()} does not see {unseen}, which the driver does: every "
-                   "worker must see --out and the library at the same paths, e.g. on a "
-                   "shared file system")
     if why:
         return TaskError("cluster", why)
+    unseen = next((p for p in reads if not os.path.exists(p)), None)
+    if unseen is not None:
+        return TaskError("unseen", (f"{_this_worker()} does not see {unseen}, which the driver "
+                                    "does: every worker must see --out and the library at the "
+                                    "same paths, e.g. on a shared file system"), unseen)
     return fn(*args)
 
 
@@ -226,8 +224,9 @@ def _worker_setup() -> None:
 class TaskError:
     """An expected failure, returned as data (the worker does not log it as a crash)."""
 
-    status: str   # "failed" | "skipped" | "cluster" (the worker's software: stops the run)
-    reason: str
+    status: str   # "failed" | "skipped" | "cluster" (the worker's set-up: stops the run) |
+    reason: str   # "unseen" (a film file the worker does not see: ``path``)
+    path: str = ""
 
 
 def _as_data(fn, *args):
@@ -887,6 +886,8 @@ class _Run:
                 raise OutputError(f"cannot write to {self.out}: {exc.strerror}") from exc
             self.fail(name, "failed", _describe(exc, kind, unit))
             return
+        if isinstance(result, TaskError) and result.status == "unseen":
+            result = self.on_unseen(result)
         if isinstance(result, TaskError) and result.status == "cluster":
             raise ClusterError(result.reason)
         if isinstance(result, TaskError):
@@ -934,6 +935,15 @@ class _Run:
                 raise OutputError(f"cannot write to {self.out}: {e.strerror}") from e
             raise
         return chunk
+
+    @staticmethod
+    def on_unseen(err: TaskError) -> TaskError:
+        """A worker did not see a film file the driver saw at the run's start. Gone for the
+        driver too (deleted or moved during a run of days): that film's failure, the rest
+        mined. Still there: a node without the library's mount, which stops the run."""
+        if os.path.exists(err.path):
+            return TaskError("cluster", err.reason)
+        return TaskError("failed", f"missing file: {err.path} (gone since the run started)")
 
     def on_probe(self, client: Client, probe: ProbeResult) -> None:
         name = probe.name

@@ -943,6 +943,53 @@ def test_a_worker_that_does_not_see_the_library_stops_the_run(library, tmp_path)
     assert not (out / "manifest.json").exists()
 
 
+def _delete_on_first_unit(victim: Path):
+    """A Dask worker plugin: the first unit that starts on a worker deletes ``victim`` (a
+    film file removed from the library during a long run)."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class DeleteOnFirstUnit(WorkerPlugin):   # defined in a function: pickled by value
+        def setup(self, worker):
+            import filmmine.runner as runner
+
+            mine = runner.mine_unit
+
+            def deleting(probe, unit, *args, **kwargs):
+                victim.unlink(missing_ok=True)
+                return mine(probe, unit, *args, **kwargs)
+
+            runner.mine_unit = deleting
+
+    return DeleteOnFirstUnit()
+
+
+def test_a_film_deleted_during_the_run_fails_alone(library, tmp_path):
+    """A film file that the driver saw at the start is gone by the time a worker opens it
+    (deleted or moved during a run of days): that film fails with a one-line reason and
+    the rest is mined, not "a worker does not see it", which stops the run."""
+    from distributed import Client
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        shutil.copy(library / "film_sbs.mp4", lib / name)
+    out = tmp_path / "out"
+    with _DaskCluster(tmp_path) as cluster:
+        cluster.add_worker()
+        cluster.wait_for_workers(1)
+        with Client(cluster.address, timeout=30) as client:
+            client.register_plugin(_delete_on_first_unit(lib / "b.mp4"), name="delete-b")
+            report = extract([str(lib / "a.mp4"), str(lib / "b.mp4")], out, layout="sbs",
+                             scheduler=cluster.address, progress=False)
+    assert report.exit_code == 1, report.summary()
+    assert report.records["a"]["counts"]["accepted"] > 0, report.records
+    why = f"missing file: {lib / 'b.mp4'} (gone since the run started)"
+    assert [(i["film"], i["reason"]) for i in report.failed] == [("b", why)], report.failed
+    man = json.loads((out / "manifest.json").read_text())
+    assert {i["film"]: i["status"] for i in man["inputs"]} == {"a": "ok", "b": "failed"}
+    assert list(man["films"]) == ["a"]
+
+
 def test_sigterm_closes_the_run_in_one_line_and_the_rerun_resumes(library, corpus, tmp_path):
     """SIGTERM to `filmmine extract` (a batch system's walltime): exit 143 with one line
     saying how to go on, no traceback, the lock and the run token gone; the same command
