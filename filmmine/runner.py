@@ -721,8 +721,10 @@ class _Run:
         self.reported: dict[tuple[str, int], int] = {}  # frames reported per unit
         self.shots = self.samples = 0
         self.slots = 1          # units the cluster runs at once (``unit_slots``), at the start
-        # tasks wait here until a slot is free (``pump``): a worker holds only the task it runs
+        # tasks wait here until a slot is free (``pump``): a worker holds only the task it runs;
+        # probes apart, taken only while too few units wait (``next_task``)
         self.waiting: deque[tuple] = deque()
+        self.waiting_probes: deque[tuple] = deque()
         self.outstanding = 0    # tasks handed to the scheduler and not yet back
         self.limit, self.limit_at = 1, float("-inf")  # slots now, and when that was asked
         self.no_slots_since: float | None = None  # since when the cluster has had none
@@ -754,11 +756,24 @@ class _Run:
         """Queue a task (``first``: ahead of the others), then hand tasks to the scheduler
         while slots are free (``pump``)."""
         task = (kind, name, unit, fn, args)
-        if first:
+        if kind == "probe":
+            self.waiting_probes.append(task)
+        elif first:
             self.waiting.appendleft(task)
         else:
             self.waiting.append(task)
         self.pump(client)
+
+    def next_task(self) -> tuple | None:
+        """The next task to hand out: a film's last step first, then units in the order their
+        films were probed, the next film's probe as soon as fewer units wait than the cluster
+        has slots. Not every probe first: a library of thousands of films was probed whole
+        (each ffprobe reads its film's packets: a NAS's read of the library) before any film
+        was mined, and a run killed meanwhile had nothing to keep."""
+        if self.waiting_probes and (not self.waiting or (self.waiting[0][0] != "assemble"
+                                                         and len(self.waiting) < self.limit)):
+            return self.waiting_probes.popleft()
+        return self.waiting.popleft() if self.waiting else None
 
     def pump(self, client: Client) -> None:
         """Hand waiting tasks to the scheduler, no more at once than the cluster has slots.
@@ -769,11 +784,11 @@ class _Run:
         tries (KilledWorker). Holding tasks here, a worker holds the one it runs. The
         slots are asked again every ``SLOTS_REFRESH_S`` while tasks wait, finished tasks
         or not: workers that join a remote cluster get work."""
-        if not self.waiting:
+        if not (self.waiting or self.waiting_probes):
             return
         self.refresh_slots(client)
-        while self.waiting and self.outstanding < self.limit:
-            kind, name, unit, fn, args = self.waiting.popleft()
+        while self.outstanding < self.limit and (task := self.next_task()) is not None:
+            kind, name, unit, fn, args = task
             if kind != "probe" and self.pending_units.get(name) == -1:
                 continue  # a unit of this film failed: the film is given up
             key = (f"{kind}-{name}-{unit.index if unit is not None else 0}-{self.digest}-"
@@ -839,14 +854,14 @@ class _Run:
         # this run's client's loop: as_completed() alone takes the default client's, which is
         # another run's when two runs share the process (it closes, and this run hangs)
         self.ac = ac = as_completed(loop=client.loop)
-        for f in films:
-            if f.name not in probed:
-                self.submit(client, "probe", f.name, None, _probe_task, f)
-        for f in films:
+        for f in films:   # the films probed in the driver first: their units go first
             if f.name in probed:
                 exc = probed[f.name].exception()
                 self.on_result(client, by_name, "probe", f.name, None, exc,
                                None if exc else probed[f.name].result())
+        for f in films:
+            if f.name not in probed:
+                self.submit(client, "probe", f.name, None, _probe_task, f)
         while True:
             if not ac.has_ready():
                 if ac.is_empty():
@@ -855,7 +870,7 @@ class _Run:
                 # slots are asked every 2 s), not only once a running one ends, which on a
                 # remote cluster whose workers arrive one by one is a whole unit later
                 _wait_for_one(ac, RESULT_POLL_S)
-                if self.waiting or self.no_slots_since is not None:
+                if self.waiting or self.waiting_probes or self.no_slots_since is not None:
                     self.refresh_slots(client)   # not when the slots are of no use yet
                 self.pump(client)
                 continue

@@ -568,6 +568,30 @@ def test_films_probed_in_the_driver_or_in_tasks_get_the_same_outcome(tmp_path, m
     assert statuses == {"good": "ok", "empty": "failed", "noise": "failed", "mono": "skipped"}
 
 
+def test_films_are_mined_while_the_library_is_still_being_probed(tmp_path):
+    """A film's units run before the next films' probes once enough units wait to fill the
+    slots: on one worker, each film is mined before the next film is probed. Before, every
+    film of the library was probed first (each ffprobe reads a whole film), and a run killed
+    during that had no film to keep."""
+    from filmmine import synth
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    spec = synth.FilmSpec(shots=(synth.ShotSpec("textured", 24, seed=1),), view_width=160,
+                          view_height=96, seed=4)
+    synth.write_film(spec, lib / "f0.mp4", "sbs")
+    (lib / "f0.mp4.truth.json").unlink()
+    for k in range(1, 4):
+        shutil.copy(lib / "f0.mp4", lib / f"f{k}.mp4")
+    log = tmp_path / "run.jsonl"
+    report = extract([str(lib)], tmp_path / "out", layout="sbs", workers=1, progress=False,
+                     log_jsonl=log)
+    assert report.exit_code == 0, report.summary()
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    order = [(e["event"], e["film"]) for e in events if e["event"] in ("probed", "film")]
+    assert order == [(what, f"f{k}") for k in range(4) for what in ("probed", "film")], order
+
+
 def _executing(dask_worker) -> list[str]:
     """Keys of the tasks a worker is running now."""
     return [str(ts.key) for ts in dask_worker.state.executing]
