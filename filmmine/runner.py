@@ -56,6 +56,9 @@ from .recipe import dump_toml, load_recipe, recipe_digest
 log = logging.getLogger(__name__)
 
 
+SUMMARY_OK_LINES = 20   # inputs up to which the end-of-run summary lists every ok film
+
+
 @dataclass
 class RunReport:
     out: Path
@@ -70,9 +73,17 @@ class RunReport:
     def exit_code(self) -> int:
         return 1 if self.failed else 0
 
-    def summary(self) -> str:
+    def summary(self, listed_ok: int = SUMMARY_OK_LINES) -> str:
+        """A line per input that failed, was skipped or was mined with a note, and per plain
+        ``ok`` film too when there are at most ``listed_ok`` inputs (a library of thousands
+        gets one line for those: the manifest and `filmmine inspect` have them); then the
+        totals."""
         lines = []
+        quiet_ok = [i for i in self.inputs if i["status"] == "ok" and not i.get("reason")]
+        hide_ok = len(self.inputs) > listed_ok
         for i in self.inputs:
+            if hide_ok and i["status"] == "ok" and not i.get("reason"):
+                continue
             extra = ""
             rec = self.records.get(i.get("film") or "")
             if rec:
@@ -81,6 +92,9 @@ class RunReport:
                          f"{c['shots']} shots")
             text = " - ".join(t for t in (extra, i.get("reason")) if t)
             lines.append(f"  {i['status']:7s} {i['source']}: {text}")
+        if hide_ok and quiet_ok:
+            lines.append(f"  {'ok':7s} {len(quiet_ok)} film(s) without a note: per film in "
+                         f"{self.out / 'manifest.json'} and `filmmine inspect {self.out}`")
         n = sum(r["counts"]["accepted"] for r in self.records.values())
         shards = sum(len(r["shards"]) for r in self.records.values())
         lines.append(f"{len(self.records)} film(s) mined, {n} samples in {shards} shard(s), "

@@ -278,6 +278,41 @@ def test_a_truncated_mp4_fails_with_a_reason_naming_the_missing_index(tmp_path):
     assert lines[0] == f"  failed  {half}: {want}"
 
 
+def test_the_summary_of_a_large_library_lists_what_needs_a_look(tmp_path):
+    """The end-of-run summary has a line for each input that failed, was skipped or was
+    mined with a note; plain ok films get a line each in a small run and one line in all in
+    a large one (a library of thousands), the totals last."""
+    from filmmine.runner import SUMMARY_OK_LINES, RunReport
+
+    def report(n_ok: int) -> RunReport:
+        r = RunReport(tmp_path / "out")
+        counts = {"accepted": 3, "candidates": 4, "shots": 2}
+        for k in range(n_ok):
+            r.inputs.append({"source": f"/lib/f{k:02d}.mp4", "film": f"f{k:02d}",
+                             "status": "ok", "reason": None})
+            r.records[f"f{k:02d}"] = {"counts": counts, "shards": ["x"]}
+        r.inputs[0]["reason"] = "truncated: 2 s of 9 s decoded"
+        r.inputs += [{"source": "/lib/bad.mp4", "film": "bad", "status": "failed",
+                      "reason": "not a readable video"},
+                     {"source": "/lib/mono.mp4", "film": "mono", "status": "skipped",
+                      "reason": "2D"}]
+        return r
+
+    small = report(SUMMARY_OK_LINES - 2).summary().splitlines()
+    assert len(small) == SUMMARY_OK_LINES + 1
+    assert small[1] == "  ok      /lib/f01.mp4: 3 samples from 4 candidates, 2 shots"
+    large = report(500).summary().splitlines()
+    out = tmp_path / "out"
+    assert large == [
+        "  ok      /lib/f00.mp4: 3 samples from 4 candidates, 2 shots - truncated: 2 s of 9 s "
+        "decoded",
+        "  failed  /lib/bad.mp4: not a readable video",
+        "  skipped /lib/mono.mp4: 2D",
+        f"  ok      499 film(s) without a note: per film in {out / 'manifest.json'} and "
+        f"`filmmine inspect {out}`",
+        f"500 film(s) mined, 1500 samples in 500 shard(s), 1 failed -> {out}"]
+
+
 def test_cli_extract_exit_codes_and_missing_ffmpeg(tmp_path):
     spec = FilmSpec(shots=(ShotSpec("textured", 24, seed=1),), seed=1)
     film = tmp_path / "f.mp4"
