@@ -48,9 +48,10 @@ class _DaskCluster:
         self.address = json.loads(self.sched_file.read_text())["address"]
 
     def add_worker(self, cwd: Path | None = None, hide: Path | None = None,
-                   name: str | None = None) -> None:
+                   name: str | None = None, env: dict | None = None) -> None:
         """A worker process; ``hide``: a directory it sees empty (a tmpfs mounted over it in
-        its own mount namespace: a node without that file system)."""
+        its own mount namespace: a node without that file system); ``env``: its environment
+        (default: this process's)."""
         argv = [str(DASK), "worker", "--scheduler-file", str(self.sched_file), "--nworkers",
                 "1", "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard",
                 *(("--name", name) if name else ())]
@@ -58,7 +59,7 @@ class _DaskCluster:
             argv = ["unshare", "-m", "--propagation", "private", "sh", "-c",
                     'mount -t tmpfs none "$0" && exec "$@"', str(hide), *argv]
         self.workers.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL,
-                                             stderr=subprocess.DEVNULL, cwd=cwd))
+                                             stderr=subprocess.DEVNULL, cwd=cwd, env=env))
 
     def wait_for_workers(self, n: int) -> None:
         from distributed import Client
@@ -125,13 +126,16 @@ def test_remote_workers_reuse_frame_buffers(tmp_path):
     """A `dask worker` started by hand (its nanny sets Dask's MALLOC_TRIM_THRESHOLD_ of
     64 KiB, which made every frame buffer a fresh mmap) reuses freed frame buffers once an
     extract client has set it up: next to no page faults for 20 buffers, not hundreds each."""
+    from distributed import Client
+
     from filmmine.runner import _client
 
     with _DaskCluster(tmp_path) as cluster:
-        cluster.add_worker()
+        # the environment of a fresh node: a local cluster started in this process earlier
+        # left its malloc settings in os.environ (Dask's nanny sets them there to spawn)
+        cluster.add_worker(env={k: v for k, v in os.environ.items()
+                                if not k.startswith("MALLOC_")})
         cluster.wait_for_workers(1)
-        from distributed import Client
-
         with Client(cluster.address, timeout=30) as plain:
             [(trim, untuned)] = plain.run(_frame_buffer_faults()).values()
         client, _ = _client(None, cluster.address)
