@@ -244,9 +244,9 @@ def tune_malloc() -> bool:
     up to 32 MiB from the heap, kept (trimmed past 128 MiB). Done again at run time because
     workers started by `dask worker` (a remote cluster: its nanny sets Dask's
     ``MALLOC_TRIM_THRESHOLD_=64 KiB``) never see the local cluster's environment: each frame
-    buffer was a fresh mmap, faulted in and unmapped again (one worker running the 60 s
-    benchmark film's units: 5.8 M page faults and 14.9 s of system time; tuned, 51 k and
-    1.3 s). False where the C library is not glibc."""
+    buffer was a fresh mmap, faulted in and unmapped again (two such workers mining the 60 s
+    benchmark film: 16.5 s of system time; tuned, 1.9 s). False where the C library is not
+    glibc."""
     import ctypes
     import ctypes.util
 
@@ -261,10 +261,12 @@ def tune_malloc() -> bool:
 
 @dataclass(frozen=True)
 class TaskError:
-    """An expected failure, returned as data (the worker does not log it as a crash)."""
+    """An expected failure, returned as data (the worker does not log it as a crash).
+    ``status``: "failed" | "skipped" | "cluster" (the worker's set-up: stops the run) |
+    "unseen" (the worker does not see the film file ``path``: ``_Run.on_unseen``)."""
 
-    status: str   # "failed" | "skipped" | "cluster" (the worker's set-up: stops the run) |
-    reason: str   # "unseen" (a film file the worker does not see: ``path``)
+    status: str
+    reason: str
     path: str = ""
 
 
