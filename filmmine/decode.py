@@ -17,10 +17,12 @@ whether the film is decoded whole or in ranges, across timestamp gaps and variab
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 import ffmpeg
 import numpy as np
 
-from .errors import DecodeError, NoFrameDecoded, scrub_addresses
+from .errors import DecodeError, DecoderDied, NoFrameDecoded, scrub_addresses
 from .ffmpeg_bin import find_binary
 from .layout import is_side_by_side, view_size
 from .probe import ProbeResult, pick_reason
@@ -143,6 +145,27 @@ def build_command(probe: ProbeResult, start_frame: int, n_frames: int, grid_step
     # -copyts -start_at_zero: frames keep their times from the container's start (the index's
     # clock, and trim's); without an index ffmpeg's accurate seek drops the frames before -ss
     return [args[0], "-nostdin", *LOG_ARGS, "-copyts", "-start_at_zero", *args[1:]]
+
+
+EXIT_WAIT_S = 10.0   # for a decoder whose output ended early to exit by itself
+
+# ffmpeg's exit status after SIGINT, SIGTERM or SIGQUIT, which it catches to close its outputs
+FFMPEG_SIGNALLED = 255
+
+
+def exit_failure(returncode: int) -> str | None:
+    """How ffmpeg's exit status says it failed, None for a normal end (0)."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name}"
+    if returncode == FFMPEG_SIGNALLED:
+        return "stopped by a signal (exit status 255)"
+    if returncode != 0:
+        return f"exited with status {returncode}"
+    return None
 
 
 _LOG_END = object()  # the frame-time queue's end: ffmpeg closed its log
@@ -257,12 +280,13 @@ def iter_frames(probe: ProbeResult, *, start_frame: int = 0, n_frames: int | Non
     index = probe.pts
     end = start_frame + n_frames
     last = start_frame - 1
-    hi_done = log_done = False
+    hi_done = log_done = eof = False
     wait_s = max(timeout_s, 1.0)
     try:
         for count in range(n_frames):
             buf = lo_q.get()
             if buf is None:
+                eof = True
                 break
             item = None
             # the select on the full-res branch counts frames from the seek
@@ -297,7 +321,13 @@ def iter_frames(probe: ProbeResult, *, start_frame: int = 0, n_frames: int | Non
             stats.frames += 1
             yield Frame(label, np.frombuffer(buf, np.uint8).reshape(lh, lw, 3), full)
     finally:
-        if proc.poll() is None:
+        if eof or hi_done:
+            # its output ended early: ffmpeg is exiting (a kill closes its pipes before it
+            # can be reaped), and how it exits tells a file's end from a kill
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=EXIT_WAIT_S)
+        ended_itself = proc.poll() is not None
+        if not ended_itself:
             proc.kill()
         proc.wait()
         stop.set()  # a dead ffmpeg gives the readers EOF; the flag frees a blocked put
@@ -317,8 +347,17 @@ def iter_frames(probe: ProbeResult, *, start_frame: int = 0, n_frames: int | Non
     # ffmpeg's last error line, unless it is generic ("Error marking filters as finished")
     # and an earlier one names the cause ("File ended prematurely": a truncated file)
     why = pick_reason(err, probe.paths)
+    short = stats.frames < n_frames or stats.grid_missed > 0
+    rc = proc.returncode if ended_itself else 0
+    signalled = rc < 0 or rc == FFMPEG_SIGNALLED
+    if short and (signalled or (rc != 0 and stats.frames > 0)):
+        # a short read from a decoder that did not end normally (a kill: the OOM killer, a
+        # signal meant for a script; or an error mid-film), not where the file ends
+        raise DecoderDied(f"decoder {exit_failure(rc)} after {stats.frames} of {n_frames} "
+                          "frames" + (f" ({why})" if why else ""), retry=signalled)
     if stats.frames == 0:
-        raise NoFrameDecoded(why or "ffmpeg failed")
+        raise NoFrameDecoded(why or f"ffmpeg {exit_failure(rc) or 'gave no frame'}",
+                             ended_cleanly=rc == 0)
     if stats.frames < n_frames:
         stats.stop_reason = why or "stream ended"
         stats.stopped_early = f"decoded {stats.frames} of {n_frames} frames ({stats.stop_reason})"

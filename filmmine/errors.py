@@ -34,9 +34,22 @@ class DecodeError(FilmmineError):
 class NoFrameDecoded(DecodeError):
     """ffmpeg gave no frame of the range (e.g. it lies past the end of a truncated file)."""
 
-    def __init__(self, why: str) -> None:
+    def __init__(self, why: str, ended_cleanly: bool = False) -> None:
         self.why = why   # ffmpeg's clearest error line
+        # ffmpeg exited 0: the range lies past the end of the file, not a decoder that failed
+        self.ended_cleanly = ended_cleanly
         super().__init__(f"no frame decoded: {why}")
+
+
+class DecoderDied(DecodeError):
+    """ffmpeg ended before the frames it owed, killed by a signal or exiting with an error
+    status: the frames it gave are not the film's, whatever a short read looks like. The work
+    unit fails; it never becomes a film that stopped early. ``retry``: a signal ended it (a
+    kill from outside), so running the unit again may succeed."""
+
+    def __init__(self, message: str, retry: bool = False) -> None:
+        self.retry = retry
+        super().__init__(message)
 
 
 class RecipeError(FilmmineError):

@@ -452,8 +452,10 @@ def mine_unit(probe: ProbeResult, unit: WorkUnit, recipe: dict, work_dir: Path,
                     reported = done
                 t_wait = time.perf_counter()
         except NoFrameDecoded as e:
-            if start == 0:
-                raise  # nothing of the film decodes: it fails, as in a single-unit run
+            if start == 0 or not e.ended_cleanly:
+                # nothing of the film decodes (it fails, as in a single-unit run), or the
+                # decoder failed rather than reaching the file's end
+                raise
             # the range lies past where a truncated file ends: the unit stopped early with
             # nothing decoded (a single-unit run stops before it), not a failed film
             stats.stop_reason = e.why

@@ -45,7 +45,8 @@ from tqdm import tqdm
 from .atomic import remove_stale_temps, write_bytes
 from .corpus import assemble_film, film_record_path, manifest, write_corpus_tables
 from .decode import DECODE_THREADS_ENV
-from .errors import ClusterError, CorpusBusy, FilmmineError, MonoInput, RecipeError
+from .errors import (ClusterError, CorpusBusy, DecoderDied, FilmmineError, MonoInput,
+                     RecipeError)
 from .ffmpeg_bin import ffmpeg_version, require_ffmpeg
 from .flow import GPU_SHARE_ENV, TORCH_BACKENDS, get_backend
 from .inputs import FilmInput, resolve_inputs
@@ -263,7 +264,8 @@ def tune_malloc() -> bool:
 class TaskError:
     """An expected failure, returned as data (the worker does not log it as a crash).
     ``status``: "failed" | "skipped" | "cluster" (the worker's set-up: stops the run) |
-    "unseen" (the worker does not see the film file ``path``: ``_Run.on_unseen``)."""
+    "unseen" (the worker does not see the film file ``path``: ``_Run.on_unseen``) |
+    "retry" (a unit whose decoder was killed: ``_Run.retry_unit``)."""
 
     status: str
     reason: str
@@ -275,6 +277,8 @@ def _as_data(fn, *args):
         return fn(*args)
     except MonoInput as e:
         return TaskError("skipped", str(e))
+    except DecoderDied as e:
+        return TaskError("retry" if e.retry else "failed", str(e))
     except FilmmineError as e:
         return TaskError("failed", str(e))
 
@@ -697,6 +701,10 @@ SLOTS_REFRESH_S = 2.0   # how often the driver asks the cluster's slots while ta
 RESULT_POLL_S = 0.25    # the driver's wait for a finished task between looks at the slots
 NO_SLOTS_WARN_S = 30.0  # a cluster with no slot for a unit this long is said to be so
 
+# tries of a unit whose decoder a signal killed: its own retry, not Dask's ``retries=``, which
+# would also rerun a unit that failed on a full disk or a bug
+UNIT_TRIES = 3
+
 PLAN_FILE = "plan.json"   # in .work/FILM: the unit length the film's staged units were cut by
 
 
@@ -760,6 +768,7 @@ class _Run:
         self.probes: dict[str, ProbeResult] = {}
         self.units_of: dict[str, list] = {}
         self.reported: dict[tuple[str, int], int] = {}  # frames reported per unit
+        self.tries: dict[tuple[str, int], int] = {}     # units run again: their try now
         self.shots = self.samples = 0
         self.slots = 1          # units the cluster runs at once (``unit_slots``), at the start
         # tasks wait here until a slot is free (``pump``): a worker holds only the task it runs;
@@ -834,6 +843,8 @@ class _Run:
                 continue  # a unit of this film failed: the film is given up
             key = (f"{kind}-{name}-{unit.index if unit is not None else 0}-{self.digest}-"
                    f"{self.out_tag}")
+            if kind == "unit" and (n := self.tries.get((name, unit.index), 1)) > 1:
+                key += f"-try{n}"   # a key of its own: Dask would hand back the first result
             resources = unit_resources(self.device) if kind == "unit" else None
             reads = self.paths_of.get(name, ()) if kind in ("probe", "unit") else ()
             fut = client.submit(_checked_task, self.check, reads, fn, *args, key=key,
@@ -946,6 +957,10 @@ class _Run:
             result = self.on_unseen(result)
         if isinstance(result, TaskError) and result.status == "cluster":
             raise ClusterError(result.reason)
+        if isinstance(result, TaskError) and result.status == "retry":
+            if self.retry_unit(client, name, unit, result.reason):
+                return
+            result = TaskError("failed", result.reason)
         if isinstance(result, TaskError):
             self.fail(name, result.status, result.reason)
         elif self.pending_units.get(name) == -1:
@@ -991,6 +1006,25 @@ class _Run:
                 raise OutputError(f"cannot write to {self.out}: {e.strerror}") from e
             raise
         return chunk
+
+    def retry_unit(self, client: Client, name: str, unit, reason: str) -> bool:
+        """Run a unit whose decoder was killed again, ahead of the queue, up to ``UNIT_TRIES``
+        tries in all; False when they are spent (the film fails with ``reason``)."""
+        if self.pending_units.get(name) == -1:
+            return True   # the film failed already: nothing to retry for
+        n = self.tries.get((name, unit.index), 1)
+        if n >= UNIT_TRIES:
+            return False
+        self.tries[(name, unit.index)] = n + 1
+        log.warning("%s frames [%d, %d): %s; mining them again (try %d of %d)", name,
+                    unit.start, unit.end, reason, n + 1, UNIT_TRIES)
+        self.events("retry", film=name, unit=unit.index, reason=reason, attempt=n + 1)
+        with self.lock:   # the frames already counted are done work; they are decoded again
+            self.bar.total += self.reported.pop((name, unit.index), 0)
+            self.bar.refresh()
+        self.submit(client, "unit", name, unit, _unit_task, self.probes[name], unit, self.rec,
+                    self.out_abs / ".work" / name, self.device, first=True)
+        return True
 
     @staticmethod
     def on_unseen(err: TaskError) -> TaskError:

@@ -5,7 +5,9 @@ Truth: the synthetic films' rendered views, and a full decode of the same file.
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import cv2
@@ -15,7 +17,7 @@ from conftest import SHARED
 
 from filmmine import synth
 from filmmine.decode import DecodeStats, Frame, iter_frames, lowres_size
-from filmmine.errors import DecodeError, FilmmineError, NoFrameDecoded
+from filmmine.errors import DecodeError, DecoderDied, FilmmineError, NoFrameDecoded
 from filmmine.layout import views
 from filmmine.probe import ProbeResult, probe_film
 from filmmine.synth import FilmSpec, ShotSpec
@@ -377,3 +379,68 @@ def test_decoder_threads_from_the_environment_change_no_pixel(films, sbs_full: l
         monkeypatch.setenv(DECODE_THREADS_ENV, unset)
         assert decoder_threads() is None
     assert "-threads" not in build_command(p, 0, N, 6, (160, 90), 5, None)
+
+
+# --------------------------------------------------------------------------------------------
+# A decoder that dies is a failure, never the end of the film
+
+
+def _decoder_of_this_process():
+    import psutil
+
+    kids = [p for p in psutil.Process().children() if p.name() == "ffmpeg"]
+    assert len(kids) == 1, kids
+    return kids[0]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
+def test_a_killed_decoder_fails_instead_of_ending_the_film(films, sig) -> None:
+    """ffmpeg killed mid-film (kill -9, or a Ctrl-C that reached only the children): the
+    decode raises DecoderDied (retry: the unit is worth running again), where a short read
+    alone would look like a truncated file."""
+    stats = DecodeStats()
+    got = []
+    with pytest.raises(DecoderDied, match=r"decoder (killed by SIGKILL|stopped by a signal)"
+                                          r".* after \d+ of 60 frames") as e:
+        # every frame at full resolution: ffmpeg blocks on its pipe ~10 frames ahead
+        for f in iter_frames(probe_of(films, "sbs"), grid_step=1, stats=stats):
+            got.append(f.index)
+            if f.index == 2:
+                _decoder_of_this_process().send_signal(sig)  # not reaped here: Popen's
+    assert e.value.retry
+    assert 3 <= len(got) < N and stats.stopped_early is None
+
+
+def test_a_decoder_killed_before_its_first_frame_is_not_a_clean_end(films) -> None:
+    """Killed before a frame came out: DecoderDied, not NoFrameDecoded (which a unit past the
+    end of a truncated file turns into a unit with nothing to mine)."""
+    import threading
+
+    def kill_soon() -> None:
+        import psutil
+
+        for _ in range(400):
+            kids = [p for p in psutil.Process().children() if p.name() == "ffmpeg"]
+            if kids:
+                kids[0].kill()
+                return
+            time.sleep(0.005)
+
+    t = threading.Thread(target=kill_soon)
+    t.start()
+    with pytest.raises(DecoderDied) as e:
+        # a slow consumer: the kill lands while ffmpeg still owes frames
+        for _ in iter_frames(probe_of(films, "sbs"), grid_step=1):
+            time.sleep(0.5)
+    t.join()
+    assert e.value.retry
+
+
+def test_the_end_of_a_truncated_file_is_not_a_dead_decoder(films, tmp_path: Path) -> None:
+    """A range past the end of a truncated Matroska file: ffmpeg exits 0 having decoded
+    nothing, which is the file's end (NoFrameDecoded, ended_cleanly), not a failure."""
+    bad = truncate(_mkv(films, tmp_path), tmp_path / "half.mkv")
+    with pytest.raises(NoFrameDecoded) as e:
+        list(iter_frames(probe_film("half", (str(bad),)), start_frame=45, n_frames=10))
+    assert e.value.ended_cleanly
+    assert not isinstance(e.value, DecoderDied)

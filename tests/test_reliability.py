@@ -1091,3 +1091,80 @@ def test_sigterm_closes_the_run_in_one_line_and_the_rerun_resumes(library, corpu
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert tree_digest(out) == tree_digest(corpus)
+
+
+KILLING_FFMPEG = '''#!{python}
+"""ffmpeg, except that decodes (the runs with a showinfo filter) of a film named in
+KILL_EVERY die mid-stream, and so does the first decode of any other film (KILL_ONCE: the
+marker file it creates). Dying: after a few low-resolution frames, the real ffmpeg and this
+process are killed by SIGKILL, as the OOM killer or a kill -9 would."""
+import os, signal, subprocess, sys
+
+REAL = {real!r}
+args = sys.argv[1:]
+decode = any("showinfo" in a for a in args)
+every = os.environ.get("KILL_EVERY", "")
+die = decode and bool(every) and any(every in a for a in args)
+if decode and not die:
+    try:
+        os.close(os.open(os.environ["KILL_ONCE"], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        die = True
+    except FileExistsError:
+        pass
+if not die:
+    os.execv(REAL, [REAL, *args])
+proc = subprocess.Popen([REAL, *args], stdout=subprocess.PIPE, close_fds=False)
+got = 0
+while got < 300000:   # some frames of the unit (160x90 BGR: 43 kB each)
+    chunk = proc.stdout.read1(65536)
+    if not chunk:
+        break
+    os.write(1, chunk)
+    got += len(chunk)
+proc.kill()
+os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+def test_a_killed_decoder_is_mined_again_never_recorded_as_finished(library, corpus, tmp_path,
+                                                                    monkeypatch):
+    """ffmpeg killed mid-unit (kill -9 of the decoder alone, not its worker): the unit fails
+    and is run again. Killed once: the film is mined as in a clean run. Killed on every try:
+    its film fails with the reason (not "ok ... decoded 37 of 120 frames"), the others are
+    mined, and a rerun with a working decoder gives the clean corpus."""
+    import shutil as sh
+
+    fake = tmp_path / "ffmpeg"
+    fake.write_text(KILLING_FFMPEG.format(python=sys.executable, real=sh.which("ffmpeg")))
+    fake.chmod(0o755)
+    from filmmine.ffmpeg_bin import find_binary
+
+    monkeypatch.setenv("FILMMINE_FFMPEG", str(fake))
+    monkeypatch.setenv("KILL_EVERY", "film_tab.")
+    monkeypatch.setenv("KILL_ONCE", str(tmp_path / "killed-once"))
+    find_binary.cache_clear()
+    out, log = tmp_path / "out", tmp_path / "events.jsonl"
+    try:
+        report = extract([str(library / "library.json")], out, workers=2, progress=False,
+                         log_jsonl=log)
+    finally:
+        monkeypatch.delenv("FILMMINE_FFMPEG")
+        find_binary.cache_clear()
+    assert (tmp_path / "killed-once").exists()
+    by_film = {i["film"]: i for i in report.inputs}
+    assert by_film["film_tab"]["status"] == "failed", report.summary()
+    assert by_film["film_tab"]["reason"].startswith("decoder killed by SIGKILL after ")
+    assert {f: i["status"] for f, i in by_film.items() if f != "film_tab"} == \
+        dict.fromkeys(("film_sbs", "film_half-sbs", "film_half-tab", "film_separate"), "ok")
+    assert not (out / "films" / "film_tab.json").exists()
+    retries = [json.loads(line) for line in log.read_text().splitlines()
+               if json.loads(line)["event"] == "retry"]
+    tab = [r for r in retries if r["film"] == "film_tab"]
+    assert [r["attempt"] for r in tab] == [2, 3] and len(retries) == 3, retries
+    clean, got = tree_digest(corpus), tree_digest(out)
+    others = [k for k in clean if k.startswith(("films/", "shards/")) and "film_tab" not in k]
+    assert {k: got.get(k) for k in others} == {k: clean[k] for k in others}
+
+    again = extract([str(library / "library.json")], out, workers=2, progress=False)
+    assert again.exit_code == 0, again.summary()
+    assert tree_digest(out) == tree_digest(corpus)
