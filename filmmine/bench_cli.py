@@ -19,6 +19,79 @@ def add_parser(subparsers) -> None:
                     "one row per backend and dataset.")
     add_arguments(p)
     p.set_defaults(handler=bench_disparity)
+    add_checks_parser(subparsers)
+
+
+def add_checks_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench-checks",
+        help="measure the frame checks as a classifier on real footage: acceptance of good "
+             "frames, rejection of bad ones, labels of the accepted",
+        description="Runs each recipe's filters and disparity verdicts over a labelled set made "
+                    "from the real data (rectified positives; misaligned, mono, dark, "
+                    "unrectified negatives; see filmmine/bench_checks.py) and prints, per "
+                    "recipe, the acceptance rate of each positive group, the rejection rate "
+                    "of each negative group, and bad-2 / density / EPE of the accepted frames "
+                    "with ground truth. The way to tune a recipe for a library.")
+    p.add_argument("--recipes", default="default,paper",
+                   help="comma-separated recipe names or files, compared in one run "
+                        "(default: %(default)s)")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="the real data folder (default: $FILMMINE_DATA or ../shared/data)")
+    p.add_argument("--groups", default=None,
+                   help="comma-separated groups to run (default: all; e.g. "
+                        "middeval3,shift_2px,cut_clips_sbs)")
+    p.add_argument("--set", action="append", metavar="TABLE.KEY=VALUE",
+                   help="override a recipe key in every recipe, e.g. --set "
+                        "disparity.min_consistency=0.9 (repeatable)")
+    p.add_argument("--per-scene", action="store_true",
+                   help="also list every ground-truth scene's verdict and labels")
+    p.add_argument("--device", default="cpu", help="torch device for torch backends")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=bench_checks)
+
+
+def _parse_table_set(items: list[str] | None) -> dict[str, dict]:
+    import tomllib
+
+    out: dict[str, dict] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        table, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise ValueError(f"--set wants TABLE.KEY=VALUE, got {item!r}")
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value
+        out.setdefault(table, {})[name] = parsed
+    return out
+
+
+def bench_checks(args: argparse.Namespace) -> int:
+    from .bench_checks import NEGATIVE_GROUPS, POSITIVE_GROUPS, format_report, run
+    from .errors import RecipeError
+
+    groups = None
+    if args.groups:
+        groups = {g.strip() for g in args.groups.split(",") if g.strip()}
+        unknown = sorted(groups - set(POSITIVE_GROUPS) - set(NEGATIVE_GROUPS))
+        if unknown:
+            print(f"filmmine bench-checks: error: unknown group(s) {', '.join(unknown)}; "
+                  f"choose from {', '.join(POSITIVE_GROUPS + NEGATIVE_GROUPS)}",
+                  file=sys.stderr)
+            return 2
+    try:
+        report = run([r.strip() for r in args.recipes.split(",") if r.strip()], args.data,
+                     groups, _parse_table_set(args.set), args.device)
+    except (ValueError, KeyError, RecipeError) as e:
+        print(f"filmmine bench-checks: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, indent=1, default=str))
+    else:
+        print(format_report(report, per_scene=args.per_scene))
+    return 0
 
 
 def bench_disparity(args: argparse.Namespace) -> int:

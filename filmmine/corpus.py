@@ -168,6 +168,10 @@ def _sample_row(meta: dict, shard: str) -> dict:
         "disp_p50_px": meta["disp_percentiles_px"]["p50"],
         "disp_p99_px": meta["disp_percentiles_px"]["p99"],
         "range_px": meta["range_px"],
+        "matchable_fraction": meta.get("matchable_fraction"),
+        "consistency_rate": meta.get("consistency_rate"),
+        "vertical_offset_px": meta.get("alignment", {}).get("offset_px"),
+        "vertical_rotation_deg": meta.get("alignment", {}).get("rotation_deg"),
     }
 
 

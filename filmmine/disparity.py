@@ -34,14 +34,19 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from .alignment import NO_FIT, VerticalFit, measure_vertical
 from .encode import confidence_to_uint8  # noqa: F401  (re-exported: the KEY.conf.png values)
 from .flow import Batch, FlowBackend, StereoFlows
 
 if TYPE_CHECKING:
     import torch
 
-REASONS = ("vertical_misaligned", "few_valid", "flat")
+REASONS = ("vertical_misaligned", "inconsistent", "few_valid", "flat")
 POST_FILTERS = ("none", "guided")
+# frame verdicts: "paper" (the published rules over every pixel: > max_vertical_frac of
+# pixels with |v| > vertical_max_px; <= min_valid_frac valid), "evidence" (alignment fitted
+# on confident matches, consistency over the pixels the matcher could match)
+VERDICTS = ("paper", "evidence")
 
 
 @dataclass
@@ -265,7 +270,8 @@ def _core_numpy(lr: np.ndarray, rl: np.ndarray, lr_max: float,
     np.exp(conf, out=conf)
     return {"u": u, "v": v, "valid": lr_ok & ~vert_fail_lr, "lr_ok": lr_ok,
             "occluded": occluded, "conf": conf,
-            "vert_fail": np.float32(max(_fraction(vert_fail_lr), _fraction(vert_fail_rl)))}
+            "vert_fail": np.float32(max(_fraction(vert_fail_lr), _fraction(vert_fail_rl))),
+            "matched": np.float32(np.count_nonzero(np.isfinite(back)))}
 
 
 def _core_torch(flow_lr: torch.Tensor, flow_rl: torch.Tensor, lr_max: float,
@@ -287,16 +293,20 @@ def _core_torch(flow_lr: torch.Tensor, flow_rl: torch.Tensor, lr_max: float,
     conf = torch.exp(-torch.nan_to_num(lr_err, nan=1e9) / lr_max)
     vert_fail = torch.maximum(vert_fail_lr.flatten(1).float().mean(1),
                               vert_fail_rl.flatten(1).float().mean(1))
+    matched = torch.isfinite(back).flatten(1).sum(1).float()
     return {k: t.cpu().numpy() for k, t in {
         "u": u, "v": v, "valid": lr_ok & ~vert_fail_lr, "lr_ok": lr_ok, "occluded": occluded,
-        "conf": conf, "vert_fail": vert_fail}.items()}
+        "conf": conf, "vert_fail": vert_fail, "matched": matched}.items()}
 
 
 def check_batch(flow_lr: Batch, flow_rl: Batch, cfg: dict, stored_width: int,
                 match_confidence: Batch | None = None,
-                guides: Sequence[np.ndarray] | None = None) -> list[DisparityResult]:
+                guides: Sequence[np.ndarray] | None = None,
+                rights: Sequence[np.ndarray] | None = None) -> list[DisparityResult]:
     """Verdicts and labels from both flows [B, 2, H, W]. ``cfg`` = recipe['disparity'];
-    guides: the left views (grey, [H, W]) for the post-filter.
+    guides: the left views (grey uint8, [H, W]) for the post-filter; with ``rights`` (the
+    right views, same size) the vertical verdict rests on confident correspondences
+    (``filmmine.alignment``), else on the flow's own v of the consistent pixels.
 
     On CUDA the per-pixel checks run on the device; on the CPU in numpy/OpenCV (measured at
     960x540: 13 ms a frame, against 35-270 ms for torch CPU ops, whose OpenMP threads stall
@@ -315,18 +325,26 @@ def check_batch(flow_lr: Batch, flow_rl: Batch, cfg: dict, stored_width: int,
         per = [_core_numpy(lr[i], rl[i], lr_max, vmax) for i in range(b)]
     mc = None if match_confidence is None else _numpy(match_confidence)
     out = []
+    evidence = cfg.get("verdict", "paper") == "evidence"
     for i, c in enumerate(per):
         conf = c["conf"] if mc is None else c["conf"] * np.clip(mc[i], 0.0, 1.0)
+        fit = None
+        if evidence and guides is not None and rights is not None:
+            fit = measure_vertical(guides[i], rights[i], c["u"], float(cfg["vertical_max_px"]),
+                                   int(cfg["min_matches"]))
         out.append(_finish(c["u"], c["v"], c["valid"], c["lr_ok"], c["occluded"], conf,
                            float(c["vert_fail"]), cfg, stored_width,
-                           None if guides is None else guides[i]))
+                           None if guides is None else guides[i], float(c["matched"]), fit))
     return out
 
 
 def _finish(u: np.ndarray, v: np.ndarray, valid: np.ndarray, lr_ok: np.ndarray,
             occluded: np.ndarray, conf: np.ndarray, vertical_fail_frac: float, cfg: dict,
-            stored_width: int, guide: np.ndarray | None) -> DisparityResult:
-    """Speckle filter, post-filter, confidence, statistics and verdict of one frame (numpy)."""
+            stored_width: int, guide: np.ndarray | None, matched: float | None = None,
+            fit: VerticalFit | None = None) -> DisparityResult:
+    """Speckle filter, post-filter, confidence, statistics and verdict of one frame (numpy).
+    ``matched``: pixels the matcher gave a label both ways (the consistency rate's base);
+    ``fit``: the frame's fitted vertical field (``verdict = "evidence"``)."""
     disparity = np.negative(u)
     disparity[~valid] = np.nan
     n_checked = np.count_nonzero(valid)
@@ -364,10 +382,37 @@ def _finish(u: np.ndarray, v: np.ndarray, valid: np.ndarray, lr_ok: np.ndarray,
         p1, p50, p99 = percentiles(disparity[valid], [lo_p, 50.0, hi_p])
         stats.update(range_px=float(p99 - p1), disp_p1_px=float(p1), disp_p50_px=float(p50),
                      disp_p99_px=float(p99))
+    n_lr = np.count_nonzero(lr_ok)
+    matched = float(n_lr) if matched is None else max(matched, float(n_lr))
+    stats["matchable_fraction"] = matched / max(lr_ok.size, 1)
+    stats["consistency_rate"] = n_lr / matched if matched > 0 else 0.0
     min_range = cfg["min_range_px"] * stored_width / cfg["range_ref_width"]
+    mode = cfg.get("verdict", "paper")
+    if mode not in VERDICTS:
+        raise ValueError(f"unknown verdict {mode!r}; choose from {VERDICTS}")
+    inconsistent = mode == "evidence" and stats["consistency_rate"] < cfg["min_consistency"]
+    if mode == "paper":
+        misaligned = vertical_fail_frac > cfg["max_vertical_frac"]
+    else:
+        if fit is None or fit.inliers < int(cfg["min_matches"]):
+            # too few confident matches to fit: the consistent pixels' own v decides
+            fit = fit if fit is not None else NO_FIT
+            with np.errstate(invalid="ignore"):
+                bad_v = np.count_nonzero(lr_ok & (np.abs(v) > cfg["vertical_max_px"]))
+            # views that do not match (unrelated halves: a wrong layout) are inconsistent
+            # before they are misaligned
+            misaligned = not inconsistent and bad_v > cfg["max_vertical_frac"] * max(n_lr, 1)
+        else:
+            # a roll grows with the distance from the centre: what a narrow stored frame
+            # hides in px, the film's own width shows
+            misaligned = (fit.field_exceed_fraction > cfg["max_vertical_frac"]
+                          or abs(fit.rotation_deg) > cfg["max_rotation_deg"])
+        stats.update(fit.record())
     reason = None
-    if vertical_fail_frac > cfg["max_vertical_frac"]:
+    if misaligned:
         reason = "vertical_misaligned"
+    elif inconsistent:
+        reason = "inconsistent"
     elif valid_frac <= cfg["min_valid_frac"]:
         reason = "few_valid"
     elif stats["range_px"] < min_range:
@@ -417,7 +462,9 @@ def compute_disparity(left_grey: list[np.ndarray], right_grey: list[np.ndarray],
         flows = stereo_flows([left_grey[i] for i in idx], [right_grey[i] for i in idx], backend,
                              cfg, out)
         guides = [resize_grey(left_grey[i], out) for i in idx]
+        rights = [resize_grey(right_grey[i], out) for i in idx]
         for i, res in zip(idx, check_batch(flows.lr, flows.rl, cfg, out[0],
-                                           flows.match_confidence, guides), strict=True):
+                                           flows.match_confidence, guides, rights),
+                          strict=True):
             results[i] = res
     return [r for r in results if r is not None]

@@ -43,14 +43,31 @@ def score_frame(left_rgb: np.ndarray, right_rgb: np.ndarray,
         "lr_diff": lr_diff,
         "mono_ratio": lr_diff / max(self_diff, 1e-3),
         "frozen_diff": float("nan"),
+        "motion": float("nan"),
     }
     prev = previous_left_grey
     if prev is not None and prev.shape == gl.shape:
         if prev.dtype == np.uint8:
-            scores["frozen_diff"] = cv2.mean(cv2.absdiff(gl, prev))[0]
+            diff = cv2.absdiff(gl, prev)
         else:
-            scores["frozen_diff"] = float(np.abs(gl.astype(np.float32) - prev).mean())
+            diff = np.abs(gl.astype(np.float32) - prev)
+        scores["frozen_diff"] = float(diff.mean())
+        scores["motion"] = block_motion(diff)
     return scores
+
+
+MOTION_BLOCK = 16   # px
+
+
+def block_motion(diff: np.ndarray) -> float:
+    """The 99th percentile over 16 px blocks of the mean absolute difference to the previous
+    candidate: a figure walking through a static shot moves a few blocks a lot, which the
+    frame's mean hides; a frozen frame moves none beyond compression noise."""
+    h, w = diff.shape[:2]
+    bw, bh = max(1, w // MOTION_BLOCK), max(1, h // MOTION_BLOCK)
+    blocks = cv2.resize(diff[: bh * MOTION_BLOCK, : bw * MOTION_BLOCK].astype(np.float32),
+                        (bw, bh), interpolation=cv2.INTER_AREA)
+    return float(np.percentile(blocks, 99))
 
 
 def _mean_magnitude(gx: np.ndarray, gy: np.ndarray) -> float:
@@ -73,7 +90,9 @@ def decide(scores: dict[str, float], cfg: dict) -> str | None:
         return "low_texture"
     if scores["mono_ratio"] < cfg["mono_max_ratio"]:
         return "mono"
-    fd = scores["frozen_diff"]
-    if fd == fd and fd <= cfg["frozen_max_diff"]:  # NaN when there is no previous frame
+    fd, motion = scores["frozen_diff"], scores.get("motion", float("nan"))
+    # NaN when there is no previous frame; a frame without the motion score (an older
+    # corpus's row) is judged by the mean alone
+    if fd == fd and fd <= cfg["frozen_max_diff"] and not motion > cfg["frozen_max_motion"]:
         return "frozen"
     return None

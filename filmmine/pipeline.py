@@ -140,6 +140,15 @@ def prepare_views(full_rgb: np.ndarray, layout: str, recipe: dict):
     return out[0], out[1], crop, (left.shape[1], left.shape[0])
 
 
+# the disparity stage's statistics a frame row keeps: the verdict's evidence
+ALIGNMENT_EVIDENCE = ("vertical_matches", "vertical_inliers", "vertical_offset_px",
+                      "vertical_rotation_deg", "vertical_scale_pct", "vertical_keystone_px",
+                      "vertical_residual_px", "vertical_field_exceed_fraction",
+                      "vertical_field_abs_p95_px")
+VERDICT_EVIDENCE = ("valid_fraction", "vertical_fail_fraction", "range_px",
+                    "matchable_fraction", "consistency_rate", *ALIGNMENT_EVIDENCE)
+
+
 @dataclass
 class UnitResult:
     unit: WorkUnit
@@ -304,8 +313,9 @@ class UnitMiner:
                                     self.backend, self.recipe["disparity"])
         t0 = self._tick("disparity", t0)
         for w, res in zip(batch, results, strict=True):
-            w.row.update({k: res.stats[k] for k in ("valid_fraction", "vertical_fail_fraction",
-                                                    "range_px")})
+            # NaN (e.g. no fit: too few matches) is stored as null
+            w.row.update({k: (v if v == v else None) for k, v in res.stats.items()
+                          if k in VERDICT_EVIDENCE})
             if res.reason is not None:
                 w.row.update(accepted=False, reason=res.reason)
                 continue
@@ -344,7 +354,13 @@ class UnitMiner:
                 "p99": round(res.stats["disp_p99_px"], 4),
             },
             "range_px": round(res.stats["range_px"], 4),
+            "matchable_fraction": round(res.stats["matchable_fraction"], 6),
+            "consistency_rate": round(res.stats["consistency_rate"], 6),
         }
+        fit = {k.removeprefix("vertical_"): (v if v == v else None)
+               for k, v in res.stats.items() if k in ALIGNMENT_EVIDENCE}
+        if fit:
+            meta["alignment"] = fit
         sample = {"__key__": key, "jpg": encode_jpeg(left, out["jpeg_quality"]),
                   "disp.png": png, "json": dumps(meta)}
         if out["confidence"]:

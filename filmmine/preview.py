@@ -68,6 +68,7 @@ REASON_SCORE = {
     "credits": ("black_frac", "black fraction", ">=", ("filters", "credits_min_black")),
     "vertical_misaligned": ("vertical_fail_fraction", "vertical fail", ">",
                             ("disparity", "max_vertical_frac")),
+    "inconsistent": ("consistency_rate", "LR-consistent", "<", ("disparity", "min_consistency")),
     "few_valid": ("valid_fraction", "valid", "<=", ("disparity", "min_valid_frac")),
     "flat": ("range_px", "range px", "<", None),
 }
@@ -349,8 +350,20 @@ def sample_tile(s: Sample) -> Tile:
                 {"left": left, "disparity": panel})
 
 
+# a frame judged on confident matches (``verdict = "evidence"``): its fitted field and roll
+FITTED_VERTICAL = ("vertical_field_exceed_fraction", "fitted |v| over limit", ">",
+                   ("disparity", "max_vertical_frac"))
+
+
 def _score_text(row: dict, recipe: dict) -> str:
     spec = REASON_SCORE.get(row["reason"] or "")
+    if row["reason"] == "vertical_misaligned" and row.get("vertical_field_exceed_fraction") \
+            is not None:
+        spec = FITTED_VERTICAL
+        if abs(row.get("vertical_rotation_deg") or 0.0) > \
+                recipe.get("disparity", {}).get("max_rotation_deg", float("inf")):
+            return (f"roll {row['vertical_rotation_deg']:.2f} deg (> "
+                    f"{recipe['disparity']['max_rotation_deg']:g})")
     if spec is None:
         return f"shot {row['shot_index']}" if row.get("shot_index", -1) >= 0 else "in transition"
     col, name, op, where = spec

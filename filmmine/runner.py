@@ -45,8 +45,7 @@ from tqdm import tqdm
 from .atomic import remove_stale_temps, write_bytes
 from .corpus import assemble_film, film_record_path, manifest, write_corpus_tables
 from .decode import DECODE_THREADS_ENV
-from .errors import (ClusterError, CorpusBusy, DecoderDied, FilmmineError, MonoInput,
-                     RecipeError)
+from .errors import ClusterError, CorpusBusy, DecoderDied, FilmmineError, MonoInput, RecipeError
 from .ffmpeg_bin import ffmpeg_version, require_ffmpeg
 from .flow import GPU_SHARE_ENV, TORCH_BACKENDS, get_backend
 from .inputs import FilmInput, resolve_inputs
@@ -80,10 +79,12 @@ class RunReport:
         gets one line for those: the manifest and `filmmine inspect` have them); then the
         totals."""
         lines = []
-        quiet_ok = [i for i in self.inputs if i["status"] == "ok" and not i.get("reason")]
+        notes = {i.get("film"): self.no_samples_note(i.get("film")) for i in self.inputs}
+        quiet_ok = [i for i in self.inputs if i["status"] == "ok" and not i.get("reason")
+                    and not notes[i.get("film")]]
         hide_ok = len(self.inputs) > listed_ok
         for i in self.inputs:
-            if hide_ok and i["status"] == "ok" and not i.get("reason"):
+            if hide_ok and i in quiet_ok:
                 continue
             extra = ""
             rec = self.records.get(i.get("film") or "")
@@ -91,7 +92,7 @@ class RunReport:
                 c = rec["counts"]
                 extra = (f"{c['accepted']} samples from {c['candidates']} candidates, "
                          f"{c['shots']} shots")
-            text = " - ".join(t for t in (extra, i.get("reason")) if t)
+            text = " - ".join(t for t in (extra, i.get("reason"), notes[i.get("film")]) if t)
             lines.append(f"  {i['status']:7s} {i['source']}: {text}")
         if hide_ok and quiet_ok:
             lines.append(f"  {'ok':7s} {len(quiet_ok)} film(s) without a note: per film in "
@@ -101,6 +102,16 @@ class RunReport:
         lines.append(f"{len(self.records)} film(s) mined, {n} samples in {shards} shard(s), "
                      f"{len(self.failed)} failed -> {self.out}")
         return "\n".join(lines)
+
+
+    def no_samples_note(self, film: str | None) -> str | None:
+        """For a film mined into no sample: its top rejection reasons (what to look at, e.g.
+        a wrong --layout gives "inconsistent"), else None."""
+        rec = self.records.get(film or "")
+        if not rec or rec["counts"]["accepted"] or not rec.get("rejections"):
+            return None
+        top = sorted(rec["rejections"].items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        return "no samples: " + ", ".join(f"{k} {v}" for k, v in top)
 
 
 def versions() -> dict[str, str]:

@@ -33,6 +33,10 @@ SAMPLES_SCHEMA = pa.schema([
     ("vertical_abs_p95_px", pa.float64()),
     ("disp_p1_px", pa.float64()), ("disp_p50_px", pa.float64()), ("disp_p99_px", pa.float64()),
     ("range_px", pa.float64()),
+    ("matchable_fraction", pa.float64()),   # labelled both ways by the matcher
+    ("consistency_rate", pa.float64()),     # of those, passing the left-right check
+    ("vertical_offset_px", pa.float64()),   # fitted vertical field (null: not fitted)
+    ("vertical_rotation_deg", pa.float64()),
 ])
 
 FRAMES_SCHEMA = pa.schema([
@@ -50,9 +54,22 @@ FRAMES_SCHEMA = pa.schema([
     ("texture", pa.float64()),
     ("mono_ratio", pa.float64()),
     ("frozen_diff", pa.float64()),
+    ("motion", pa.float64()),                 # 99th percentile of 16 px block change
     ("valid_fraction", pa.float64()),
     ("vertical_fail_fraction", pa.float64()),
     ("range_px", pa.float64()),
+    # the disparity verdict's evidence (null where the frame did not reach it)
+    ("matchable_fraction", pa.float64()),     # share of pixels the matcher labelled both ways
+    ("consistency_rate", pa.float64()),       # of those, the share passing the LR check
+    ("vertical_matches", pa.int32()),         # confident correspondences (filmmine.alignment)
+    ("vertical_inliers", pa.int32()),
+    ("vertical_offset_px", pa.float64()),     # the fitted field: offset at the centre, px
+    ("vertical_rotation_deg", pa.float64()),  # roll of the right view
+    ("vertical_scale_pct", pa.float64()),     # vertical scale difference
+    ("vertical_keystone_px", pa.float64()),   # keystone term at the corners, px
+    ("vertical_residual_px", pa.float64()),   # spread of the inliers about the field
+    ("vertical_field_exceed_fraction", pa.float64()),  # share of the frame beyond the limit
+    ("vertical_field_abs_p95_px", pa.float64()),
 ])
 
 

@@ -201,14 +201,33 @@ def test_small_vertical_offset_passes(cfg: dict) -> None:
     assert res.stats["vertical_fail_fraction"] == 0.0
 
 
-def test_inconsistent_backward_flow_is_few_valid(cfg: dict) -> None:
+def test_inconsistent_backward_flow_is_inconsistent(cfg: dict) -> None:
+    """Flows that disagree everywhere: "inconsistent" (few of the matched pixels pass the LR
+    check); under the paper's rules, "few_valid" (few of all pixels do)."""
     lr, _ = flows_for(ramp())
     rng = np.random.default_rng(0)
     rl = np.zeros_like(lr)
     rl[..., 0] = rng.uniform(-30, 30, (H, W)).astype(np.float32)
     res = check_flows(lr, rl, cfg, W)
-    assert res.reason == "few_valid"
+    assert res.reason == "inconsistent"
     assert res.stats["lr_pass_fraction"] < 0.2
+    assert res.stats["consistency_rate"] < 0.2 and res.stats["matchable_fraction"] > 0.8
+    assert check_flows(lr, rl, load_recipe("paper")["disparity"], W).reason == "few_valid"
+
+
+def test_unmatched_pixels_do_not_count_against_the_consistency_rate(cfg: dict) -> None:
+    """A matcher that declines 45 % of the frame (NaN both ways: a wall SGBM will not match)
+    and labels the rest consistently: accepted with its labels (consistency 1.0, matchable
+    0.55); the paper's rule counts the unmatched pixels as failed and rejects it."""
+    lr, rl = flows_for(ramp())
+    lr[: int(H * 0.45), :, 0] = np.nan
+    rl[: int(H * 0.45), :, 0] = np.nan
+    res = check_flows(lr, rl, cfg, W)
+    assert res.reason is None
+    assert res.stats["consistency_rate"] == 1.0
+    assert res.stats["matchable_fraction"] == pytest.approx(0.55, abs=0.05)
+    assert np.isnan(res.disparity[: int(H * 0.45)]).all()
+    assert check_flows(lr, rl, load_recipe("paper")["disparity"], W).reason == "few_valid"
 
 
 def test_constant_small_disparity_is_flat(cfg: dict) -> None:

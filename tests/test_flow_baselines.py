@@ -106,7 +106,9 @@ def test_dis_sgbm_range_covers_the_truth_and_is_narrower_than_the_full_search(cf
 
 def test_dis_sgbm_measures_vertical_misalignment(moto_half, cfg) -> None:
     """A right view 3 px lower: v = +3 left->right, -3 right->left, and the frame is rejected
-    as vertically misaligned (plain sgbm, v = 0, cannot see it)."""
+    as vertically misaligned. Plain sgbm (v = 0) cannot see it in its flow: the paper's rules
+    accept the frame; the default's verdict, fitted on confident matches whatever the
+    backend, rejects it and measures the 3 px."""
     left, right, _gt = moto_half
     shifted = np.roll(right, 3, axis=0)
     be = DisSgbmFlow(**backend_options(cfg))
@@ -117,8 +119,12 @@ def test_dis_sgbm_measures_vertical_misalignment(moto_half, cfg) -> None:
     assert np.median(v_rl[1]) == pytest.approx(-3.0, abs=0.3)
     ok, bad = compute_disparity([left, left], [right, shifted], be, cfg)
     assert ok.reason is None and bad.reason == "vertical_misaligned"
-    plain = compute_disparity([left], [shifted], SgbmFlow(**backend_options(cfg)), cfg)[0]
-    assert plain.reason != "vertical_misaligned"
+    sgbm = SgbmFlow(**backend_options(cfg))
+    paper = {**cfg, "verdict": "paper"}
+    assert compute_disparity([left], [shifted], sgbm, paper)[0].reason != "vertical_misaligned"
+    plain = compute_disparity([left], [shifted], sgbm, cfg)[0]
+    assert plain.reason == "vertical_misaligned"
+    assert plain.stats["vertical_offset_px"] == pytest.approx(3.0, abs=0.2)
 
 
 def test_smooth_vertical_fits_the_rig_and_keeps_a_real_local_deviation() -> None:
