@@ -35,7 +35,7 @@ import torch
 from .bench_cli import DEFAULT_BACKENDS, add_arguments  # noqa: F401  (re-exported)
 from .disparity import compute_disparity
 from .flow import FlowBackend, backend_options, get_backend
-from .recipe import load_recipe
+from .recipe import load_recipe, validate_recipe
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,43 @@ def load_middlebury2003(folder: Path) -> Pair:
                 occluded=None if mask is None else mask != 255)
 
 
+# Middlebury 2001/2003 scenes: (left, right, left ground truth, the 8-bit scale), which the
+# files do not hold (Scharstein & Szeliski's pages; SOURCES.md)
+MIDDLEBURY_0103 = {"teddy": ("im2.png", "im6.png", "disp2.png", 4.0),
+                   "cones": ("im2.png", "im6.png", "disp2.png", 4.0),
+                   "tsukuba": ("im3.png", "im4.png", "disp3.pgm", 16.0),
+                   "venus": ("im2.png", "im6.png", "disp2.pgm", 8.0)}
+
+
+def _scaled_png(path: Path, scale: float) -> np.ndarray:
+    """An integer disparity image as px (value / scale), NaN where 0 (no ground truth)."""
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise ValueError(f"cannot read disparity {path}")
+    if raw.ndim == 3:
+        raw = raw[..., 0]
+    return np.where(raw > 0, raw.astype(np.float32) / scale, np.nan).astype(np.float32)
+
+
+def load_middlebury0103(folder: Path) -> Pair:
+    """A Middlebury 2001/2003 scene folder (``teddy``, ``cones``, ``tsukuba``, ``venus``), its
+    8-bit ground truth divided by the scene's scale."""
+    folder = Path(folder)
+    lf, rf, gf, scale = MIDDLEBURY_0103[folder.name.lower()]
+    return Pair("middlebury2001_2003", folder.name, _grey(folder / lf), _grey(folder / rf),
+                _scaled_png(folder / gf, scale))
+
+
+def load_argoverse(folder: Path) -> Pair:
+    """An Argoverse 1.1 stereo pair: ``stereo_front_left_rect_N.jpg``, ``..._right_...`` and
+    ``disparity_N.png`` (uint16, d = value / 256, 0 = none: sparse LiDAR)."""
+    folder = Path(folder)
+    left = sorted(folder.glob("stereo_front_left_rect_*.jpg"))[0]
+    n = left.stem.rsplit("_", 1)[1]
+    return Pair("argoverse", n, _grey(left), _grey(folder / f"stereo_front_right_rect_{n}.jpg"),
+                _scaled_png(folder / f"disparity_{n}.png", 256.0))
+
+
 def load_kitti(folder: Path) -> Pair:
     """KITTI 2015 frame: ``image_2_*`` left, ``image_3_*`` right, ``disp_occ_0_*`` (value/256,
     0 = no ground truth)."""
@@ -167,20 +204,44 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("FILMMINE_DATA", REPO.parent / "shared" / "data"))
 
 
+def _load_folder(folder: Path) -> Pair | None:
+    """The pair a folder holds in one of the known layouts, else None."""
+    if (folder / "im0.png").is_file() and (folder / "disp0GT.pfm").is_file():
+        pair = load_middlebury(folder)
+        # MiddEval3's scenes: its training folder's, and the imperfect Motorcycle beside it
+        if folder.parent.name.lower().startswith("middeval3") or \
+                folder.name.startswith("middlebury2014_"):
+            scene = "Motorcycle" if folder.name.startswith("middlebury2014_") else folder.name
+            pair.dataset, pair.name = "middeval3", scene
+        return pair
+    if (folder / "left.png").is_file() and (folder / "disp_left.tif").is_file():
+        return load_middlebury2003(folder)
+    if folder.name.lower() in MIDDLEBURY_0103 and \
+            (folder / MIDDLEBURY_0103[folder.name.lower()][2]).is_file():
+        return load_middlebury0103(folder)
+    if list(folder.glob("image_2_*.png")) and list(folder.glob("disp_occ_0_*.png")):
+        return load_kitti(folder)
+    if list(folder.glob("stereo_front_left_rect_*.jpg")) and list(folder.glob("disparity_*.png")):
+        return load_argoverse(folder)
+    return None
+
+
 def discover(paths: list[Path]) -> list[Pair]:
-    """Pairs found in the given folders (and their immediate subfolders)."""
+    """Pairs found in the given folders, their subfolders and theirs (a data folder holding
+    MiddEval3's ``trainingQ/SCENE``, Middlebury 2001/2003's ``SCENE``, KITTI, Argoverse)."""
     pairs: list[Pair] = []
     for root in paths:
         root = Path(root)
-        candidates = [root] + (sorted(p for p in root.iterdir() if p.is_dir())
-                               if root.is_dir() else [])
-        for folder in candidates:
-            if (folder / "im0.png").is_file() and (folder / "disp0GT.pfm").is_file():
-                pairs.append(load_middlebury(folder))
-            elif (folder / "left.png").is_file() and (folder / "disp_left.tif").is_file():
-                pairs.append(load_middlebury2003(folder))
-            elif list(folder.glob("image_2_*.png")) and list(folder.glob("disp_occ_0_*.png")):
-                pairs.append(load_kitti(folder))
+        level = [root]
+        for _depth in range(3):
+            below = []
+            for folder in level:
+                pair = _load_folder(folder)
+                if pair is not None:
+                    pairs.append(pair)
+                elif folder.is_dir():
+                    below += sorted(p for p in folder.iterdir() if p.is_dir())
+            level = below
     return pairs
 
 
@@ -259,11 +320,13 @@ def _sync(device: str) -> None:
 
 def bench_backend(backend: FlowBackend, pairs: list[Pair], cfg: dict, device: str,
                   batch: int, setting: str = "") -> list[Row]:
-    """Rows per dataset (and ``real``) for one backend."""
+    """Rows per scene, per dataset of several scenes (its mean) and ``real`` (the mean over
+    every real pair) for one backend."""
     name = backend.name
     # warm-up: lazy allocations, cuDNN/kernel selection
     compute_disparity([pairs[0].left], [pairs[0].right], backend, cfg)
     per: dict[str, list[dict]] = {}
+    scenes: dict[str, list[dict]] = {}
     for p in pairs:
         _sync(device)
         t0 = time.perf_counter()
@@ -273,8 +336,16 @@ def bench_backend(backend: FlowBackend, pairs: list[Pair], cfg: dict, device: st
         m = evaluate(res.disparity, p.gt, res.vertical, p.gt_dy, p.occluded)
         m["ms"] = ms
         per.setdefault(p.dataset, []).append(m)
+        if p.real:
+            scenes[f"{p.dataset}/{p.name}"] = [m]
         log.info("%s %s/%s: %s", name, p.dataset, p.name, m)
-    groups = dict(per)
+    groups: dict[str, list[dict]] = {}
+    for ds, ms in per.items():
+        # a real dataset of several scenes: a row per scene, then the set's mean
+        many = [k for k in scenes if k.startswith(f"{ds}/")]
+        if len(many) > 1:
+            groups.update({k: scenes[k] for k in many})
+        groups[ds if len(many) <= 1 else f"{ds} (mean)"] = ms
     real_sets = {p.dataset for p in pairs if p.real}
     real = [m for ds, ms in per.items() if ds in real_sets for m in ms]
     if real and len(groups) > 1:
@@ -282,7 +353,8 @@ def bench_backend(backend: FlowBackend, pairs: list[Pair], cfg: dict, device: st
     rows = []
     for ds, ms in groups.items():
         if batch > 1:
-            same = [p for p in pairs if p.dataset == ds] or [p for p in pairs if p.real]
+            key = ds.removesuffix(" (mean)").split("/")[0]
+            same = [p for p in pairs if p.dataset == key] or [p for p in pairs if p.real]
             rate = throughput(backend, same[0], cfg, device, batch)
         else:
             rate = 1000.0 * len(ms) / sum(m["ms"] for m in ms)
@@ -308,7 +380,7 @@ def throughput(backend, pair: Pair, cfg: dict, device: str, batch: int) -> float
 # Report
 
 OCCLUSION_KEYS = ("bad2_nocc", "density_nocc", "occluded", "bad2_occ")
-COLUMNS = (("backend", "{:<11}"), ("dataset", "{:<36}"), ("pairs", "{:>5}"),
+COLUMNS = (("backend", "{:<11}"), ("dataset", "{:<32}"), ("pairs", "{:>5}"),
            ("bad1", "{:>6.2f}"), ("bad2", "{:>6.2f}"), ("bad4", "{:>6.2f}"), ("epe", "{:>6.3f}"),
            ("density", "{:>7.1f}"), ("vepe", "{:>6.3f}"), ("ms_per_pair", "{:>9.0f}"),
            ("pairs_per_s", "{:>8.2f}"), ("device", "{:<6}"))
@@ -383,6 +455,7 @@ def run(args: argparse.Namespace) -> dict:
     if unknown:
         raise ValueError(f"unknown [disparity] keys in --set: {unknown}")
     cfg.update(overrides)
+    validate_recipe({**recipe, "disparity": cfg})
     sweep_key, sweep_values = _parse_sweep(getattr(args, "sweep", None), cfg)
     if args.threads:
         torch.set_num_threads(args.threads)

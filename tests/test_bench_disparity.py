@@ -62,10 +62,26 @@ def test_synthetic_pairs_have_exact_truth() -> None:
 
 @needs_shared
 def test_discovers_the_shared_pairs() -> None:
-    pairs = {p.dataset: p for p in discover([SHARED])}
-    assert {"middlebury2014_motorcycle_imperfect", "middlebury2003_cones",
-            "kitti2015_000046"} <= set(pairs)
-    moto = pairs["middlebury2014_motorcycle_imperfect"]
+    """Every real set with ground truth in ../shared/data: MiddEval3's 10 scenes (the imperfect
+    Motorcycle beside trainingQ's nine), Middlebury 2001/2003 with each scene's 8-bit scale
+    (SOURCES.md: teddy 12.5-52.75 px, tsukuba 5-14, venus 3-19.75), Cones, KITTI, Argoverse
+    (sparse: 0.73 % of pixels, 6.1-175.5 px)."""
+    found = discover([SHARED])
+    pairs = {f"{p.dataset}/{p.name}" if p.dataset in ("middeval3", "middlebury2001_2003")
+             else p.dataset: p for p in found}
+    assert len(found) == len(pairs)
+    assert {k for k in pairs if k.startswith("middeval3/")} == {
+        f"middeval3/{s}" for s in ("Motorcycle", "ArtL", "MotorcycleE", "Piano", "PianoL",
+                                   "Playtable", "PlaytableP", "Recycle", "Shelves", "Teddy")}
+    assert {"middlebury2003_cones", "kitti2015_000046", "argoverse"} <= set(pairs)
+    for scene, lo, hi in (("teddy", 12.5, 52.75), ("tsukuba", 5.0, 14.0), ("venus", 3.0, 19.75)):
+        gt = pairs[f"middlebury2001_2003/{scene}"].gt
+        assert (np.nanmin(gt), np.nanmax(gt)) == (pytest.approx(lo, abs=0.3),
+                                                 pytest.approx(hi, abs=0.3)), scene
+    argo = pairs["argoverse"].gt
+    assert np.isfinite(argo).mean() == pytest.approx(0.0073, abs=0.001)
+    assert np.nanmax(argo) == pytest.approx(175.5, abs=0.5)
+    moto = pairs["middeval3/Motorcycle"]
     assert moto.gt_dy is not None and moto.left.shape == (497, 741)
     assert np.nanmin(moto.gt) >= 9 and np.nanmax(moto.gt) <= 64          # SOURCES.md: 9-63
     assert np.nanmedian(moto.gt_dy) == pytest.approx(-0.24, abs=0.02)
@@ -73,7 +89,8 @@ def test_discovers_the_shared_pairs() -> None:
     assert np.isfinite(kitti.gt).mean() == pytest.approx(0.118, abs=0.01)  # sparse LiDAR
     cones = pairs["middlebury2003_cones"]
     assert np.nanmax(cones.gt) == pytest.approx(55.0, abs=0.5)
-    assert load_middlebury(SHARED / "middlebury2014_motorcycle_imperfect").name == moto.name
+    assert np.array_equal(load_middlebury(SHARED / "middlebury2014_motorcycle_imperfect").gt,
+                          moto.gt, equal_nan=True)
 
 
 def test_table_formats_missing_values() -> None:
@@ -164,3 +181,19 @@ def test_table_shows_occlusion_columns_in_a_sweep_too() -> None:
     assert head.split()[:3] == ["backend", "setting", "dataset"]
     assert "noc" in head and "occ.%" in head
     assert line.split()[1] == "sgbm_uniqueness=25" and "93.6" in line.split()
+
+
+@needs_shared
+def test_cli_prints_each_scene_and_each_sets_mean(capsys) -> None:
+    """Middlebury 2001/2003 through dis_sgbm: a row per scene, the set's mean over them, and
+    the real pairs' mean; the 8-bit scales right (bad-2 of a few % on these easy scenes)."""
+    code = main(["bench-disparity", "--data", str(SHARED / "middlebury2001_2003"),
+                 "--backends", "dis_sgbm", "--synthetic", "0", "--json"])
+    assert code == 0
+    rows = {r["dataset"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+    scenes = [f"middlebury2001_2003/{s}" for s in ("teddy", "tsukuba", "venus")]
+    assert set(scenes) | {"middlebury2001_2003 (mean)"} <= set(rows)
+    mean = rows["middlebury2001_2003 (mean)"]
+    assert mean["pairs"] == 3
+    assert mean["bad2"] == pytest.approx(np.mean([rows[s]["bad2"] for s in scenes]))
+    assert all(rows[s]["bad2"] < 5 and rows[s]["density"] > 80 for s in scenes), rows
