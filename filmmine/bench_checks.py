@@ -37,7 +37,7 @@ from .bench_disparity import _finite, default_data_dir, evaluate, read_pfm
 from .disparity import compute_disparity
 from .flow import FlowBackend, get_backend
 from .pipeline import backend_options, prepare_views
-from .recipe import load_recipe
+from .recipe import load_recipe, validate_recipe
 
 log = logging.getLogger(__name__)
 
@@ -461,6 +461,7 @@ def run(recipes: list[str], data: Path | None = None, groups: set[str] | None = 
             if unknown:
                 raise ValueError(f"unknown recipe key {table}.{unknown[0]}")
             recipe[table].update(kv)
+        validate_recipe(recipe)
         t0 = time.perf_counter()
         cs = build_set(data, recipe, groups)
         backend = get_backend(recipe["disparity"]["backend"], device=device,

@@ -96,10 +96,11 @@ def bench_checks(args: argparse.Namespace) -> int:
 
 def bench_disparity(args: argparse.Namespace) -> int:
     from .bench_disparity import Row, format_table, run
+    from .errors import RecipeError
 
     try:
         report = run(args)
-    except ValueError as e:
+    except (ValueError, RecipeError) as e:
         print(f"filmmine bench-disparity: error: {e}", file=sys.stderr)
         return 2
     if args.json:

@@ -67,15 +67,115 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def load_recipe(name_or_path: str | Path = "default") -> dict[str, Any]:
-    """Resolved recipe (base chain merged) as a plain dict."""
+    """Resolved recipe (base chain merged) as a plain dict, validated (``validate_recipe``)."""
+    return validate_recipe(_load(name_or_path))
+
+
+def _load(name_or_path: str | Path) -> dict[str, Any]:
     path = _resolve_path(name_or_path)
     data = _read(path)
     default = _read(_resolve_path("default"))
     base_name = data.pop("base", None)
     if base_name is None:
         return _merge(default, data, "") if path != _resolve_path("default") else default
-    base = load_recipe(_resolve_path(base_name, path.parent))
+    base = _load(_resolve_path(base_name, path.parent))
     return _merge(base, data, "")
+
+
+# value ranges checked before anything starts (types come from pipelines/default.toml):
+# (table, key) -> (lowest, highest, whether the lowest itself is allowed)
+RANGES: dict[tuple[str, str], tuple[float, float, bool]] = {
+    ("decode", "lowres_width"): (16, float("inf"), True),
+    ("decode", "chunk_s"): (0, float("inf"), True),
+    ("decode", "min_chunk_s"): (0, float("inf"), True),
+    ("decode", "timeout_s"): (0, float("inf"), False),
+    ("shots", "min_shot_s"): (0, float("inf"), True),
+    ("shots", "dissolve_window_s"): (0, float("inf"), False),
+    ("sampling", "fps"): (0, float("inf"), False),
+    ("sampling", "margin_s"): (0, float("inf"), True),
+    ("sampling", "max_per_shot"): (0, float("inf"), True),
+    ("crop", "side_frac"): (0, 0.5, True),
+    ("crop", "min_content_frac"): (0, 1, True),
+    ("disparity", "work_width"): (0, float("inf"), True),
+    ("disparity", "lr_max_px"): (0, float("inf"), False),
+    ("disparity", "vertical_max_px"): (0, float("inf"), False),
+    ("disparity", "max_vertical_frac"): (0, 1, True),
+    ("disparity", "min_valid_frac"): (0, 1, True),
+    ("disparity", "min_consistency"): (0, 1, True),
+    ("disparity", "max_rotation_deg"): (0, 90, True),
+    ("disparity", "min_matches"): (4, float("inf"), True),
+    ("disparity", "batch"): (0, float("inf"), True),
+    ("output", "max_width"): (16, float("inf"), True),
+    ("output", "jpeg_quality"): (1, 100, True),
+    ("output", "disp_step_px"): (0, float("inf"), False),
+    ("output", "shard_max_samples"): (1, float("inf"), True),
+    ("output", "shard_max_bytes"): (1, float("inf"), True),
+}
+# text values with a fixed set of choices (the backends' own options are checked when the
+# backend is built, also before anything starts)
+CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("disparity", "verdict"): ("evidence", "paper"),
+    ("disparity", "post_filter"): ("none", "guided"),
+}
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int):
+        return "a whole number"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+def _fits(value: Any, like: Any) -> bool:
+    """Whether ``value`` has the type of the default's ``like`` (a whole number may stand
+    for a number, never a boolean for either)."""
+    if isinstance(like, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(like, bool)
+    if isinstance(like, float):
+        return isinstance(value, (int, float))
+    if isinstance(like, list):
+        return isinstance(value, list) and len(value) == len(like) and \
+            all(_fits(v, w) for v, w in zip(value, like, strict=True))
+    return isinstance(value, type(like))
+
+
+def validate_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
+    """``recipe`` when every key has the default's type, every ranged key its range and
+    every key with choices one of them; else RecipeError naming the key (before any work
+    starts: a text ``fps`` failed with a TypeError once the cluster ran). Returns it."""
+    default = _read(_resolve_path("default"))
+    for table, keys in default.items():
+        if not isinstance(keys, dict):
+            if not _fits(recipe.get(table), keys):
+                raise RecipeError(f"recipe key {table} must be {_kind(keys)}, got "
+                                  f"{recipe.get(table)!r}")
+            continue
+        for key, like in keys.items():
+            value = recipe[table][key]
+            where = f"{table}.{key}"
+            if not _fits(value, like):
+                raise RecipeError(f"recipe key {where} must be {_kind(like)}"
+                                  + (f" of {len(like)}" if isinstance(like, list) else "")
+                                  + f", got {value!r}")
+            if isinstance(value, float) and value != value:
+                raise RecipeError(f"recipe key {where} must be a number, got nan")
+            lo, hi, closed = RANGES.get((table, key), (None, None, True))
+            if lo is not None and not ((value >= lo if closed else value > lo) and value <= hi):
+                low = f"{'>=' if closed else '>'} {lo:g}"
+                span = low if hi == float("inf") else f"{low} and <= {hi:g}"
+                raise RecipeError(f"recipe key {where} must be {span}, got {value!r}")
+            choices = CHOICES.get((table, key))
+            if choices and value not in choices:
+                raise RecipeError(f"recipe key {where} must be one of {', '.join(choices)}, "
+                                  f"got {value!r}")
+    return recipe
 
 
 def recipe_digest(recipe: dict[str, Any]) -> str:

@@ -363,11 +363,32 @@ def _describe(exc: BaseException, kind: str = "unit", unit=None) -> str:
     return text.splitlines()[0] + " (rerun with --debug for the traceback)"
 
 
+def _holds_work(out: Path) -> bool:
+    """Whether ``out`` holds a mined film or a staged work unit (what binds it to a recipe)."""
+    return any((out / "films").glob("*.json")) or any((out / ".work").glob("*/unit-*.json"))
+
+
+def _recipe_diff(old: dict, new: dict, most: int = 4) -> str:
+    """The keys two resolved recipes differ in, as "table.key old -> new", at most ``most``."""
+    diffs = []
+    for table in sorted(set(old) | set(new)):
+        a, b = old.get(table), new.get(table)
+        if isinstance(a, dict) or isinstance(b, dict):
+            a, b = a if isinstance(a, dict) else {}, b if isinstance(b, dict) else {}
+            diffs += [f"{table}.{k} {a.get(k)!r} -> {b.get(k)!r}"
+                      for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b and table != "name":   # the names are said already
+            diffs.append(f"{table} {a!r} -> {b!r}")
+    more = f" and {len(diffs) - most} more" if len(diffs) > most else ""
+    return ", ".join(diffs[:most]) + more
+
+
 def _check_recipe(out: Path, recipe: dict, digest: str) -> None:
     existing = out / "recipe.toml"
-    if existing.is_file():
+    if existing.is_file() and _holds_work(out):
         # the resolved recipe as the corpus was made: compared as stored, not merged over
-        # today's defaults (which would fill in keys an older corpus was made without)
+        # today's defaults (which would fill in keys an older corpus was made without).
+        # A corpus without a film or a staged unit (a run that found nothing) binds nothing
         try:
             old = tomllib.loads(existing.read_text())
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
@@ -375,9 +396,9 @@ def _check_recipe(out: Path, recipe: dict, digest: str) -> None:
                               "use another --out") from e
         if recipe_digest(old) != digest:
             raise RecipeError(
-                f"{out} was made with a different recipe ({recipe_digest(old)}); "
-                "use another --out or the same recipe"
-            )
+                f"{out} was made with recipe {old.get('name', '?')!r} "
+                f"({recipe_digest(old)}), not {recipe.get('name', '?')!r} ({digest}): "
+                f"{_recipe_diff(old, recipe)}; use another --out or the same recipe")
     write_bytes(existing, dump_toml(recipe).encode())
 
 

@@ -666,3 +666,27 @@ def test_a_rerun_on_a_smaller_cluster_keeps_the_staged_units(library, tmp_path, 
         "units"] == 1
     for name in ("shards/a-00000.tar", "films/a.frames.parquet", "films/a.samples.parquet"):
         assert (out / name).read_bytes() == (clean / name).read_bytes(), name
+
+
+def test_a_run_that_mined_nothing_binds_no_recipe_and_a_mismatch_names_both(tmp_path):
+    """A first run that mined nothing (a typo in the path) leaves no film and no staged unit:
+    the next run with another recipe mines into it. Once a film is in, another recipe is
+    refused with both recipes named and the keys that differ."""
+    from filmmine.errors import RecipeError
+
+    spec = FilmSpec(shots=(ShotSpec("textured", 24, seed=1),), view_width=320,
+                    view_height=180, seed=1)
+    synth.write_film(spec, tmp_path / "a.mp4", "sbs")
+    out = tmp_path / "out"
+    typo = extract([str(tmp_path / "a.mpp")], out, layout="sbs", workers=0, progress=False)
+    assert typo.exit_code == 1 and (out / "recipe.toml").is_file()
+    report = extract([str(tmp_path / "a.mp4")], out, layout="sbs", recipe="preview",
+                     workers=0, progress=False)
+    assert report.exit_code == 0, report.summary()
+    assert 'name = "preview"' in (out / "recipe.toml").read_text()
+    with pytest.raises(RecipeError) as e:
+        extract([str(tmp_path / "a.mp4")], out, layout="sbs", workers=0, progress=False)
+    msg = str(e.value)
+    assert "made with recipe 'preview' (" in msg and "not 'default' (" in msg, msg
+    assert "decode.lowres_width 128 -> 160, output.jpeg_quality 90 -> 95" in msg, msg
+    assert "\n" not in msg

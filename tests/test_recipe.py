@@ -141,3 +141,47 @@ def test_recipe_digest_stable_and_sensitive(default: dict) -> None:
     changed = copy.deepcopy(default)
     changed["filters"]["dark_max_luma"] += 1.0
     assert recipe_digest(changed) != d
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ('[sampling]\nfps = "two"\n', "recipe key sampling.fps must be a number, got 'two'"),
+    ("[sampling]\nfps = 0\n", "recipe key sampling.fps must be > 0, got 0"),
+    ("[sampling]\nmax_per_shot = 2.5\n", "sampling.max_per_shot must be a whole number"),
+    ("[output]\nconfidence = 1\n", "output.confidence must be true or false, got 1"),
+    ("[output]\njpeg_quality = 101\n", "output.jpeg_quality must be >= 1 and <= 100"),
+    ("[disparity]\nmin_valid_frac = 1.5\n", "disparity.min_valid_frac must be >= 0 and <= 1"),
+    ("[disparity]\nrange_percentiles = [1.0]\n", "must be a list of 2"),
+    ('[disparity]\nverdict = "loose"\n', "must be one of evidence, paper, got 'loose'"),
+    ("[decode]\nchunk_s = nan\n", "decode.chunk_s must be a number, got nan"),
+])
+def test_values_are_checked_before_anything_starts(tmp_path: Path, text: str,
+                                                  says: str) -> None:
+    """A recipe's values have the default's types, their ranges and choices; the error names
+    the key (a text fps reached the cluster and failed there with a TypeError)."""
+    p = tmp_path / "r.toml"
+    p.write_text('base = "default"\n' + text)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p)
+    assert says in str(e.value)
+
+
+def test_a_whole_number_stands_for_a_number(tmp_path: Path) -> None:
+    p = tmp_path / "r.toml"
+    p.write_text('base = "default"\n[sampling]\nfps = 2\n')
+    assert load_recipe(p)["sampling"]["fps"] == 2
+
+
+def test_extract_checks_the_recipe_before_it_starts(tmp_path: Path) -> None:
+    """`filmmine extract` with a bad recipe: exit 2, one line naming the key, nothing written."""
+    import subprocess
+    import sys
+
+    p = tmp_path / "r.toml"
+    p.write_text('base = "default"\n[sampling]\nfps = "two"\n')
+    done = subprocess.run([sys.executable, "-m", "filmmine.cli", "extract", str(tmp_path),
+                           "--out", str(tmp_path / "out"), "--recipe", str(p)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert "sampling.fps must be a number, got 'two'" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
