@@ -201,6 +201,11 @@ def test_dataset_spec_parsing():
     assert (s.type, s.name, s.weight, s.label) == ("middlebury", "mb14", 2.0, "disparity")
     with pytest.raises(TrainerError, match="bad dataset option"):
         DatasetSpec.parse("folder:/x,colour=blue")
+    with pytest.raises(TrainerError) as e:   # a typo in the type, not a corpus path
+        DatasetSpec.parse("bogus:/data/nyu")
+    assert str(e.value).startswith("unknown dataset type 'bogus' in 'bogus:/data/nyu'; "
+                                   "choose from ")
+    assert "middlebury" in str(e.value) and "folder" in str(e.value)
     with pytest.raises(TrainerError, match="label"):
         DatasetSpec.parse("folder:/x,label=normals")
 

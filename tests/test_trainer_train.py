@@ -404,3 +404,43 @@ def test_ddp_pareto_averages_a_dataset_over_the_ranks_that_drew_it(tmp_path):
         torch.testing.assert_close(got["w"], want_w.to(got["w"].dtype), rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(got["grad"], want_w.to(rows.dtype) @ rows, rtol=1e-4,
                                    atol=1e-7)
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path, capsys):
+    """`eval` / `predict` on a text file or a pickle that holds code: one line saying it is
+    not a checkpoint, never torch's advice to load it with weights_only=False."""
+    import pickle
+
+    from filmmine.cli import main
+    from trainer import TrainerError
+
+    text = tmp_path / "notes.pt"
+    text.write_text("hello\n")
+    code = tmp_path / "code.pt"
+    code.write_bytes(pickle.dumps({"x": Path("/")}))
+    for f in (text, code):
+        with pytest.raises(TrainerError) as e:
+            load_checkpoint(f)
+        assert str(e.value).startswith(f"{f} is not a ") and "weights_only" not in str(e.value)
+        rc = main(["eval", "--checkpoint", str(f), "--dataset", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert rc != 0 and "Traceback" not in err and "weights_only" not in err, err
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    """`train` / `predict` with --out naming an existing file: one line, exit 2, the file
+    untouched (a FileExistsError traceback before)."""
+    from filmmine.cli import main
+
+    f = tmp_path / "taken"
+    f.write_text("mine\n")
+    for argv in (["train", "--corpus", str(tmp_path), "--steps", "1", "--out", str(f)],
+                 ["predict", "--checkpoint", str(tmp_path / "ck.pt"), "--out", str(f),
+                  str(tmp_path / "img.png")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        what = "run (checkpoints, metrics)" if argv[0] == "train" else "predictions"
+        assert err.strip() == f"filmmine: error: --out {f} is a file; give a directory for " \
+                              f"the {what}"
+        assert f.read_text() == "mine\n"

@@ -105,6 +105,14 @@ def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namesp
     return run
 
 
+def _out_dir(path: str, what: str) -> None:
+    """``--out`` names a directory (new or not): a file there is one line, not a traceback."""
+    from pathlib import Path
+
+    if Path(path).exists() and not Path(path).is_dir():
+        raise TrainerError(f"--out {path} is a file; give a directory for the {what}")
+
+
 def train_config(args: argparse.Namespace):
     """The config file, then the flags that were given; on --resume the run's own config
     (RUN/config.json) with only --steps changed."""
@@ -160,6 +168,7 @@ def _run_train(args: argparse.Namespace) -> int:
             log.propagate = False
     from .train import train
 
+    _out_dir(args.out, "run (checkpoints, metrics)")
     res = train(train_config(args), args.out, resume=args.resume)
     if not args.quiet:
         print(f"{res.step} steps; checkpoint {res.out}/checkpoints/last.pt, "
@@ -193,6 +202,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 def _run_predict(args: argparse.Namespace) -> int:
     from .predict import predict_files
 
+    _out_dir(args.out, "predictions")
     written = predict_files(args.images, args.checkpoint, args.out, size=args.size,
                             device=args.device)
     for p in written:

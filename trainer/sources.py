@@ -93,6 +93,11 @@ class DatasetSpec:
         a bare path is a filmmine corpus."""
         head, *opts = text.split(",")
         typ, sep, path = head.partition(":")
+        if sep and typ not in SOURCES and re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", typ) \
+                and not Path(head).exists():
+            # TYPE:PATH with a type that is none of ours (a typo): not a corpus path
+            raise TrainerError(f"unknown dataset type {typ!r} in {text!r}; choose from "
+                               f"{', '.join(sorted(SOURCES))}, or give a corpus directory")
         if not sep or typ not in SOURCES:
             typ, path = "corpus", head
         kw: dict[str, Any] = {"type": typ, "path": path}

@@ -18,8 +18,8 @@ import json
 import logging
 import math
 import os
-import pickle
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,9 +141,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise TrainerError(f"checkpoint not found: {p}")
     try:
-        ck = torch.load(p, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:
-        raise TrainerError(f"cannot read checkpoint {p}: {str(e).splitlines()[0]}") from None
+        with warnings.catch_warnings():   # its pickle-protocol notes: not the user's concern
+            warnings.simplefilter("ignore")
+            ck = torch.load(p, map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise TrainerError(f"cannot read checkpoint {p}: {e.strerror or e}") from None
+    except Exception as e:
+        # torch's own text advises weights_only=False, i.e. running the file's code: never
+        raise TrainerError(f"{p} is not a {CHECKPOINT_FORMAT} checkpoint (torch.load: "
+                           f"{type(e).__name__})") from None
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise TrainerError(f"{p} is not a {CHECKPOINT_FORMAT} checkpoint")
     return ck
