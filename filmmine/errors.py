@@ -56,8 +56,17 @@ class RecipeError(FilmmineError):
     """A recipe file is missing, malformed or names an unknown option."""
 
 
-class MonoInput(InputError):
+class SkippedInput(InputError):
+    """An input that is not a film filmmine mines: skipped with its reason, not failed."""
+
+
+class MonoInput(SkippedInput):
     """The input is a 2D video: skipped, not failed."""
+
+
+class SphericalInput(SkippedInput):
+    """A spherical (360 degree, VR180) video: its equirectangular or mesh views are not flat
+    stereo pairs. Skipped until they are reprojected."""
 
 
 class CorpusBusy(FilmmineError):

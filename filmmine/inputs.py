@@ -85,15 +85,19 @@ def resolve_inputs(inputs: list[str], layout: str = "auto"
                 films += f
                 issues += i
                 continue
+            found = 0
             for q in sorted(x for x in p.rglob("*") if x.is_file()):
                 if any(part.startswith(".") for part in q.relative_to(p).parts):
                     continue
                 if q.suffix.lower() in VIDEO_EXTS:
                     name = slug(str(q.relative_to(p).with_suffix("")))
                     films.append(FilmInput(name, (str(q),), layout, "--layout", str(q)))
+                    found += 1
                 else:
                     issues.append(InputIssue(str(q), "skipped",
                                              f"not a video file ({q.suffix or 'no extension'})"))
+            if not found:   # an empty directory, or the wrong one: not a library
+                issues.append(InputIssue(str(p), "failed", f"no videos found in {p}"))
         elif p.suffix.lower() == ".json" and p.is_file():
             f, i = _from_manifest(p, layout)
             films += f

@@ -20,7 +20,7 @@ from pathlib import Path
 import ffmpeg
 import numpy as np
 
-from .errors import InputError, MonoInput, scrub_addresses
+from .errors import InputError, MonoInput, SphericalInput, scrub_addresses
 from .ffmpeg_bin import find_binary
 from .layout import LAYOUTS, half_similarity
 
@@ -508,8 +508,9 @@ def decide_layout(info: StreamInfo, requested: str, thumbs: list[np.ndarray] | N
 
 
 def probe_film(name: str, paths: tuple[str, ...], requested: str = "auto",
-               requested_from: str = "--layout") -> ProbeResult:
-    """Probe one film (one packed file, or separate left and right files)."""
+               requested_from: str = "--layout", flat_only: bool = True) -> ProbeResult:
+    """Probe one film (one packed file, or separate left and right files). ``flat_only``: a
+    spherical video is a SphericalInput (skipped by extract and probe)."""
     if len(paths) == 2:
         (left, v, fmt), right = _probe_stream(paths[0]), probe_stream(paths[1])
         index = _index_of(left, v, fmt)
@@ -532,6 +533,12 @@ def probe_film(name: str, paths: tuple[str, ...], requested: str = "auto",
             pts=index,  # the right view is paired with the left by time
         )
     info, v, fmt = _probe_stream(paths[0])
+    if flat_only and info.spherical is not None:
+        # cut as a flat film, an equirectangular panorama got the wrong aspect, a
+        # floating-window crop across its wrap and latitude-dependent disparity
+        raise SphericalInput(f"spherical video ({info.spherical} projection): filmmine mines "
+                             "flat stereo films; reprojecting to perspective views is not "
+                             "supported yet")
     index = _index_of(info, v, fmt)
     info = replace(info, n_frames=_frame_count(info, v, index))
     thumbs = None

@@ -18,7 +18,7 @@ import ffmpeg
 
 from .crop import detect_crop
 from .decode import iter_frames
-from .errors import FilmmineError, MonoInput
+from .errors import FilmmineError, SkippedInput
 from .ffmpeg_bin import find_binary
 from .filters import luma
 from .inputs import resolve_inputs
@@ -140,7 +140,7 @@ def probe_inputs(inputs: list[str], recipe: dict, layout: str = "auto",
                     with contextlib.suppress(ffmpeg.Error):
                         fp.container.append(container_info(p))
             probe = probe_film(f.name, f.paths, f.layout, f.layout_from)
-        except MonoInput as e:
+        except SkippedInput as e:
             fp.status, fp.reason = "skipped", str(e)
             continue
         except FilmmineError as e:

@@ -45,7 +45,7 @@ from tqdm import tqdm
 from .atomic import remove_stale_temps, write_bytes
 from .corpus import assemble_film, film_record_path, manifest, write_corpus_tables
 from .decode import DECODE_THREADS_ENV
-from .errors import ClusterError, CorpusBusy, DecoderDied, FilmmineError, MonoInput, RecipeError
+from .errors import ClusterError, CorpusBusy, DecoderDied, FilmmineError, RecipeError, SkippedInput
 from .ffmpeg_bin import ffmpeg_version, require_ffmpeg
 from .flow import GPU_SHARE_ENV, TORCH_BACKENDS, get_backend
 from .inputs import FilmInput, resolve_inputs
@@ -97,6 +97,9 @@ class RunReport:
         if hide_ok and quiet_ok:
             lines.append(f"  {'ok':7s} {len(quiet_ok)} film(s) without a note: per film in "
                          f"{self.out / 'manifest.json'} and `filmmine inspect {self.out}`")
+        if not self.records and not self.out.exists():
+            lines.append(f"nothing to mine: {self.out} not written")
+            return "\n".join(lines)
         n = sum(r["counts"]["accepted"] for r in self.records.values())
         shards = sum(len(r["shards"]) for r in self.records.values())
         lines.append(f"{len(self.records)} film(s) mined, {n} samples in {shards} shard(s), "
@@ -286,7 +289,7 @@ class TaskError:
 def _as_data(fn, *args):
     try:
         return fn(*args)
-    except MonoInput as e:
+    except SkippedInput as e:
         return TaskError("skipped", str(e))
     except DecoderDied as e:
         return TaskError("retry" if e.retry else "failed", str(e))
@@ -420,14 +423,25 @@ def extract(inputs: list[str], out: str | Path, *, layout: str = "auto",
     # fail fast on a backend/device that cannot work, before any task starts
     get_backend(d["backend"], device=device, **backend_options(rec))
     out = Path(out)
+    films, issues = resolve_inputs(inputs, layout)
+    if not films:
+        # nothing to mine (an empty directory, a typo in a path): the reasons, no corpus
+        report = RunReport(out)
+        report.inputs = [{"source": i.source, "film": None, "paths": [i.source],
+                          "status": i.status, "reason": i.reason} for i in issues]
+        if not any(i["status"] == "failed" for i in report.inputs):
+            report.inputs.append({"source": ", ".join(inputs) or "(no input)", "film": None,
+                                  "paths": list(inputs), "status": "failed",
+                                  "reason": "no videos found"})
+        return report
     try:
         out.mkdir(parents=True, exist_ok=True)
         lock = CorpusLock(out)
     except OSError as e:
         raise OutputError(f"cannot write to {out}: {e.strerror}") from e
     try:
-        return _extract_locked(inputs, out, layout, rec, digest, workers, scheduler, device,
-                               progress, debug, log_jsonl)
+        return _extract_locked(films, issues, inputs, out, layout, rec, digest, workers,
+                               scheduler, device, progress, debug, log_jsonl)
     finally:
         lock.release()
 
@@ -487,16 +501,17 @@ class CorpusLock:
         self.fd = None
 
 
-def _extract_locked(inputs: list[str], out: Path, layout: str, rec: dict, digest: str,
-                    workers: int | None, scheduler: str | None, device: str, progress: bool,
-                    debug: bool, log_jsonl: str | Path | None) -> RunReport:
-    """``extract`` once it holds the corpus (``CorpusLock``)."""
+def _extract_locked(films: list, issues: list, inputs: list[str], out: Path, layout: str,
+                    rec: dict, digest: str, workers: int | None, scheduler: str | None,
+                    device: str, progress: bool, debug: bool,
+                    log_jsonl: str | Path | None) -> RunReport:
+    """``extract`` once it holds the corpus (``CorpusLock``), ``films`` and ``issues`` as
+    ``resolve_inputs`` gave them."""
     try:
         _check_recipe(out, rec, digest)
         remove_stale_temps(out)
     except OSError as e:
         raise OutputError(f"cannot write to {out}: {e.strerror}") from e
-    films, issues = resolve_inputs(inputs, layout)
     report = RunReport(out)
     events = EventLog(log_jsonl)
     events("start", inputs=inputs, out=str(out), recipe=digest, films=len(films),

@@ -677,9 +677,13 @@ def test_a_run_that_mined_nothing_binds_no_recipe_and_a_mismatch_names_both(tmp_
     spec = FilmSpec(shots=(ShotSpec("textured", 24, seed=1),), view_width=320,
                     view_height=180, seed=1)
     synth.write_film(spec, tmp_path / "a.mp4", "sbs")
+    (tmp_path / "broken.mp4").write_bytes(b"not a video" * 100)
     out = tmp_path / "out"
     typo = extract([str(tmp_path / "a.mpp")], out, layout="sbs", workers=0, progress=False)
-    assert typo.exit_code == 1 and (out / "recipe.toml").is_file()
+    assert typo.exit_code == 1 and not out.exists()   # nothing to mine: nothing written
+    broken = extract([str(tmp_path / "broken.mp4")], out, layout="sbs", workers=0,
+                     progress=False)
+    assert broken.exit_code == 1 and (out / "recipe.toml").is_file()
     report = extract([str(tmp_path / "a.mp4")], out, layout="sbs", recipe="preview",
                      workers=0, progress=False)
     assert report.exit_code == 0, report.summary()
@@ -690,3 +694,25 @@ def test_a_run_that_mined_nothing_binds_no_recipe_and_a_mismatch_names_both(tmp_
     assert "made with recipe 'preview' (" in msg and "not 'default' (" in msg, msg
     assert "decode.lowres_width 128 -> 160, output.jpeg_quality 90 -> 95" in msg, msg
     assert "\n" not in msg
+
+
+@pytest.mark.parametrize("what", ["empty", "no videos", "missing"])
+def test_nothing_to_mine_says_so_and_writes_nothing(tmp_path, what):
+    """An empty directory, one without videos, or a path that is not there: one line per
+    input ("no videos found in DIR"), exit 1, and no corpus directory."""
+    import subprocess
+    import sys
+
+    lib = tmp_path / "lib"
+    if what != "missing":
+        lib.mkdir()
+    if what == "no videos":
+        (lib / "notes.txt").write_text("x")
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "filmmine.cli", "extract", str(lib), "--out",
+                           str(out), "--quiet"], capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr
+    want = "no such file or directory" if what == "missing" else f"no videos found in {lib}"
+    assert f"failed  {lib}: {want}" in done.stdout, done.stdout
+    assert done.stdout.strip().splitlines()[-1] == f"nothing to mine: {out} not written"
+    assert not out.exists()

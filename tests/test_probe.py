@@ -66,7 +66,7 @@ def test_real_clip_layouts(clip: str, layout: str, frame_size: tuple[int, int]) 
 @needs_shared
 def test_real_360_top_bottom_from_container_metadata() -> None:
     """congo.mp4 carries stereo3d 'top and bottom' side data; no frame is needed to decide."""
-    p = probe_film("congo", (str(CONGO),))
+    p = probe_film("congo", (str(CONGO),), flat_only=False)
     assert p.layout.endswith("tab")
     assert "container" in p.layout_reason
     s = p.streams[0]
@@ -455,3 +455,20 @@ def test_probe_film_indexes_a_variable_frame_rate_film(tmp_path: Path) -> None:
     sep = probe_film("s", (str(vfr), other.paths[0]))
     assert np.array_equal(sep.pts.times_us(), p.pts.times_us())
     assert np.array_equal(film_pts_index(vfr).times_us(), p.pts.times_us())
+
+
+@needs_shared
+def test_a_spherical_video_is_skipped_naming_its_projection(tmp_path) -> None:
+    """congo.mp4 (360 degree equirectangular, top-bottom): probe_film says it is a spherical
+    video and which projection; extract skips it in one line (exit 0) and mines nothing."""
+    from filmmine.errors import SkippedInput, SphericalInput
+    from filmmine.runner import extract
+
+    with pytest.raises(SphericalInput) as e:
+        probe_film("congo", (str(CONGO),))
+    assert isinstance(e.value, SkippedInput)
+    assert str(e.value).startswith("spherical video (equirectangular projection): ")
+    report = extract([str(CONGO)], tmp_path / "out", workers=1, progress=False)
+    [got] = report.inputs
+    assert (got["status"], got["reason"]) == ("skipped", str(e.value))
+    assert report.exit_code == 0 and not report.records
