@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -71,9 +72,21 @@ def _from_manifest(path: Path, layout: str) -> tuple[list[FilmInput], list[Input
     return out, issues
 
 
-def resolve_inputs(inputs: list[str], layout: str = "auto"
+def path_tag(paths: tuple[str, ...]) -> str:
+    """8 hex digits of a film's files: the suffix that tells apart films of one name."""
+    return hashlib.sha256("\n".join(paths).encode()).hexdigest()[:8]
+
+
+def resolve_inputs(inputs: list[str], layout: str = "auto",
+                   known: dict[tuple[str, ...], str] | None = None
                    ) -> tuple[list[FilmInput], list[InputIssue]]:
-    """Films to mine and the inputs that cannot be (each with a one-line reason)."""
+    """Films to mine and the inputs that cannot be (each with a one-line reason).
+
+    ``known``: the films already in the corpus (their files -> their id), which keep their
+    ids. A film's id is its name (file stem, or the library manifest's) when no other film
+    of the corpus or of the command has it; of several films wanting one name, the first by
+    path gets it and the others ``NAME-TAG`` (``path_tag`` of their files), so that an id
+    does not depend on what else the command names or in which order."""
     films: list[FilmInput] = []
     issues: list[InputIssue] = []
     for raw in inputs:
@@ -109,19 +122,23 @@ def resolve_inputs(inputs: list[str], layout: str = "auto"
     # absolute paths: records compare them on resume, whatever the working directory
     films = [FilmInput(f.name, tuple(os.path.abspath(p) for p in f.paths), f.layout,
                        f.layout_from, f.source) for f in films]
-    # distinct ids, deterministic: the later duplicates get the first numeric suffix that is
-    # no other film's id (a film may be named "a-2" itself)
-    taken = {f.name for f in films}
-    first: set[str] = set()
-    unique = []
-    for f in films:
-        if f.name not in first:
-            first.add(f.name)
-            unique.append(f)
-            continue
-        n = 2
-        while f"{f.name}-{n}" in taken:
-            n += 1
-        taken.add(f"{f.name}-{n}")
-        unique.append(FilmInput(f"{f.name}-{n}", f.paths, f.layout, f.layout_from, f.source))
-    return unique, issues
+    seen: set[tuple[str, ...]] = set()
+    films = [f for f in films if not (f.paths in seen or seen.add(f.paths))]  # named twice
+    known = known or {}
+    ids: dict[int, str] = {i: known[f.paths] for i, f in enumerate(films) if f.paths in known}
+    used = set(known.values())
+    rest = sorted((i for i in range(len(films)) if i not in ids), key=lambda i: films[i].paths)
+    for i in rest:                       # a name nobody holds: the first by path takes it
+        if films[i].name not in used:
+            ids[i] = films[i].name
+            used.add(ids[i])
+    for i in rest:
+        if i not in ids:
+            base = f"{films[i].name}-{path_tag(films[i].paths)}"
+            name, n = base, 2
+            while name in used:          # a film named so already: never in practice
+                name, n = f"{base}-{n}", n + 1
+            ids[i] = name
+            used.add(name)
+    return [FilmInput(ids[i], f.paths, f.layout, f.layout_from, f.source)
+            for i, f in enumerate(films)], issues

@@ -423,7 +423,7 @@ def extract(inputs: list[str], out: str | Path, *, layout: str = "auto",
     # fail fast on a backend/device that cannot work, before any task starts
     get_backend(d["backend"], device=device, **backend_options(rec))
     out = Path(out)
-    films, issues = resolve_inputs(inputs, layout)
+    films, issues = resolve_inputs(inputs, layout, known_films(out))
     if not films:
         # nothing to mine (an empty directory, a typo in a path): the reasons, no corpus
         report = RunReport(out)
@@ -501,6 +501,36 @@ class CorpusLock:
         self.fd = None
 
 
+def known_films(out: Path) -> dict[tuple[str, ...], str]:
+    """The films of the corpus at ``out``: their files -> their id (from the film records)."""
+    known = {}
+    for rp in sorted((out / "films").glob("*.json")):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            known[tuple(json.loads(rp.read_text())["source"]["paths"])] = rp.stem
+    return known
+
+
+def merged_inputs(out: Path, inputs: list[dict], records: dict[str, dict]) -> list[dict]:
+    """This run's inputs, those of earlier runs into the corpus that this one did not name
+    (from the last manifest), and an entry for each film record none of them names."""
+    merged: dict[tuple[str, str], dict] = {}
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        for i in json.loads((out / "manifest.json").read_text())["inputs"]:
+            # an earlier failure of a film mined since is no longer the corpus's state
+            if i["status"] == "ok" or i["film"] not in records:
+                merged[(i["source"], i["film"] or "")] = i
+    for i in inputs:
+        merged[(i["source"], i["film"] or "")] = i
+    named = {i["film"] for i in merged.values()}
+    for name, rec in records.items():
+        if name not in named:
+            src = rec.get("source", {})
+            merged[(src.get("input", name), name)] = {
+                "source": src.get("input", name), "film": name, "paths": src.get("paths", []),
+                "status": "ok", "reason": rec.get("reason")}
+    return [i for _, i in sorted(merged.items())]
+
+
 def _extract_locked(films: list, issues: list, inputs: list[str], out: Path, layout: str,
                     rec: dict, digest: str, workers: int | None, scheduler: str | None,
                     device: str, progress: bool, debug: bool,
@@ -570,7 +600,8 @@ def _extract_locked(films: list, issues: list, inputs: list[str], out: Path, lay
     if work.is_dir() and not any(work.iterdir()):
         work.rmdir()
     names = sorted(report.records)
-    man = manifest(rec, digest, report.inputs, report.records, versions())
+    man = manifest(rec, digest, merged_inputs(out, report.inputs, report.records),
+                   report.records, versions())
     try:
         write_corpus_tables(out, names)
         write_bytes(out / "manifest.json", json.dumps(man, indent=1, sort_keys=True).encode())

@@ -611,7 +611,7 @@ def test_film_ids_are_distinct_when_a_suffixed_id_is_taken(tmp_path):
     """Later duplicates of an id get a numeric suffix; 'a.mkv' became 'a-2', the id of
     'a-2.mp4' beside it: two films with one id (shards and records overwrite each other, and
     extract crashed with KeyError 'probe-a-2-0-...' on the duplicate Dask key)."""
-    from filmmine.inputs import resolve_inputs
+    from filmmine.inputs import path_tag, resolve_inputs
 
     lib = tmp_path / "lib"
     lib.mkdir()
@@ -626,7 +626,37 @@ def test_film_ids_are_distinct_when_a_suffixed_id_is_taken(tmp_path):
         assert issues == [] and len(films) == 3
         names = [f.name for f in films]
         assert len(set(names)) == 3, names
-    assert [f.name for f in resolve_inputs([str(lib)], "sbs")[0]] == ["a-2", "a", "a-3"]
+    # the bare name to the first by path (a.mkv), the other its files' tag
+    tag = path_tag((str(lib / "a.mp4"),))
+    assert [f.name for f in resolve_inputs([str(lib)], "sbs")[0]] == ["a-2", "a", f"a-{tag}"]
+
+
+def test_film_ids_do_not_depend_on_the_rest_of_the_command(tmp_path):
+    """`a/film.mp4 b/film.mp4` made `film-2` of b, and a later `b/film.mp4` alone failed
+    "already in ... from a/film.mp4". Ids now come from the corpus and the files: b's is the
+    same in either order and alone, and the manifest keeps every input of earlier runs."""
+    from filmmine.inputs import path_tag, resolve_inputs
+
+    spec = FilmSpec(shots=(ShotSpec("textured", 24, seed=1),), view_width=320,
+                    view_height=180, seed=1)
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        synth.write_film(spec, tmp_path / d / "film.mp4", "sbs")
+    a, b = str(tmp_path / "a" / "film.mp4"), str(tmp_path / "b" / "film.mp4")
+    ids = {tuple(f.name for f in resolve_inputs(cmd, "sbs")[0]) for cmd in ([a, b], [b, a])}
+    tag = path_tag((b,))
+    assert ids == {("film", f"film-{tag}"), (f"film-{tag}", "film")}
+    out = tmp_path / "out"
+    first = extract([a, b], out, layout="sbs", workers=0, progress=False)
+    assert first.exit_code == 0, first.summary()
+    again = extract([b], out, layout="sbs", workers=0, progress=False)
+    assert again.exit_code == 0, again.summary()
+    assert [(i["film"], i["status"]) for i in again.inputs] == [(f"film-{tag}", "ok")]
+    man = json.loads((out / "manifest.json").read_text())
+    assert sorted((i["source"], i["film"], i["status"]) for i in man["inputs"]) == \
+        sorted([(a, "film", "ok"), (b, f"film-{tag}", "ok")])
+    # named twice on one command line: mined once
+    assert len(resolve_inputs([a, a], "sbs")[0]) == 1
 
 
 def test_a_rerun_on_a_smaller_cluster_keeps_the_staged_units(library, tmp_path, monkeypatch):
