@@ -37,7 +37,7 @@ from .bench_disparity import _finite, default_data_dir, evaluate, read_pfm
 from .disparity import compute_disparity
 from .flow import FlowBackend, get_backend
 from .pipeline import backend_options, prepare_views
-from .recipe import load_recipe, validate_recipe
+from .recipe import apply_overrides, load_recipe
 
 log = logging.getLogger(__name__)
 
@@ -455,13 +455,7 @@ def run(recipes: list[str], data: Path | None = None, groups: set[str] | None = 
     data = Path(data) if data is not None else default_data_dir()
     report = {"data": str(data), "recipes": {}}
     for name in recipes:
-        recipe = load_recipe(name)
-        for table, kv in (overrides or {}).items():
-            unknown = [k for k in kv if table not in recipe or k not in recipe[table]]
-            if unknown:
-                raise ValueError(f"unknown recipe key {table}.{unknown[0]}")
-            recipe[table].update(kv)
-        validate_recipe(recipe)
+        recipe = apply_overrides(load_recipe(name), overrides or {})
         t0 = time.perf_counter()
         cs = build_set(data, recipe, groups)
         backend = get_backend(recipe["disparity"]["backend"], device=device,

@@ -51,26 +51,10 @@ def add_checks_parser(subparsers) -> None:
     p.set_defaults(handler=bench_checks)
 
 
-def _parse_table_set(items: list[str] | None) -> dict[str, dict]:
-    import tomllib
-
-    out: dict[str, dict] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        table, dot, name = key.partition(".")
-        if not sep or not dot or not name:
-            raise ValueError(f"--set wants TABLE.KEY=VALUE, got {item!r}")
-        try:
-            parsed = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            parsed = value
-        out.setdefault(table, {})[name] = parsed
-    return out
-
-
 def bench_checks(args: argparse.Namespace) -> int:
     from .bench_checks import NEGATIVE_GROUPS, POSITIVE_GROUPS, format_report, run
     from .errors import RecipeError
+    from .recipe import parse_overrides
 
     groups = None
     if args.groups:
@@ -83,7 +67,7 @@ def bench_checks(args: argparse.Namespace) -> int:
             return 2
     try:
         report = run([r.strip() for r in args.recipes.split(",") if r.strip()], args.data,
-                     groups, _parse_table_set(args.set), args.device)
+                     groups, parse_overrides(args.set), args.device)
     except (ValueError, KeyError, RecipeError) as e:
         print(f"filmmine bench-checks: error: {e}", file=sys.stderr)
         return 2

@@ -19,6 +19,9 @@ log = logging.getLogger("filmmine")
 def _add_extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", default="default",
                    help="recipe name in pipelines/ or a TOML file (default: default)")
+    p.add_argument("--set", action="append", metavar="TABLE.KEY=VALUE",
+                   help="set a recipe key for this corpus, e.g. --set sampling.fps=1 "
+                        "(repeatable; recorded in OUT/recipe.toml)")
     p.add_argument("--workers", type=int, default=None,
                    help="local Dask worker processes (default: CPU count, max 8; 0 = in-process)")
     p.add_argument("--scheduler", default=None,
@@ -62,11 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extract(inputs: list[str], args: argparse.Namespace, layout: str = "auto") -> int:
+    from .recipe import parse_overrides
     from .runner import extract
 
     report = extract(inputs, args.out, layout=layout, recipe=args.recipe, workers=args.workers,
                      scheduler=args.scheduler, device=args.device, progress=not args.quiet,
-                     debug=args.debug, log_jsonl=args.log_jsonl)
+                     debug=args.debug, log_jsonl=args.log_jsonl,
+                     overrides=parse_overrides(args.set))
     print(report.summary())
     return report.exit_code
 

@@ -178,6 +178,35 @@ def validate_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     return recipe
 
 
+def parse_overrides(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``TABLE.KEY=VALUE`` strings (``--set``) as {table: {key: value}}, each value read as
+    TOML (``4``, ``0.5``, ``true``, ``[1, 2]``, ``"dis"``), else kept as text."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        table, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise RecipeError(f"--set wants TABLE.KEY=VALUE (e.g. sampling.fps=2), got {item!r}")
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value
+        out.setdefault(table, {})[name] = parsed
+    return out
+
+
+def apply_overrides(recipe: dict[str, Any], overrides: dict[str, dict[str, Any]]
+                    ) -> dict[str, Any]:
+    """A copy of ``recipe`` with ``overrides`` set, validated; an unknown key is an error."""
+    out = copy.deepcopy(recipe)
+    for table, kv in overrides.items():
+        for key, value in kv.items():
+            if not isinstance(out.get(table), dict) or key not in out[table]:
+                raise RecipeError(f"unknown recipe key {table}.{key}")
+            out[table][key] = value
+    return validate_recipe(out)
+
+
 def recipe_digest(recipe: dict[str, Any]) -> str:
     """Stable short hash of a resolved recipe (what changes it changes the corpus)."""
     blob = json.dumps(recipe, sort_keys=True, separators=(",", ":")).encode()

@@ -51,7 +51,7 @@ from .flow import GPU_SHARE_ENV, TORCH_BACKENDS, get_backend
 from .inputs import FilmInput, resolve_inputs
 from .pipeline import backend_options, film_chunk_s, mine_unit, plan_units, unit_context
 from .probe import ProbeResult, probe_film
-from .recipe import dump_toml, load_recipe, recipe_digest
+from .recipe import apply_overrides, dump_toml, load_recipe, recipe_digest
 
 log = logging.getLogger(__name__)
 
@@ -408,8 +408,10 @@ def _check_recipe(out: Path, recipe: dict, digest: str) -> None:
 def extract(inputs: list[str], out: str | Path, *, layout: str = "auto",
             recipe: str | Path = "default", workers: int | None = None,
             scheduler: str | None = None, device: str = "cpu", progress: bool = True,
-            debug: bool = False, log_jsonl: str | Path | None = None) -> RunReport:
-    """Mine ``inputs`` into the corpus directory ``out``; see the module docstring."""
+            debug: bool = False, log_jsonl: str | Path | None = None,
+            overrides: dict[str, dict] | None = None) -> RunReport:
+    """Mine ``inputs`` into the corpus directory ``out``; see the module docstring.
+    ``overrides``: recipe keys set over the recipe (``--set``; ``recipe.parse_overrides``)."""
     require_ffmpeg()
     if not debug:  # distributed sets its loggers up on import (some with levels of their
         # own, e.g. distributed.client: its traceback when the scheduler goes away); the run
@@ -417,7 +419,7 @@ def extract(inputs: list[str], out: str | Path, *, layout: str = "auto",
         for name in list(logging.root.manager.loggerDict):
             if name.split(".")[0] in ("distributed", "dask"):
                 logging.getLogger(name).setLevel(logging.CRITICAL)
-    rec = load_recipe(recipe)
+    rec = apply_overrides(load_recipe(recipe), overrides or {})
     digest = recipe_digest(rec)
     d = rec["disparity"]
     # fail fast on a backend/device that cannot work, before any task starts

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections import Counter
 from pathlib import Path
 
@@ -746,3 +747,35 @@ def test_nothing_to_mine_says_so_and_writes_nothing(tmp_path, what):
     assert f"failed  {lib}: {want}" in done.stdout, done.stdout
     assert done.stdout.strip().splitlines()[-1] == f"nothing to mine: {out} not written"
     assert not out.exists()
+
+
+def test_extract_set_overrides_a_recipe_key(tmp_path):
+    """`extract --set sampling.fps=1`: a quarter of the default's candidates, the value in
+    OUT/recipe.toml; an unknown key or a bad value stops before anything starts (exit 2)."""
+    import subprocess
+    import sys
+
+    spec = FilmSpec(shots=(ShotSpec("textured", 48, seed=1),), view_width=320,
+                    view_height=180, seed=1)
+    synth.write_film(spec, tmp_path / "f.mp4", "sbs")
+
+    def run(out: str, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "filmmine.cli", "extract",
+                               str(tmp_path / "f.mp4"), "--layout", "sbs", "--out",
+                               str(tmp_path / out), "--workers", "0", "--quiet", *extra],
+                              capture_output=True, text=True)
+
+    assert run("base").returncode == 0
+    done = run("slow", "--set", "sampling.fps=1", "--set", "output.jpeg_quality=80")
+    assert done.returncode == 0, done.stderr
+    base = json.loads((tmp_path / "base" / "manifest.json").read_text())["totals"]
+    slow = json.loads((tmp_path / "slow" / "manifest.json").read_text())["totals"]
+    assert slow["candidates"] * 4 == base["candidates"]
+    rec = tomllib.loads((tmp_path / "slow" / "recipe.toml").read_text())
+    assert rec["sampling"]["fps"] == 1 and rec["output"]["jpeg_quality"] == 80
+    for bad, says in (("sampling.nope=1", "unknown recipe key sampling.nope"),
+                      ("sampling.fps=fast", "sampling.fps must be a number, got 'fast'"),
+                      ("fps=1", "--set wants TABLE.KEY=VALUE")):
+        done = run("bad", "--set", bad)
+        assert done.returncode == 2 and says in done.stderr, (bad, done.stderr)
+        assert not (tmp_path / "bad").exists()
