@@ -116,6 +116,7 @@ RANGES: dict[tuple[str, str], tuple[float, float, bool]] = {
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("disparity", "verdict"): ("evidence", "paper"),
     ("disparity", "post_filter"): ("none", "guided"),
+    ("disparity", "sgbm_cost"): ("grey", "rank", "auto"),
 }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from conftest import SHARED
 
 from filmmine.bench_disparity import evaluate, synthetic_pairs
 from filmmine.disparity import compute_disparity
@@ -218,3 +219,57 @@ def test_dis_sgbm_right_view_vertical_is_the_left_ones_at_the_match(moto_half, c
     both = np.abs(d_r[ys, xr] + u[ys, xs]) <= 1.0                # consistent both ways
     err = np.abs(v_rl[ys, xr] + v_lr[ys, xs])[both]
     assert both.sum() > 0.5 * u.size and np.percentile(err, 95) < 0.1
+
+
+# --------------------------------------------------------------------------------------------
+# What SGBM matches: grey levels, rank transforms, or the better of both (sgbm_cost)
+
+
+def test_the_rank_transform_ignores_gain_offset_and_gamma() -> None:
+    """A pixel's rank in its window: the same image under another gain, offset or gamma
+    (any increasing map of its grey levels) gives the same ranks; a known 3x3 case exactly."""
+    from filmmine.flow import rank_transform
+
+    img = np.random.default_rng(0).integers(20, 160, (60, 80)).astype(np.uint8)
+    x = np.arange(256) / 255.0
+    lut = np.clip(np.rint(255.0 * x ** 0.7 * 1.3 + 12), 0, 255).astype(np.uint8)
+    assert np.all(np.diff(lut[20:160].astype(int)) > 0)   # increasing over the image's levels
+    brighter = lut[img]
+    assert np.array_equal(rank_transform(img), rank_transform(brighter))
+    patch = np.array([[9, 1, 2], [3, 5, 7], [4, 6, 8]], np.uint8)
+    # the centre (5) has 4 darker neighbours of 8: 4 * 255 / 8
+    assert rank_transform(patch, 1)[1, 1] == round(4 * 255 / 8)
+
+
+def test_consistent_pixels_counts_matches_that_map_back() -> None:
+    from filmmine.flow import consistent_pixels
+
+    d = np.full((4, 20), 3.0, np.float32)
+    assert consistent_pixels(d, d.copy()) == 4 * 17      # x - 3 < 0 leaves the view
+    wrong = d.copy()
+    wrong[:, 5:] = 9.0
+    assert consistent_pixels(d, wrong) == 4 * 5          # x_right 0..4 keep d = 3
+    assert consistent_pixels(np.full_like(d, np.nan), d) == 0
+
+
+@pytest.mark.skipif(not (SHARED / "middeval3_trainingQ" / "MotorcycleE").is_dir(),
+                    reason="needs the shared MiddEval3 scenes")
+def test_auto_cost_keeps_a_right_view_at_another_exposure(cfg) -> None:
+    """MiddEval3's MotorcycleE (right view at another exposure; the left view and ground
+    truth of Motorcycle): on grey levels SGBM labels a third of the frame; sgbm_cost auto
+    sees the photometry differ, matches rank transforms too and keeps them (about 80 % at
+    bad-2 near Motorcycle's own). A pair at one exposure is matched as on grey levels."""
+    from filmmine.bench_disparity import load_middlebury
+
+    e = load_middlebury(SHARED / "middeval3_trainingQ" / "MotorcycleE")
+    got = {}
+    for cost in ("grey", "auto"):
+        c = dict(cfg, sgbm_cost=cost)
+        be = DisSgbmFlow(**backend_options(c))
+        got[cost] = evaluate(compute_disparity([e.left], [e.right], be, c)[0].disparity, e.gt)
+    assert got["grey"]["density"] < 40 and got["auto"]["density"] > 70, got
+    assert got["auto"]["bad2"] < 4.0, got
+    m = load_middlebury(SHARED / "middlebury2014_motorcycle_imperfect")
+    flows = {cost: DisSgbmFlow(**backend_options(dict(cfg, sgbm_cost=cost))).stereo(
+        [m.left], [m.right]) for cost in ("grey", "auto")}
+    assert np.array_equal(flows["grey"].lr, flows["auto"].lr, equal_nan=True)
