@@ -15,8 +15,8 @@ on a labelled set made from the real data in ``../shared/data`` (``SOURCES.md``)
 
 It prints, per recipe: the acceptance rate of each positive group, the rejection rate of each
 negative group with its top reasons, and bad-2 / density / EPE of the accepted frames with
-ground truth (per scene with ``--per-scene``). A user tunes a recipe for a library by adding
-pairs of their own footage (``--data``) and comparing recipes in one run.
+ground truth (per scene with ``--per-scene``). Recipes are compared in one run (``--recipes``);
+``--data`` reads another folder laid out as ``../shared/data``.
 """
 
 from __future__ import annotations
