@@ -33,7 +33,14 @@ import cv2
 import numpy as np
 
 from . import filters
-from .bench_disparity import _finite, default_data_dir, evaluate, read_pfm
+from .bench_disparity import (
+    MIDDLEBURY_0103,
+    _finite,
+    _scaled_png,
+    default_data_dir,
+    evaluate,
+    read_pfm,
+)
 from .disparity import compute_disparity
 from .flow import FlowBackend, get_backend
 from .pipeline import backend_options, prepare_views
@@ -74,21 +81,6 @@ def _rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def _scaled_png(path: Path, scale: float) -> np.ndarray:
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        raise ValueError(f"cannot read disparity {path}")
-    if raw.ndim == 3:
-        raw = raw[..., 0]
-    return np.where(raw > 0, raw.astype(np.float32) / scale, np.nan).astype(np.float32)
-
-
-# Middlebury 2001/2003 folders: (left, right, ground truth, the scene's 8-bit scale)
-MIDDLEBURY_0103 = {"teddy": ("im2.png", "im6.png", "disp2.png", 4.0),
-                   "tsukuba": ("im3.png", "im4.png", "disp3.pgm", 16.0),
-                   "venus": ("im2.png", "im6.png", "disp2.pgm", 8.0)}
-
-
 def still_positives(data: Path) -> list[Pair]:
     """The real still pairs of ``data`` (those present), ground truth where there is some."""
     out: list[Pair] = []
@@ -104,7 +96,7 @@ def still_positives(data: Path) -> list[Pair]:
                             _finite(read_pfm(folder / "disp0GT.pfm"))))
     old = data / "middlebury2001_2003"
     for scene, (lf, rf, gf, scale) in MIDDLEBURY_0103.items():
-        if (old / scene / lf).is_file():
+        if (old / scene / lf).is_file() and (old / scene / gf).is_file():
             out.append(Pair("middlebury01_03", scene, _rgb(old / scene / lf),
                             _rgb(old / scene / rf), True, _scaled_png(old / scene / gf, scale)))
     cones = data / "middlebury2003_cones"
