@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="video file, directory of videos, or library manifest (.json)")
     ex.add_argument("--out", required=True, help="corpus directory")
     ex.add_argument("--layout", default="auto", choices=["auto", *PACKED_LAYOUTS])
+    ex.add_argument("--redo", action="append", default=[], metavar="FILM",
+                    help="mine this film again in place (its id or path; repeatable): its "
+                         "shards and tables are replaced. Films whose shards are missing or "
+                         "that `verify` found damaged are mined again without it")
+    ex.add_argument("--force", action="store_true",
+                    help="mine every film of the command again in place (--redo for all)")
     _add_extract_args(ex)
 
     demo = sub.add_parser("demo", help="generate a small stereo film library and mine it")
@@ -71,7 +77,8 @@ def _extract(inputs: list[str], args: argparse.Namespace, layout: str = "auto") 
     report = extract(inputs, args.out, layout=layout, recipe=args.recipe, workers=args.workers,
                      scheduler=args.scheduler, device=args.device, progress=not args.quiet,
                      debug=args.debug, log_jsonl=args.log_jsonl,
-                     overrides=parse_overrides(args.set))
+                     overrides=parse_overrides(args.set), redo=getattr(args, "redo", None),
+                     force=getattr(args, "force", False))
     print(report.summary())
     return report.exit_code
 

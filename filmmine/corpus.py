@@ -8,12 +8,16 @@ Layout of a corpus directory (documented in ``manifests/CORPUS.md``)::
     films/<film>.samples.parquet  films/<film>.frames.parquet
     .work/<film>/unit-<n>.tar|json    staging, removed once the film is assembled
     .work/<film>/plan.json            the unit length its staged units were cut by
+    .verify-failed.json               the shards ``verify`` found bad (extract mines their films
+                                      again)
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -26,9 +30,10 @@ from .encode import dumps
 from .pipeline import WorkUnit, unit_paths
 from .probe import ProbeResult
 from .schema import FRAMES_SCHEMA, SAMPLES_SCHEMA, parquet_bytes, table
-from .shards import ShardSink, read_samples
+from .shards import ShardSink, read_samples, sha256_file
 
 FORMAT = "filmmine-corpus/1"
+VERIFY_FAILED = ".verify-failed.json"   # the bad shards of the last verify that failed
 
 
 def film_record_path(out: Path, film: str) -> Path:
@@ -82,6 +87,7 @@ def assemble_film(out: Path, probe: ProbeResult, units: list[WorkUnit], recipe: 
     except BaseException:
         sink.abort()  # e.g. a full disk: no half-written shard left as a temp file
         raise
+    remove_other_shards(out / "shards", probe.name, {s.name for s in shards})
     films_dir = out / "films"
     write_bytes(films_dir / f"{probe.name}.samples.parquet",
                 parquet_bytes(table(sample_rows, SAMPLES_SCHEMA)))
@@ -124,6 +130,56 @@ def assemble_film(out: Path, probe: ProbeResult, units: list[WorkUnit], recipe: 
     write_bytes(record_path, json.dumps(record, indent=1, sort_keys=True).encode())
     shutil.rmtree(work, ignore_errors=True)
     return record
+
+
+def film_shards(shards_dir: Path, film: str) -> list[Path]:
+    """The shard files of ``film`` (``FILM-NNNNN.tar``; film ``a-1``'s are not ``a``'s)."""
+    pattern = re.compile(re.escape(film) + r"-[0-9]{5}\.tar")
+    return sorted(p for p in shards_dir.glob(f"{film}-*.tar") if pattern.fullmatch(p.name))
+
+
+def remove_other_shards(shards_dir: Path, film: str, keep: set[str]) -> None:
+    """Shards of ``film`` beyond those just written: left by an earlier mining of it that made
+    more (``unmine_film`` killed half-way), they would sit in the corpus unlisted."""
+    for p in film_shards(shards_dir, film):
+        if p.name not in keep:
+            p.unlink(missing_ok=True)
+
+
+def unmine_film(out: Path, film: str, record: dict) -> None:
+    """Take a mined film out of the corpus so that the run mines it again: its record first
+    (the resume marker: a run killed meanwhile mines the film again), then its shards and
+    tables."""
+    film_record_path(out, film).unlink(missing_ok=True)
+    for s in record.get("shards", []):
+        (out / "shards" / str(s.get("name"))).unlink(missing_ok=True)
+    remove_other_shards(out / "shards", film, set())
+    for t in ("samples", "frames"):
+        (out / "films" / f"{film}.{t}.parquet").unlink(missing_ok=True)
+
+
+def verify_suspects(out: Path) -> set[str]:
+    """The shards the last failed ``verify`` of the corpus named bad (``VERIFY_FAILED``)."""
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        return {str(n) for n in json.loads((out / VERIFY_FAILED).read_text())["bad_shards"]}
+    return set()
+
+
+def shard_damage(out: Path, record: dict, suspects: set[str] = frozenset()) -> str | None:
+    """Why a mined film's shards cannot be kept, else None: one is missing or of another size
+    than its record says (a stat per shard), or, among ``suspects`` (``verify_suspects``),
+    its bytes hash to another sha256 (read only for those: a corpus is terabytes)."""
+    for s in record.get("shards", []):
+        path = out / "shards" / str(s.get("name"))
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return f"shard {path.name} is missing"
+        if size != s.get("bytes"):
+            return f"shard {path.name} holds {size} bytes, its record says {s.get('bytes')}"
+        if path.name in suspects and sha256_file(path) != s.get("sha256"):
+            return f"shard {path.name} is damaged (its sha256 is not its record's)"
+    return None
 
 
 def apply_shot_quota(rows: list[dict], cap: int) -> tuple[list[dict], set[str]]:

@@ -56,6 +56,10 @@ class RecipeError(FilmmineError):
     """A recipe file is missing, malformed or names an unknown option."""
 
 
+class UsageError(FilmmineError):
+    """Options that do not fit the command (``--redo`` naming no film of it)."""
+
+
 class SkippedInput(InputError):
     """An input that is not a film filmmine mines: skipped with its reason, not failed."""
 

@@ -43,9 +43,25 @@ from dask.distributed import (
 from tqdm import tqdm
 
 from .atomic import remove_stale_temps, write_bytes
-from .corpus import assemble_film, film_record_path, manifest, write_corpus_tables
+from .corpus import (
+    assemble_film,
+    film_record_path,
+    manifest,
+    shard_damage,
+    unmine_film,
+    verify_suspects,
+    write_corpus_tables,
+)
 from .decode import DECODE_THREADS_ENV
-from .errors import ClusterError, CorpusBusy, DecoderDied, FilmmineError, RecipeError, SkippedInput
+from .errors import (
+    ClusterError,
+    CorpusBusy,
+    DecoderDied,
+    FilmmineError,
+    RecipeError,
+    SkippedInput,
+    UsageError,
+)
 from .ffmpeg_bin import ffmpeg_version, require_ffmpeg
 from .flow import GPU_SHARE_ENV, TORCH_BACKENDS, get_backend
 from .inputs import FilmInput, resolve_inputs
@@ -64,6 +80,7 @@ class RunReport:
     out: Path
     inputs: list[dict] = field(default_factory=list)
     records: dict[str, dict] = field(default_factory=dict)
+    remined: dict[str, str] = field(default_factory=dict)  # film -> why it was mined again
 
     @property
     def failed(self) -> list[dict]:
@@ -81,7 +98,7 @@ class RunReport:
         lines = []
         notes = {i.get("film"): self.no_samples_note(i.get("film")) for i in self.inputs}
         quiet_ok = [i for i in self.inputs if i["status"] == "ok" and not i.get("reason")
-                    and not notes[i.get("film")]]
+                    and not notes[i.get("film")] and i.get("film") not in self.remined]
         hide_ok = len(self.inputs) > listed_ok
         for i in self.inputs:
             if hide_ok and i in quiet_ok:
@@ -92,7 +109,10 @@ class RunReport:
                 c = rec["counts"]
                 extra = (f"{c['accepted']} samples from {c['candidates']} candidates, "
                          f"{c['shots']} shots")
-            text = " - ".join(t for t in (extra, i.get("reason"), notes[i.get("film")]) if t)
+            again = self.remined.get(i.get("film") or "")
+            again = again and f"mined again ({again})"
+            text = " - ".join(t for t in (extra, again, i.get("reason"), notes[i.get("film")])
+                              if t)
             lines.append(f"  {i['status']:7s} {i['source']}: {text}")
         if hide_ok and quiet_ok:
             lines.append(f"  {'ok':7s} {len(quiet_ok)} film(s) without a note: per film in "
@@ -409,9 +429,13 @@ def extract(inputs: list[str], out: str | Path, *, layout: str = "auto",
             recipe: str | Path = "default", workers: int | None = None,
             scheduler: str | None = None, device: str = "cpu", progress: bool = True,
             debug: bool = False, log_jsonl: str | Path | None = None,
-            overrides: dict[str, dict] | None = None) -> RunReport:
+            overrides: dict[str, dict] | None = None, redo: list[str] | None = None,
+            force: bool = False) -> RunReport:
     """Mine ``inputs`` into the corpus directory ``out``; see the module docstring.
-    ``overrides``: recipe keys set over the recipe (``--set``; ``recipe.parse_overrides``)."""
+    ``overrides``: recipe keys set over the recipe (``--set``; ``recipe.parse_overrides``).
+    ``redo``: films (ids or the paths named) mined again in place; ``force``: every film of
+    the command. Films whose shards are missing, resized or found bad by ``verify`` are mined
+    again anyway."""
     require_ffmpeg()
     if not debug:  # distributed sets its loggers up on import (some with levels of their
         # own, e.g. distributed.client: its traceback when the scheduler goes away); the run
@@ -426,6 +450,7 @@ def extract(inputs: list[str], out: str | Path, *, layout: str = "auto",
     get_backend(d["backend"], device=device, **backend_options(rec))
     out = Path(out)
     films, issues = resolve_inputs(inputs, layout, known_films(out))
+    again = {f.name for f in films} if force else films_named(redo or [], films)
     if not films:
         # nothing to mine (an empty directory, a typo in a path): the reasons, no corpus
         report = RunReport(out)
@@ -443,7 +468,7 @@ def extract(inputs: list[str], out: str | Path, *, layout: str = "auto",
         raise OutputError(f"cannot write to {out}: {e.strerror}") from e
     try:
         return _extract_locked(films, issues, inputs, out, layout, rec, digest, workers,
-                               scheduler, device, progress, debug, log_jsonl)
+                               scheduler, device, progress, debug, log_jsonl, again)
     finally:
         lock.release()
 
@@ -503,6 +528,21 @@ class CorpusLock:
         self.fd = None
 
 
+def films_named(names: list[str], films: list[FilmInput]) -> set[str]:
+    """The ids of the films ``names`` (``--redo``) name, by id or by a path of the command;
+    UsageError for a name that is none of them."""
+    found = set()
+    for n in names:
+        hits = {f.name for f in films if n in (f.name, f.source) or
+                os.path.abspath(n) in (os.path.abspath(p) for p in (f.source, *f.paths))}
+        if not hits:
+            listed = ", ".join(sorted(f.name for f in films)[:10]) or "none"
+            raise UsageError(f"--redo {n}: no film of this command has that id or path "
+                             f"(its films: {listed})")
+        found |= hits
+    return found
+
+
 def known_films(out: Path) -> dict[tuple[str, ...], str]:
     """The films of the corpus at ``out``: their files -> their id (from the film records)."""
     known = {}
@@ -536,9 +576,9 @@ def merged_inputs(out: Path, inputs: list[dict], records: dict[str, dict]) -> li
 def _extract_locked(films: list, issues: list, inputs: list[str], out: Path, layout: str,
                     rec: dict, digest: str, workers: int | None, scheduler: str | None,
                     device: str, progress: bool, debug: bool,
-                    log_jsonl: str | Path | None) -> RunReport:
+                    log_jsonl: str | Path | None, again: set[str]) -> RunReport:
     """``extract`` once it holds the corpus (``CorpusLock``), ``films`` and ``issues`` as
-    ``resolve_inputs`` gave them."""
+    ``resolve_inputs`` gave them; ``again``: the films to mine again (``--redo``)."""
     try:
         _check_recipe(out, rec, digest)
         remove_stale_temps(out)
@@ -559,6 +599,7 @@ def _extract_locked(films: list, issues: list, inputs: list[str], out: Path, lay
                               "status": i.status, "reason": i.reason})
 
     todo = []
+    suspects = verify_suspects(out)
     for f in films:
         rp = film_record_path(out, f.name)
         if not rp.is_file():
@@ -576,9 +617,19 @@ def _extract_locked(films: list, issues: list, inputs: list[str], out: Path, lay
             why = (f"film {f.name!r} is already in {out} from recipe "
                    f"{record.get('recipe_digest')}, not {digest}; use another --out")
         else:
-            report.records[f.name] = record  # mined by an earlier run
-            statuses[f.name].update(status="ok", reason=record.get("reason"))
-            shutil.rmtree(out / ".work" / f.name, ignore_errors=True)
+            redo = "--redo" if f.name in again else shard_damage(out, record, suspects)
+            if redo is None:
+                report.records[f.name] = record  # mined by an earlier run
+                statuses[f.name].update(status="ok", reason=record.get("reason"))
+                shutil.rmtree(out / ".work" / f.name, ignore_errors=True)
+                continue
+            try:
+                unmine_film(out, f.name, record)
+            except OSError as e:
+                raise OutputError(f"cannot write to {out}: {e.strerror}") from e
+            report.remined[f.name] = redo
+            events("remine", film=f.name, why=redo)
+            todo.append(f)
             continue
         statuses[f.name].update(status="failed", reason=why)
 

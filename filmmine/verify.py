@@ -17,6 +17,7 @@ and belong to a sample; it is counted, reported as a note, and neither read nor 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -35,6 +36,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .atomic import write_bytes
+from .corpus import VERIFY_FAILED
 from .errors import FilmmineError
 from .inspect import human_bytes, read_manifest, read_table
 from .schema import FRAMES_SCHEMA, SAMPLES_SCHEMA
@@ -116,7 +119,9 @@ class VerifyReport:
         kinds = Counter(p.kind for p in self.problems)
         return (f"verify FAILED: {len(self.problems)} problem(s) "
                 f"({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}); "
-                f"{len(bad)} bad shard(s){': ' + ', '.join(bad) if bad else ''}; {head}")
+                f"{len(bad)} bad shard(s){': ' + ', '.join(bad) if bad else ''}; {head}"
+                + ("; the extract command that made the corpus, run again, mines their films "
+                   "again" if bad else ""))
 
     def to_json(self) -> dict:
         return {"corpus": self.corpus, "ok": self.ok, "shards": self.shards,
@@ -475,8 +480,19 @@ def verify_corpus(corpus: str | Path, *, workers: int | None = None,
                                         + _some(" not in the shard", lost)))
     report.shards = len(listed)
     _check_totals(root, man, listed, tables, keys_by_shard, problems)
+    _leave_bad_shards(root, report.bad_shards)
     report.seconds = time.monotonic() - t0
     return report
+
+
+def _leave_bad_shards(root: Path, bad: list[str]) -> None:
+    """Name the bad shards in ``VERIFY_FAILED`` for the next ``extract`` (it mines their films
+    again); none: remove it. A corpus verify may not write to (read-only) is still verified."""
+    with contextlib.suppress(OSError):
+        if bad:
+            write_bytes(root / VERIFY_FAILED, json.dumps({"bad_shards": bad}).encode())
+        else:
+            (root / VERIFY_FAILED).unlink(missing_ok=True)
 
 
 def _manifest_field(man: dict, key: str, typ: type, default, problems: list[Problem]):

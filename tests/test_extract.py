@@ -779,3 +779,43 @@ def test_extract_set_overrides_a_recipe_key(tmp_path):
         done = run("bad", "--set", bad)
         assert done.returncode == 2 and says in done.stderr, (bad, done.stderr)
         assert not (tmp_path / "bad").exists()
+
+
+def test_damaged_or_redone_films_are_mined_again_in_place(corpus, library, tmp_path):
+    """A shard cut short (or deleted), or flipped in place where `verify` found it: the next
+    extract of the same command mines that film again and the corpus is a clean run's, byte
+    for byte. Before, a rerun reported "0 failed" and kept the damage. `--redo FILM` mines a
+    sound film again; a name that is no film of the command stops before anything starts."""
+    from filmmine.errors import UsageError
+    from filmmine.verify import verify_corpus
+
+    lib = [str(library / "library.json")]
+    copy = tmp_path / "c"
+    shutil.copytree(corpus, copy)
+    clean = tree_digest(copy)
+    tab = sorted((copy / "shards").glob("film_tab-*.tar"))[0]
+    tab.write_bytes(tab.read_bytes()[:-1000])
+    again = extract(lib, copy, workers=0, progress=False)
+    assert again.exit_code == 0 and set(again.remined) == {"film_tab"}, again.summary()
+    assert f"mined again (shard {tab.name} holds" in again.summary()
+    assert tree_digest(copy) == clean
+
+    sbs = sorted((copy / "shards").glob("film_sbs-*.tar"))[0]
+    data = bytearray(sbs.read_bytes())
+    data[len(data) // 2] ^= 0xFF     # same size: only a hash finds it
+    sbs.write_bytes(bytes(data))
+    assert extract(lib, copy, workers=0, progress=False).remined == {}
+    assert not verify_corpus(copy, decode=False).ok
+    again = extract(lib, copy, workers=0, progress=False)
+    assert again.remined == {"film_sbs": f"shard {sbs.name} is damaged (its sha256 is not "
+                                         "its record's)"}, again.summary()
+    assert verify_corpus(copy, decode=False).ok
+    assert tree_digest(copy) == clean   # the clean verify took its list of bad shards away
+
+    (copy / "shards" / "film_sbs-00099.tar").write_bytes(b"left by an earlier mining")
+    redo = extract(lib, copy, workers=0, progress=False, redo=["film_sbs"])
+    assert redo.remined == {"film_sbs": "--redo"}, redo.summary()
+    assert tree_digest(copy) == clean
+    with pytest.raises(UsageError, match="--redo nope: no film of this command"):
+        extract(lib, copy, workers=0, progress=False, redo=["nope"])
+    assert tree_digest(copy) == clean
