@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "that `verify` found damaged are mined again without it")
     ex.add_argument("--force", action="store_true",
                     help="mine every film of the command again in place (--redo for all)")
+    ex.add_argument("--limit", type=int, default=None, metavar="N",
+                    help="mine only the command's first N films (a quick trial; a later run "
+                         "with a larger N or none mines on into the same corpus)")
+    ex.add_argument("--max-duration", type=float, default=None, metavar="S",
+                    help="mine only each film's first S seconds (a quick trial; the recipe "
+                         "key decode.max_duration_s, so such a corpus takes only such runs)")
     _add_extract_args(ex)
 
     demo = sub.add_parser("demo", help="generate a small stereo film library and mine it")
@@ -74,11 +80,15 @@ def _extract(inputs: list[str], args: argparse.Namespace, layout: str = "auto") 
     from .recipe import parse_overrides
     from .runner import extract
 
+    overrides = parse_overrides(args.set)
+    if getattr(args, "max_duration", None) is not None:
+        overrides.setdefault("decode", {})["max_duration_s"] = args.max_duration
+
     report = extract(inputs, args.out, layout=layout, recipe=args.recipe, workers=args.workers,
                      scheduler=args.scheduler, device=args.device, progress=not args.quiet,
                      debug=args.debug, log_jsonl=args.log_jsonl,
-                     overrides=parse_overrides(args.set), redo=getattr(args, "redo", None),
-                     force=getattr(args, "force", False))
+                     overrides=overrides, redo=getattr(args, "redo", None),
+                     force=getattr(args, "force", False), limit=getattr(args, "limit", None))
     print(report.summary())
     return report.exit_code
 

@@ -101,6 +101,10 @@ def assemble_film(out: Path, probe: ProbeResult, units: list[WorkUnit], recipe: 
     # as a single-unit run says it, with the first stopped unit's cause
     stopped = [m["stop_reason"] for m in markers if m["stopped_early"]]
     reason = f"decoded {decoded} of {probe.n_frames} frames ({stopped[0]})" if stopped else None
+    if "trial" in source:   # decode.max_duration_s cut the film short
+        cut = (f"mined its first {probe.duration_s:.1f} s of {source['trial']['film_s']:.1f} s "
+               f"(decode.max_duration_s)")
+        reason = f"{cut}; {reason}" if reason else cut
     record = {
         "film": probe.name,
         "status": "ok",

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -58,6 +58,17 @@ def unit_context(fps: float, recipe: dict) -> tuple[int, int]:
     after = plan.lookahead + 2 * ShotTracker.window_frames(
         fps, recipe["shots"]["dissolve_window_s"]) + 1
     return after + plan.grid_step, after
+
+
+def trial_span(probe: ProbeResult, max_duration_s: float) -> ProbeResult:
+    """The film as far as ``decode.max_duration_s`` (a quick trial): its first frames, as if it
+    ended there; the whole film when that is 0 or the film is shorter."""
+    if max_duration_s <= 0 or probe.fps <= 0:
+        return probe
+    n = max(1, round(max_duration_s * probe.fps))
+    if n >= probe.n_frames:
+        return probe
+    return replace(probe, n_frames=n, duration_s=n / probe.fps)
 
 
 def film_chunk_s(duration_s: float, chunk_s: float, min_chunk_s: float, units: int) -> float:

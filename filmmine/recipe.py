@@ -89,6 +89,7 @@ RANGES: dict[tuple[str, str], tuple[float, float, bool]] = {
     ("decode", "chunk_s"): (0, float("inf"), True),
     ("decode", "min_chunk_s"): (0, float("inf"), True),
     ("decode", "timeout_s"): (0, float("inf"), False),
+    ("decode", "max_duration_s"): (0, float("inf"), True),
     ("shots", "min_shot_s"): (0, float("inf"), True),
     ("shots", "dissolve_window_s"): (0, float("inf"), False),
     ("sampling", "fps"): (0, float("inf"), False),

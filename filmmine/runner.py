@@ -64,8 +64,15 @@ from .errors import (
 )
 from .ffmpeg_bin import ffmpeg_version, require_ffmpeg
 from .flow import GPU_SHARE_ENV, TORCH_BACKENDS, get_backend
-from .inputs import FilmInput, resolve_inputs
-from .pipeline import backend_options, film_chunk_s, mine_unit, plan_units, unit_context
+from .inputs import FilmInput, InputIssue, resolve_inputs
+from .pipeline import (
+    backend_options,
+    film_chunk_s,
+    mine_unit,
+    plan_units,
+    trial_span,
+    unit_context,
+)
 from .probe import ProbeResult, probe_film
 from .recipe import apply_overrides, dump_toml, load_recipe, recipe_digest
 
@@ -430,7 +437,7 @@ def extract(inputs: list[str], out: str | Path, *, layout: str = "auto",
             scheduler: str | None = None, device: str = "cpu", progress: bool = True,
             debug: bool = False, log_jsonl: str | Path | None = None,
             overrides: dict[str, dict] | None = None, redo: list[str] | None = None,
-            force: bool = False) -> RunReport:
+            force: bool = False, limit: int | None = None) -> RunReport:
     """Mine ``inputs`` into the corpus directory ``out``; see the module docstring.
     ``overrides``: recipe keys set over the recipe (``--set``; ``recipe.parse_overrides``).
     ``redo``: films (ids or the paths named) mined again in place; ``force``: every film of
@@ -450,6 +457,13 @@ def extract(inputs: list[str], out: str | Path, *, layout: str = "auto",
     get_backend(d["backend"], device=device, **backend_options(rec))
     out = Path(out)
     films, issues = resolve_inputs(inputs, layout, known_films(out))
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit {limit}: give at least 1 film")
+    if limit is not None and len(films) > limit:
+        issues += [InputIssue(f.paths[0] if f.source != f.paths[0] else f.source, "skipped",
+                              f"--limit {limit}: not among the command's first {limit} films")
+                   for f in films[limit:]]
+        films = films[:limit]
     again = {f.name for f in films} if force else films_named(redo or [], films)
     if not films:
         # nothing to mine (an empty directory, a typo in a path): the reasons, no corpus
@@ -897,6 +911,7 @@ class _Run:
         self.meta: dict[str, tuple] = {}
         self.pending_units: dict[str, int] = {}
         self.probes: dict[str, ProbeResult] = {}
+        self.trials: dict[str, dict] = {}   # films cut short by decode.max_duration_s
         self.units_of: dict[str, list] = {}
         self.reported: dict[tuple[str, int], int] = {}  # frames reported per unit
         self.tries: dict[tuple[str, int], int] = {}     # units run again: their try now
@@ -1168,6 +1183,11 @@ class _Run:
 
     def on_probe(self, client: Client, probe: ProbeResult) -> None:
         name = probe.name
+        whole = probe
+        probe = trial_span(probe, self.rec["decode"]["max_duration_s"])
+        if probe is not whole:
+            self.trials[name] = {"max_duration_s": self.rec["decode"]["max_duration_s"],
+                                 "film_s": round(whole.duration_s, 3)}
         self.probes[name] = probe
         work_dir = self.out_abs / ".work" / name
         units = plan_units(probe, self.planned_chunk_s(probe, work_dir),
@@ -1195,6 +1215,8 @@ class _Run:
         self.pending_units[name] -= 1
         if self.pending_units[name] == 0:
             source = {"input": film.source, "paths": list(film.paths)}
+            if name in self.trials:
+                source["trial"] = self.trials[name]
             # first: a film's last step frees its staging space and completes its record
             self.submit(client, "assemble", name, None, assemble_film, self.out_abs,
                         self.probes[name], self.units_of[name], self.rec, self.digest, source,

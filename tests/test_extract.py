@@ -819,3 +819,39 @@ def test_damaged_or_redone_films_are_mined_again_in_place(corpus, library, tmp_p
     with pytest.raises(UsageError, match="--redo nope: no film of this command"):
         extract(lib, copy, workers=0, progress=False, redo=["nope"])
     assert tree_digest(copy) == clean
+
+
+def test_quick_trials_mine_the_first_films_and_seconds(tmp_path):
+    """`--limit 1 --max-duration 2`: one film of two, its first 2 s of 6 (48 of 144 frames),
+    each said in the summary; the corpus takes only trial runs (the recipe key); a later run
+    with a larger limit mines on, and the trial's samples are a full run's first ones."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for i, name in enumerate(("a", "b")):
+        spec = FilmSpec(shots=(ShotSpec("textured", 144, seed=i),), view_width=320,
+                        view_height=180, seed=i)
+        synth.write_film(spec, lib / f"{name}.mp4", "sbs")
+
+    def run(out: str, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "filmmine.cli", "extract", str(lib),
+                               "--layout", "sbs", "--out", str(tmp_path / out), "--workers",
+                               "0", "--quiet", *extra], capture_output=True, text=True)
+
+    done = run("trial", "--limit", "1", "--max-duration", "2")
+    assert done.returncode == 0, done.stderr
+    assert f"skipped {lib / 'b.mp4'}: --limit 1" in done.stdout, done.stdout
+    assert "mined its first 2.0 s of 6.0 s (decode.max_duration_s)" in done.stdout
+    man = json.loads((tmp_path / "trial" / "manifest.json").read_text())
+    assert list(man["films"]) == ["a"], man["films"]
+    assert man["films"]["a"]["counts"]["frames"] == 48
+    done = run("trial", "--max-duration", "2")
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads((tmp_path / "trial" / "manifest.json").read_text())["films"]) == 2
+    refused = run("trial")
+    assert refused.returncode == 2 and "decode.max_duration_s 2.0 -> 0.0" in refused.stderr
+    assert run("full").returncode == 0
+    trial = pq.read_table(tmp_path / "trial" / "samples.parquet").to_pylist()
+    full = pq.read_table(tmp_path / "full" / "samples.parquet").to_pylist()
+    assert trial and all(r["frame_index"] < 48 for r in trial)
+    assert trial == [r for r in full if r["frame_index"] < 48]
+    assert run("x", "--limit", "0").returncode == 2
