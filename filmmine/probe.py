@@ -34,6 +34,7 @@ MIN_HALF_CORRELATION = 0.5  # below this the halves are not two views of one sce
 # A stereo packing makes one split (left|right or top/bottom) alike and the other not; a 2D
 # pattern alike both ways (tiling, test cards, flat colour) says nothing about stereo.
 MIN_PACKING_MARGIN = 0.15
+DOUBT = "; but "   # in a layout_reason: what follows says why the given layout looks wrong
 STEREO3D_TYPES = {"side by side": "sbs", "top and bottom": "tab", "2D": "mono"}
 
 
@@ -461,6 +462,22 @@ def grey_thumbnails(path: str, duration_s: float, n: int = 5, width: int = 320) 
     return thumbs
 
 
+def layout_doubt(requested: str, info: StreamInfo, sim: dict[str, float]) -> str | None:
+    """Why a layout given by hand looks wrong, else None: the container says another packing,
+    or the halves are alike the other way and not this one (a tab film cut as sbs pairs the
+    top of one view with the top of the other: no label passes the checks)."""
+    key = "sbs" if requested.endswith("sbs") else "tab"
+    other = "tab" if key == "sbs" else "sbs"
+    packing = STEREO3D_TYPES.get(info.stereo3d or "")
+    if packing in ("sbs", "tab") and packing != key:
+        return f"the container says {info.stereo3d} (stereo3d side data)"
+    if not sim or sim[key] >= MIN_HALF_CORRELATION or sim[other] < MIN_HALF_CORRELATION or \
+            sim[other] - sim[key] < MIN_PACKING_MARGIN:
+        return None
+    return (f"its halves are alike {other} (r={sim[other]:.2f}), not {key} "
+            f"(r={sim[key]:.2f})")
+
+
 def decide_layout(info: StreamInfo, requested: str, thumbs: list[np.ndarray] | None,
                   requested_from: str = "--layout") -> tuple[str, str, dict[str, float]]:
     """(layout, why, similarity). Pure: raises InputError for mono input."""
@@ -468,7 +485,12 @@ def decide_layout(info: StreamInfo, requested: str, thumbs: list[np.ndarray] | N
     if requested != "auto":
         if requested not in LAYOUTS or requested == "separate":
             raise InputError(f"unknown layout {requested!r} for a single file")
-        return requested, f"from {requested_from}", {}
+        sims = [half_similarity(t) for t in thumbs or []]
+        sim = {k: float(np.median([s[k] for s in sims])) for k in ("sbs", "tab")} if sims else {}
+        doubt = layout_doubt(requested, info, sim)
+        why = f"from {requested_from}" + (f"{DOUBT}{doubt}: check {requested_from}"
+                                          if doubt else "")
+        return requested, why, sim
     if info.stereo3d is not None:
         packing = STEREO3D_TYPES.get(info.stereo3d)
         if packing == "mono":
@@ -542,7 +564,7 @@ def probe_film(name: str, paths: tuple[str, ...], requested: str = "auto",
     index = _index_of(info, v, fmt)
     info = replace(info, n_frames=_frame_count(info, v, index))
     thumbs = None
-    if requested == "auto" and info.stereo3d is None:
+    if info.stereo3d is None:   # a layout given by hand too: checked against the halves
         thumbs = grey_thumbnails(paths[0], info.duration_s)
     layout, why, sim = decide_layout(info, requested, thumbs, requested_from)
     w, h = info.width, info.height

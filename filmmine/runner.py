@@ -73,7 +73,7 @@ from .pipeline import (
     trial_span,
     unit_context,
 )
-from .probe import ProbeResult, probe_film
+from .probe import DOUBT, ProbeResult, probe_film
 from .recipe import apply_overrides, dump_toml, load_recipe, recipe_digest
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,9 @@ class RunReport:
         gets one line for those: the manifest and `filmmine inspect` have them); then the
         totals."""
         lines = []
-        notes = {i.get("film"): self.no_samples_note(i.get("film")) for i in self.inputs}
+        notes = {i.get("film"): "; ".join(n for n in (self.layout_note(i.get("film")),
+                                                      self.no_samples_note(i.get("film"))) if n)
+                 for i in self.inputs}
         quiet_ok = [i for i in self.inputs if i["status"] == "ok" and not i.get("reason")
                     and not notes[i.get("film")] and i.get("film") not in self.remined]
         hide_ok = len(self.inputs) > listed_ok
@@ -133,6 +135,11 @@ class RunReport:
                      f"{len(self.failed)} failed -> {self.out}")
         return "\n".join(lines)
 
+
+    def layout_note(self, film: str | None) -> str | None:
+        """For a film mined in a layout its own frames disagree with: why, else None."""
+        why = (self.records.get(film or "") or {}).get("probe", {}).get("layout_reason") or ""
+        return f"layout {why.replace(DOUBT, ', but ', 1)}" if DOUBT in why else None
 
     def no_samples_note(self, film: str | None) -> str | None:
         """For a film mined into no sample: its top rejection reasons (what to look at, e.g.
@@ -1197,6 +1204,9 @@ class _Run:
         with self.lock:
             self.bar.total += probe.n_frames
             self.bar.refresh()
+        if DOUBT in probe.layout_reason:
+            log.warning("%s: layout %s %s", name, probe.layout,
+                        probe.layout_reason.replace(DOUBT, ", but ", 1))
         self.events("probed", film=name, layout=probe.layout, why=probe.layout_reason,
                     frames=probe.n_frames, fps=probe.fps, units=len(units))
         for u in units:

@@ -855,3 +855,19 @@ def test_quick_trials_mine_the_first_films_and_seconds(tmp_path):
     assert trial and all(r["frame_index"] < 48 for r in trial)
     assert trial == [r for r in full if r["frame_index"] < 48]
     assert run("x", "--limit", "0").returncode == 2
+
+
+def test_a_wrong_layout_is_named_in_the_summary(tmp_path):
+    """A top-bottom film mined as --layout sbs: the summary says the halves disagree, beside
+    the rejections it leads to."""
+    spec = FilmSpec(shots=(ShotSpec("textured", 24, seed=1),), view_width=320,
+                    view_height=180, seed=1)
+    synth.write_film(spec, tmp_path / "f.mp4", "tab")
+    report = extract([str(tmp_path / "f.mp4")], tmp_path / "out", layout="sbs", workers=0,
+                     progress=False)
+    line = next(ln for ln in report.summary().splitlines() if "f.mp4" in ln)
+    assert "layout from --layout, but its halves are alike tab (r=" in line, line
+    assert ": check --layout" in line and "no samples:" in line, line
+    right = extract([str(tmp_path / "f.mp4")], tmp_path / "ok", layout="tab", workers=0,
+                    progress=False)
+    assert "layout from" not in right.summary() and right.records["f"]["counts"]["accepted"]

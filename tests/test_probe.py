@@ -84,6 +84,25 @@ def test_explicit_layout_wins_over_detection() -> None:
     assert p.layout == "half-tab" and p.layout_reason == "from library.json"
 
 
+@needs_shared
+@pytest.mark.parametrize(("clip", "given", "doubt"), [
+    ("tb_cut_clip.mp4", "sbs", "its halves are alike tab (r=0.79), not sbs (r=0.07)"),
+    ("sbs_cut_clip.mp4", "tab", "its halves are alike sbs (r=0.86), not tab (r=-0.01)"),
+    ("sbs_cut_clip_half.mp4", "half-tab", "its halves are alike sbs (r=0.84), not tab"),
+    ("sbs_cut_clip_half.mp4", "sbs", None),     # packing right (only the squeeze is not)
+])
+def test_a_wrong_layout_given_by_hand_is_doubted(clip: str, given: str, doubt: str | None):
+    """A layout given by hand is still mined, but the halves' correlation that `auto` decides
+    by says when it looks wrong (a tab film cut as sbs mined 0 samples without a word)."""
+    p = probe_film("c", (str(REAL_CLIPS / clip),), requested=given)
+    assert p.layout == given
+    if doubt is None:
+        assert p.layout_reason == "from --layout"
+    else:
+        assert p.layout_reason.startswith(f"from --layout; but {doubt}"), p.layout_reason
+        assert p.layout_reason.endswith(": check --layout")
+
+
 # --------------------------------------------------------------------------------------------
 # decide_layout: pure cases
 
