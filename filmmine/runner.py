@@ -40,7 +40,6 @@ from dask.distributed import (
     SpecCluster,
     as_completed,
 )
-from tqdm import tqdm
 
 from .atomic import remove_stale_temps, write_bytes
 from .corpus import (
@@ -74,6 +73,7 @@ from .pipeline import (
     unit_context,
 )
 from .probe import DOUBT, ProbeResult, probe_film
+from .progress import Progress
 from .recipe import apply_overrides, dump_toml, load_recipe, recipe_digest
 
 log = logging.getLogger(__name__)
@@ -938,8 +938,7 @@ class _Run:
         self.paths_of: dict[str, tuple[str, ...]] = {}   # each film's files, as the driver saw
         self.films_total = 1    # films of the command, mined by an earlier run or not
         self.lock = threading.Lock()
-        self.bar = tqdm(total=0, unit="frame", desc="extract", disable=not progress,
-                        smoothing=0.05, dynamic_ncols=True, file=sys.stderr)
+        self.bar = Progress(progress)
 
     def on_progress(self, event) -> None:
         """Worker progress events (frames decoded within a unit), on the client's thread."""
@@ -947,12 +946,11 @@ class _Run:
         with self.lock:
             key = (msg["film"], msg["unit"])
             self.reported[key] = self.reported.get(key, 0) + msg["frames"]
-            self.bar.update(msg["frames"])
+        self.bar.frames(msg["film"], msg["frames"])
 
     def postfix(self, films_total: int) -> None:
         done = len(self.report.records)
-        self.bar.set_postfix_str(f"films {done}/{films_total} cuts {self.shots} "
-                                 f"samples {self.samples}", refresh=True)
+        self.bar.note(f"films {done}/{films_total} cuts {self.shots} samples {self.samples}")
 
     def submit(self, client: Client, kind: str, name: str, unit, fn, *args,
                first: bool = False) -> None:
@@ -1045,6 +1043,7 @@ class _Run:
     def fail(self, name: str, status: str, reason: str) -> None:
         self.statuses[name].update(status=status, reason=reason)
         self.pending_units[name] = -1
+        self.bar.film_done(name)
         self.events("film", film=name, status=status, reason=reason)
 
     def run(self, client: Client, films: list[FilmInput],
@@ -1055,6 +1054,8 @@ class _Run:
         # the files the driver sees: one missing here too is the film's problem (a manifest
         # naming a missing view), reported as the film's reason
         self.paths_of = {f.name: tuple(p for p in f.paths if os.path.exists(p)) for f in films}
+        for f in films:
+            self.bar.add_film(f.name, self.paths_of[f.name])
         probed = probed or {}
         # this run's client's loop: as_completed() alone takes the default client's, which is
         # another run's when two runs share the process (it closes, and this run hangs)
@@ -1125,6 +1126,7 @@ class _Run:
         else:
             self.report.records[name] = result
             self.statuses[name].update(status="ok", reason=result.get("reason"))
+            self.bar.film_done(name)
             self.events("film", film=name, status="ok", reason=result.get("reason"),
                         counts=result["counts"])
 
@@ -1172,9 +1174,9 @@ class _Run:
         log.warning("%s frames [%d, %d): %s; mining them again (try %d of %d)", name,
                     unit.start, unit.end, reason, n + 1, UNIT_TRIES)
         self.events("retry", film=name, unit=unit.index, reason=reason, attempt=n + 1)
-        with self.lock:   # the frames already counted are done work; they are decoded again
-            self.bar.total += self.reported.pop((name, unit.index), 0)
-            self.bar.refresh()
+        with self.lock:   # the frames already counted are decoded again
+            counted = self.reported.pop((name, unit.index), 0)
+        self.bar.undo_frames(name, counted)
         self.submit(client, "unit", name, unit, _unit_task, self.probes[name], unit, self.rec,
                     self.out_abs / ".work" / name, self.device, first=True)
         return True
@@ -1201,9 +1203,7 @@ class _Run:
                            lead=unit_context(probe.fps, self.rec)[0])
         self.units_of[name] = units
         self.pending_units[name] = len(units)
-        with self.lock:
-            self.bar.total += probe.n_frames
-            self.bar.refresh()
+        self.bar.probed(name, probe.n_frames)
         if DOUBT in probe.layout_reason:
             log.warning("%s: layout %s %s", name, probe.layout,
                         probe.layout_reason.replace(DOUBT, ", but ", 1))
@@ -1217,7 +1217,7 @@ class _Run:
         name = film.name
         with self.lock:  # the rest of the unit's frames, whatever progress events said
             rest = (unit.end - unit.start) - self.reported.pop((name, unit.index), 0)
-            self.bar.update(max(0, rest))
+        self.bar.frames(name, max(0, rest))
         self.shots += len(marker["cuts"]) + len(marker["transitions"])
         self.samples += marker["samples"]
         self.events("unit", film=name, unit=unit.index, start=unit.start, end=unit.end,
