@@ -18,7 +18,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -1233,6 +1235,37 @@ class _Run:
                         first=True)
 
 
+@contextlib.contextmanager
+def ctrl_c_deferred():
+    """Start the run's processes without handing them Ctrl-C. At a terminal Ctrl-C reaches
+    every process of the group: local workers caught in their imports printed some 100 lines
+    of tracebacks before the run's one line, and driver-side ffprobes died as unreadable films.
+    SIGINT is ignored while they start (an ignored signal stays ignored across exec, and
+    Python keeps it so: they leave Ctrl-C to the driver, which closes them). A Ctrl-C of that
+    time is not lost: a ``sleep`` started before, in the same group and not ignoring it, dies
+    of it, and KeyboardInterrupt is raised on leaving. (Blocking SIGINT instead would leave it
+    to native threads, OpenBLAS's among them, which drop an ignored signal.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        canary = subprocess.Popen(["sleep", "3600"], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        canary = None   # no sleep(1): a Ctrl-C of the next seconds goes unseen
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        if canary is not None:
+            died = canary.poll()
+            canary.kill()
+            canary.wait()
+            if died == -signal.SIGINT:
+                raise KeyboardInterrupt
+
+
 def early_probes(films: list[FilmInput], n: int) -> tuple[ThreadPoolExecutor, dict[str, Future]]:
     """Probe the first ``n`` films in driver threads, started before a local cluster: the
     cluster's start (worker processes, imports: ~1 s) and the probes (two ffprobe runs each,
@@ -1248,14 +1281,20 @@ def _run_tasks(films, out, rec, digest, device, workers, scheduler, progress, de
     units' plan depends on the command, not on how far an earlier run got: a rerun after a
     crash plans the same units and keeps what they staged)."""
     pool, probed = None, {}
-    if not scheduler:
-        n = workers if workers else _default_workers(os.cpu_count())
-        pool, probed = early_probes(films, min(len(films), n))
+    client = cluster = None
     try:
-        client, cluster = _client(workers, scheduler, device)
-    except BaseException:
+        with ctrl_c_deferred():
+            if not scheduler:
+                n = workers if workers else _default_workers(os.cpu_count())
+                pool, probed = early_probes(films, min(len(films), n))
+            client, cluster = _client(workers, scheduler, device)
+    except BaseException:   # a Ctrl-C deferred lands here, on leaving the block
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
         raise
     if progress and client.dashboard_link:
         print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -1168,3 +1169,34 @@ def test_a_killed_decoder_is_mined_again_never_recorded_as_finished(library, cor
     again = extract([str(library / "library.json")], out, workers=2, progress=False)
     assert again.exit_code == 0, again.summary()
     assert tree_digest(out) == tree_digest(corpus)
+
+
+def test_ctrl_c_at_a_terminal_while_workers_start_is_one_line(library, tmp_path):
+    """Ctrl-C at a terminal interrupts the whole process group. While the local workers were
+    starting, they printed some 100 lines of tracebacks (KeyboardInterrupt in their imports)
+    before the run's one line. Now the workers leave it to the driver: exit 130 and the one
+    line, also when the Ctrl-C comes while the driver waits for them to start."""
+    import psutil
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "filmmine.cli", "extract", str(library / "library.json"),
+           "--out", str(out), "--workers", "2", "--quiet"]
+    run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True,   # a group of its own, as a terminal's job
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    t0 = time.monotonic()
+
+    def started() -> bool:   # the first worker process exists, still importing
+        with contextlib.suppress(psutil.Error):
+            return any("--multiprocessing-fork" in c.cmdline()
+                       for c in psutil.Process(run.pid).children(recursive=True))
+        return False
+
+    while not started():
+        assert time.monotonic() - t0 < 300 and run.poll() is None
+        time.sleep(0.005)
+    os.killpg(run.pid, signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines == ["filmmine: interrupted; rerun the same command to resume"], err
