@@ -871,3 +871,17 @@ def test_a_wrong_layout_is_named_in_the_summary(tmp_path):
     right = extract([str(tmp_path / "f.mp4")], tmp_path / "ok", layout="tab", workers=0,
                     progress=False)
     assert "layout from" not in right.summary() and right.records["f"]["counts"]["accepted"]
+
+
+def test_parquet_columns_carry_their_descriptions(corpus):
+    """Every column of the corpus tables and the films' own says what it is in the Parquet
+    schema's field metadata, for a reader of the file alone (DuckDB, pandas)."""
+    from filmmine.schema import FRAMES_SCHEMA, SAMPLES_SCHEMA, describe
+
+    for name, schema in (("samples", SAMPLES_SCHEMA), ("frames", FRAMES_SCHEMA)):
+        for path in (corpus / f"{name}.parquet", *(corpus / "films").glob(f"*.{name}.parquet")):
+            said = describe(pq.read_schema(path))
+            assert list(said) == schema.names, path
+            assert all(len(d) > 10 for d in said.values()), (path, said)
+    said = describe(pq.read_schema(corpus / "frames.parquet"))
+    assert said["motion"].startswith("99th percentile over 16 px blocks")
