@@ -34,25 +34,48 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
-# Other commands live in their own modules: each has ``add_parser(subparsers)`` which
-# registers its subcommand with ``set_defaults(handler=fn)``; ``fn(args) -> int``.
-COMMAND_MODULES: list[str] = ["filmmine.inspect_cli", "trainer.cli", "filmmine.bench_cli"]
+# Other commands live in their own modules: each registration function takes the subparsers
+# and registers its subcommands with ``set_defaults(handler=fn)``; ``fn(args) -> int``. Help
+# lists them in this order: the workflow's, then the helpers.
+COMMANDS: list[str] = ["filmmine.inspect_cli:add_probe", "extract",
+                       "filmmine.inspect_cli:add_parser", "trainer.cli:add_parser", "demo",
+                       "filmmine.bench_cli:add_parser"]
+COMMAND_MODULES: list[str] = sorted({c.split(":")[0] for c in COMMANDS if ":" in c})
+
+DESCRIPTION = """\
+Mine monocular-depth training data from stereo (3D) films, and train on it.
+
+extract decodes each film, detects shots, samples frames, filters them, computes disparity
+between the two views with left-right and vertical checks, and writes WebDataset shards,
+Parquet tables and a manifest (the corpus). Labels are relative disparity: valid up to an
+unknown scale and shift, as in MiDaS (Ranftl et al., arXiv 1907.01341)."""
+
+EPILOG = """\
+a day's work:
+  filmmine probe ~/films                      what extract would do with each film
+  filmmine extract ~/films --out corpus/      mine them (rerun the same command to resume)
+  filmmine inspect corpus/                    counts and rejection reasons per film
+  filmmine preview corpus/ --out report.html  samples, rejected frames, histograms
+  filmmine verify corpus/                     every shard hashed, read and decoded
+  filmmine train --corpus corpus/ --out run/  a depth model on it (and other datasets)
+  filmmine eval --checkpoint run/checkpoints/last.pt --dataset DIR
+  filmmine predict photo.jpg --checkpoint run/checkpoints/last.pt --out predictions/
+
+COMMAND --help says more about each."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    import importlib
-
-    ap = argparse.ArgumentParser(prog="filmmine", description=__doc__)
-    ap.add_argument("--version", action="version", version=f"filmmine {__version__}")
-    sub = ap.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_parser(sub)
-
-    ex = sub.add_parser("extract", help="mine a film library into a corpus of shards")
+def _add_extract(sub) -> None:
+    ex = sub.add_parser("extract", help="mine a film library into a corpus of shards",
+                        description="Mine stereo films into a corpus (WebDataset shards, "
+                                    "Parquet tables, manifest). Rerunning the same command "
+                                    "resumes and changes no byte of finished work.")
     ex.add_argument("inputs", nargs="+", metavar="INPUT",
                     help="video file, directory of videos, or library manifest (.json)")
-    ex.add_argument("--out", required=True, help="corpus directory")
-    ex.add_argument("--layout", default="auto", choices=["auto", *PACKED_LAYOUTS])
+    ex.add_argument("--out", required=True, metavar="CORPUS", help="corpus directory")
+    ex.add_argument("--layout", default="auto", choices=["auto", *PACKED_LAYOUTS],
+                    help="stereo layout of the films (default: auto: the container's side "
+                         "data, else the aspect ratio and how alike the halves are; a layout "
+                         "given here is still checked against them, with a warning)")
     ex.add_argument("--redo", action="append", default=[], metavar="FILM",
                     help="mine this film again in place (its id or path; repeatable): its "
                          "shards and tables are replaced. Films whose shards are missing or "
@@ -67,12 +90,30 @@ def build_parser() -> argparse.ArgumentParser:
                          "key decode.max_duration_s, so such a corpus takes only such runs)")
     _add_extract_args(ex)
 
+
+def _add_demo(sub) -> None:
     demo = sub.add_parser("demo", help="generate a small stereo film library and mine it")
-    demo.add_argument("--out", default="demo-corpus",
+    demo.add_argument("--out", default="demo-corpus", metavar="CORPUS",
                       help="corpus directory (default: demo-corpus)")
     demo.add_argument("--library", default=None,
-                      help="where to write the generated films (default: OUT/library)")
+                      help="where to write the generated films (default: CORPUS/library)")
     _add_extract_args(demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    ap = argparse.ArgumentParser(prog="filmmine", description=DESCRIPTION, epilog=EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"filmmine {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    local = {"extract": _add_extract, "demo": _add_demo}
+    for c in COMMANDS:
+        if c in local:
+            local[c](sub)
+        else:
+            module, fn = c.split(":")
+            getattr(importlib.import_module(module), fn)(sub)
     return ap
 
 

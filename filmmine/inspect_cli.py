@@ -20,8 +20,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers) -> None:
+    """inspect, preview, verify (``add_probe`` registers probe, which comes first)."""
     p = subparsers.add_parser("inspect", help="totals and a per-film table of a corpus")
-    p.add_argument("corpus", metavar="CORPUS")
+    p.add_argument("corpus", metavar="CORPUS",
+                   help="a corpus directory written by filmmine extract")
     p.add_argument("--film", default=None, help="only this film")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _common(p)
@@ -29,7 +31,8 @@ def add_parser(subparsers) -> None:
 
     p = subparsers.add_parser(
         "preview", help="contact sheet (PNG) or self-contained HTML report of a corpus")
-    p.add_argument("corpus", metavar="CORPUS")
+    p.add_argument("corpus", metavar="CORPUS",
+                   help="a corpus directory written by filmmine extract")
     p.add_argument("--out", required=True, metavar="FILE",
                    help="FILE.png (contact sheet) or FILE.html (report)")
     p.add_argument("--n", type=int, default=24, help="frames to show (default: 24)")
@@ -42,7 +45,8 @@ def add_parser(subparsers) -> None:
 
     p = subparsers.add_parser(
         "verify", help="check every shard against the manifest and the tables")
-    p.add_argument("corpus", metavar="CORPUS")
+    p.add_argument("corpus", metavar="CORPUS",
+                   help="a corpus directory written by filmmine extract")
     p.add_argument("--workers", type=int, default=None,
                    help="parallel processes (default: CPU count, max 8)")
     p.add_argument("--quick", action="store_true",
@@ -51,11 +55,15 @@ def add_parser(subparsers) -> None:
     _common(p)
     p.set_defaults(handler=run_verify)
 
+
+def add_probe(subparsers) -> None:
     p = subparsers.add_parser("probe", help="what extract would do with films: streams, "
                                             "layout and why, letterbox, stereo metadata")
     p.add_argument("inputs", nargs="+", metavar="FILM",
                    help="video file, directory of videos, or library manifest (.json)")
-    p.add_argument("--layout", default="auto", choices=["auto", *PACKED_LAYOUTS])
+    p.add_argument("--layout", default="auto", choices=["auto", *PACKED_LAYOUTS],
+                   help="the films' stereo layout (default: auto, from side data, aspect and "
+                        "the halves; a layout given here is still checked against them)")
     p.add_argument("--recipe", default="default",
                    help="recipe whose crop and sampling settings apply (default: default)")
     p.add_argument("--frames", type=int, default=5,

@@ -227,7 +227,9 @@ def format_probe(fp: FilmProbe) -> str:
                      f"margin {lb.side_px} px each side")
     if fp.plan:
         sw, sh = fp.plan["stored_size"]
-        lines.append(f"  extract: {fp.plan['candidates']} candidate frames (every "
-                     f"{fp.plan['grid_step']}th), {fp.plan['work_units']} work unit(s), "
+        step = fp.plan["grid_step"]
+        every = "every frame" if step == 1 else f"1 frame in {step}"
+        lines.append(f"  extract: {fp.plan['candidates']} candidate frames ({every}), "
+                     f"{fp.plan['work_units']} work unit(s), "
                      f"samples stored at {sw}x{sh}")
     return "\n".join(lines)

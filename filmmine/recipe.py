@@ -42,7 +42,9 @@ def _resolve_path(name_or_path: str | Path, relative_to: Path | None = None) -> 
     for c in candidates:
         if c.is_file():
             return c
-    raise RecipeError(f"recipe {str(name_or_path)!r} not found (looked in {PIPELINES_DIR})")
+    names = ", ".join(sorted(f.stem for f in PIPELINES_DIR.glob("*.toml")))
+    raise RecipeError(f"recipe {str(name_or_path)!r} not found: give one of {names} "
+                      f"({PIPELINES_DIR}) or a .toml file")
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any], where: str) -> dict[str, Any]:
