@@ -7,8 +7,10 @@ import json
 import os
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from .scenelist import SIDECARS, find_sidecar
 
 VIDEO_EXTS = {".mp4", ".mkv", ".mov", ".avi", ".m2ts", ".mts", ".ts", ".webm", ".m4v", ".mpg",
               ".mpeg", ".wmv", ".flv", ".3d", ".y4m"}
@@ -23,6 +25,7 @@ class FilmInput:
     layout: str                # "auto" or a layout
     layout_from: str           # where the layout came from, for the report
     source: str                # what the user named, for the report
+    scenes: str | None = None  # a scene list giving its shots (filmmine.scenelist)
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,9 @@ def _from_manifest(path: Path, layout: str) -> tuple[list[FilmInput], list[Input
         else:
             lay_from = "library manifest"
         name = f.get("name") or Path(paths[0]).stem
-        out.append(FilmInput(slug(name), paths, lay, lay_from, src))
+        scenes = str(path.parent / f["scenes"]) if f.get("scenes") else find_sidecar(paths[0])
+        out.append(FilmInput(slug(name), paths, lay, lay_from, src,
+                             str(scenes) if scenes else None))
     return out, issues
 
 
@@ -99,13 +104,20 @@ def resolve_inputs(inputs: list[str], layout: str = "auto",
                 issues += i
                 continue
             found = 0
-            for q in sorted(x for x in p.rglob("*") if x.is_file()):
-                if any(part.startswith(".") for part in q.relative_to(p).parts):
-                    continue
+            files = sorted(x for x in p.rglob("*") if x.is_file()
+                           and not any(part.startswith(".") for part in x.relative_to(p).parts))
+            # scene lists beside the videos are theirs, not inputs to report as skipped
+            lists = {q.with_name(pat.format(stem=q.stem)) for q in files
+                     if q.suffix.lower() in VIDEO_EXTS for pat in SIDECARS}
+            for q in files:
                 if q.suffix.lower() in VIDEO_EXTS:
                     name = slug(str(q.relative_to(p).with_suffix("")))
-                    films.append(FilmInput(name, (str(q),), layout, "--layout", str(q)))
+                    scenes = find_sidecar(q)
+                    films.append(FilmInput(name, (str(q),), layout, "--layout", str(q),
+                                           str(scenes) if scenes else None))
                     found += 1
+                elif q in lists:
+                    continue
                 else:
                     issues.append(InputIssue(str(q), "skipped",
                                              f"not a video file ({q.suffix or 'no extension'})"))
@@ -116,12 +128,15 @@ def resolve_inputs(inputs: list[str], layout: str = "auto",
             films += f
             issues += i
         elif p.exists() or p.is_symlink():
-            films.append(FilmInput(slug(p.stem), (str(p),), layout, "--layout", str(p)))
+            scenes = find_sidecar(p)
+            films.append(FilmInput(slug(p.stem), (str(p),), layout, "--layout", str(p),
+                                   str(scenes) if scenes else None))
         else:
             issues.append(InputIssue(str(p), "failed", "no such file or directory"))
     # absolute paths: records compare them on resume, whatever the working directory
     films = [FilmInput(f.name, tuple(os.path.abspath(p) for p in f.paths), f.layout,
-                       f.layout_from, f.source) for f in films]
+                       f.layout_from, f.source,
+                       os.path.abspath(f.scenes) if f.scenes else None) for f in films]
     seen: set[tuple[str, ...]] = set()
     films = [f for f in films if not (f.paths in seen or seen.add(f.paths))]  # named twice
     known = known or {}
@@ -140,5 +155,4 @@ def resolve_inputs(inputs: list[str], layout: str = "auto",
                 name, n = f"{base}-{n}", n + 1
             ids[i] = name
             used.add(name)
-    return [FilmInput(ids[i], f.paths, f.layout, f.layout_from, f.source)
-            for i, f in enumerate(films)], issues
+    return [replace(f, name=ids[i]) for i, f in enumerate(films)], issues

@@ -34,7 +34,7 @@ from .probe import ProbeResult
 from .recipe import recipe_digest
 from .sampling import SamplingPlan, sampling_reason
 from .shards import StagingWriter
-from .shots import ShotTracker
+from .shots import GivenShots, ShotTracker
 
 log = logging.getLogger(__name__)
 
@@ -206,11 +206,11 @@ class UnitMiner:
         self.batch = max(1, int(batch))
         self.waiting: list[_Waiting] = []
         sh = recipe["shots"]
-        self.tracker = ShotTracker(
+        self.tracker: ShotTracker | GivenShots = ShotTracker(
             probe.fps, content_threshold=sh["content_threshold"],
             fade_threshold=sh["fade_threshold"], dissolve_window_s=sh["dissolve_window_s"],
             dissolve_threshold=sh["dissolve_threshold"],
-        )
+        ) if probe.given_cuts is None else GivenShots(probe.given_cuts)
         self.plan = SamplingPlan.from_recipe(probe.fps, recipe)
         # frames decoded on either side of the unit: enough for every decision near its seams
         # (lookahead + 2 * tracker.window + 1), and one grid step more before it: the grid

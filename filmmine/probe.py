@@ -287,10 +287,16 @@ class ProbeResult:
     # frame times of the (left) video stream; None: derive them from fps (a probe rebuilt
     # from a film record, or a stream without timestamps)
     pts: PtsIndex | None = field(default=None, repr=False, compare=False)
+    # the film's cuts from a scene list (filmmine.scenelist) instead of the shot detector
+    given_cuts: tuple[int, ...] | None = None
 
     def to_json(self) -> dict:
         d = asdict(self)
         del d["pts"]  # large, and read again from the film when needed
+        if self.given_cuts is None:
+            del d["given_cuts"]   # detected shots: the record as without scene lists
+        else:
+            d["given_cuts"] = list(self.given_cuts)
         d["paths"] = list(self.paths)
         d["frame_size"] = list(self.frame_size)
         return d

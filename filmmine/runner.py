@@ -28,7 +28,7 @@ import tomllib
 import traceback
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -77,6 +77,7 @@ from .pipeline import (
 from .probe import DOUBT, ProbeResult, probe_film
 from .progress import Progress
 from .recipe import apply_overrides, dump_toml, load_recipe, recipe_digest
+from .scenelist import read_scene_list
 
 log = logging.getLogger(__name__)
 
@@ -333,8 +334,17 @@ def _as_data(fn, *args):
         return TaskError("failed", str(e))
 
 
+def probe_input(film: FilmInput) -> ProbeResult:
+    """The film's probe, with the cuts of its scene list when it has one."""
+    probe = probe_film(film.name, film.paths, film.layout, film.layout_from)
+    if film.scenes is None:
+        return probe
+    return replace(probe, given_cuts=tuple(read_scene_list(film.scenes, probe.fps,
+                                                           probe.n_frames)))
+
+
 def _probe_task(film: FilmInput) -> ProbeResult | TaskError:
-    return _as_data(probe_film, film.name, film.paths, film.layout, film.layout_from)
+    return _as_data(probe_input, film)
 
 
 PROGRESS_TOPIC = "filmmine-progress"
@@ -1227,6 +1237,8 @@ class _Run:
         self.pending_units[name] -= 1
         if self.pending_units[name] == 0:
             source = {"input": film.source, "paths": list(film.paths)}
+            if film.scenes is not None:
+                source["scenes"] = film.scenes
             if name in self.trials:
                 source["trial"] = self.trials[name]
             # first: a film's last step frees its staging space and completes its record

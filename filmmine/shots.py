@@ -115,3 +115,19 @@ class ShotTracker:
     def finish(self, last_index: int) -> ShotBoundaries:
         self.known_until = last_index
         return self.boundaries
+
+
+class GivenShots:
+    """The shot stage for a film with a scene list: its cuts, known before any frame, in
+    place of ``ShotTracker`` (same ``push`` / ``finish`` / ``boundaries`` / ``known_until``)."""
+
+    def __init__(self, cuts: list[int] | tuple[int, ...]) -> None:
+        self.boundaries = ShotBoundaries(cuts=sorted(cuts))
+        self.known_until = -1
+
+    def push(self, index: int, lowres_bgr: np.ndarray) -> None:
+        self.known_until = index
+
+    def finish(self, last_index: int) -> ShotBoundaries:
+        self.known_until = last_index
+        return self.boundaries
