@@ -127,7 +127,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     p.add_argument("--synthetic", type=int, default=8, metavar="N",
                    help="synthetic film frames (0 = none; default: %(default)s)")
-    p.add_argument("--synthetic-size", type=_parse_size, default=(320, 180), metavar="WxH")
+    p.add_argument("--synthetic-size", type=_parse_size, default=(320, 180), metavar="WxH",
+                   help="size of the synthetic pairs (default: 320x180)")
     p.add_argument("--no-real", action="store_true", help="synthetic frames only")
     p.add_argument("--batch", type=int, default=1,
                    help="pairs per call for the pairs/s column (default: %(default)s)")

@@ -11,7 +11,7 @@ through ``FlowBackend.stereo``.
 | `sgbm` | here | OpenCV StereoSGBM: horizontal disparity only (v = 0), unmatched = NaN (CPU) |
 | `dis_sgbm` | here | SGBM over each frame's own range; vertical flow from a coarse DIS (CPU) |
 | `census_sgm` | `flow_torch.py` | PyTorch census + guided filter + SGM, 2-D flow (CPU / CUDA) |
-| `raft` | `flow_raft.py` | torchvision RAFT with a local weights file (CPU / CUDA) |
+| `raft` | `flow_raft.py` | torchvision RAFT: local or torchvision's published weights (CPU/CUDA) |
 
 Every backend takes the keyword options of ``backend_options`` and ignores the ones it does not
 use, so one recipe table configures any of them.

@@ -1,8 +1,15 @@
 """RAFT (Teed & Deng 2020, torchvision ``raft_large`` / ``raft_small``) as a flow backend.
 
-Weights are never downloaded: the recipe names a local state-dict file (``raft_weights``), e.g.
-one saved from ``torchvision.models.optical_flow.Raft_Large_Weights.DEFAULT`` on a machine with
-internet access (``torch.save(model.state_dict(), path)``).
+``raft_weights`` in the recipe says where the weights come from:
+
+- a local state-dict file (offline), e.g. one saved from
+  ``torchvision.models.optical_flow.Raft_Large_Weights.DEFAULT`` on a machine with internet
+  access (``torch.save(model.state_dict(), path)``);
+- ``"torchvision"``: torchvision's published weights for ``raft_model``
+  (``Raft_Large_Weights.DEFAULT`` / ``Raft_Small_Weights.DEFAULT``), fetched by torchvision's
+  own download into torch's cache (``$TORCH_HOME/hub/checkpoints``, default
+  ``~/.cache/torch``) on first use and read from there afterwards. A local file named
+  ``torchvision`` is given as ``./torchvision``.
 """
 
 from __future__ import annotations
@@ -17,6 +24,23 @@ import torch
 import torch.nn.functional as F
 
 from .flow import FlowBackend, StereoFlows, check_device
+
+PUBLISHED = "torchvision"  # raft_weights value: torchvision's published weights
+PUBLISHED_WEIGHTS = {"raft_large": "Raft_Large_Weights", "raft_small": "Raft_Small_Weights"}
+
+
+def _published_model(optical_flow: Any, raft_model: str) -> torch.nn.Module:
+    """``raft_model`` with torchvision's published weights, through torchvision's download and
+    cache; ValueError in one line when they cannot be had (offline, a damaged download)."""
+    weights = getattr(optical_flow, PUBLISHED_WEIGHTS[raft_model]).DEFAULT
+    try:
+        return getattr(optical_flow, raft_model)(weights=weights, progress=False)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as e:
+        # URLError is an OSError; a hash mismatch or a truncated file a RuntimeError
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"cannot fetch torchvision's RAFT weights {weights} for {raft_model} "
+                         f"({weights.url}): {why}; offline, set disparity.raft_weights to a "
+                         "local state-dict file") from e
 
 
 class RaftFlow(FlowBackend):
@@ -33,13 +57,24 @@ class RaftFlow(FlowBackend):
         if raft_model not in self.MODELS:
             raise ValueError(f"unknown RAFT model {raft_model!r}; choose from {self.MODELS}")
         if not raft_weights:
-            raise ValueError("the raft backend needs a local weights file: set "
-                             "disparity.raft_weights in the recipe (it cannot download)")
+            raise ValueError("the raft backend needs weights: set disparity.raft_weights in "
+                             f"the recipe to a local state-dict file, or to {PUBLISHED!r} for "
+                             "torchvision's published weights (downloaded once, then cached)")
         if raft_iters < 1:
             raise ValueError(f"raft_iters must be >= 1, got {raft_iters}")
         self._device = check_device(self.name, device)
         self.device = str(self._device)
         self.iters = raft_iters
+        if raft_weights == PUBLISHED:
+            model = _published_model(optical_flow, raft_model)
+        else:
+            model = self._local_model(optical_flow, raft_model, raft_weights)
+        self.model = model.eval().to(self._device)
+        # RAFT's correlation pyramid and GRU run fine in fp16 with autocast on CUDA
+        self.autocast = half_precision and self._device.type == "cuda"
+
+    @staticmethod
+    def _local_model(optical_flow: Any, raft_model: str, raft_weights: str) -> torch.nn.Module:
         path = Path(raft_weights).expanduser()
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -55,9 +90,7 @@ class RaftFlow(FlowBackend):
             # the full message lists every key; the first line says what is wrong
             raise ValueError(f"RAFT weights {path} do not fit {raft_model}: "
                              f"{str(e).splitlines()[0]}") from e
-        self.model = model.eval().to(self._device)
-        # RAFT's correlation pyramid and GRU run fine in fp16 with autocast on CUDA
-        self.autocast = half_precision and self._device.type == "cuda"
+        return model
 
     @torch.inference_mode()
     def _run(self, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:

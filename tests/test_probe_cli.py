@@ -45,6 +45,7 @@ def test_library_layouts_letterbox_and_plan(library, capsys):
     assert "layout: tab (aspect 0.89 (two views stacked))" in out
     assert "letterbox: top 16 px, bottom 16 px (crop 320x148+0+16" in out
     assert "stereo metadata: none in the container" in out
+    assert "candidate frames (1 frame in 6)" in out   # said "every 6th" ("every 2th" for 2)
 
 
 def test_container_stereo_metadata_decides_the_layout(tmp_path, capsys):
@@ -86,3 +87,28 @@ def test_bad_inputs_get_one_line_reasons_and_no_traceback(tmp_path):
         assert len(lines) == 1 and lines[0].strip().startswith(reason), (name, lines)
     # a 2D film alone is skipped, not failed: exit 0, as extract
     assert cli.main(["probe", str(tmp_path / "mono.mp4")]) == 0
+
+
+def test_help_lists_the_workflow_and_says_what_every_argument_is(capsys):
+    """The top-level help says what the tool does and lists the commands in workflow order;
+    every argument of every command has a help text; no literal '%%' (argparse's escape)."""
+    import argparse
+
+    ap = cli.build_parser()
+    sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices)[:8] == ["probe", "extract", "inspect", "preview", "verify",
+                                     "train", "eval", "predict"]
+    top = ap.format_help()
+    assert "Mine monocular-depth training data from stereo (3D) films" in top
+    for name, p in sub.choices.items():
+        for a in p._actions:
+            assert a.help and a.help != argparse.SUPPRESS, (name, a.dest)
+        assert "%%" not in p.format_help(), name
+
+
+def test_an_unknown_recipe_lists_the_recipes():
+    from filmmine.errors import RecipeError
+    from filmmine.recipe import load_recipe
+
+    with pytest.raises(RecipeError, match="give one of default, gpu, paper, preview"):
+        load_recipe("defualt")

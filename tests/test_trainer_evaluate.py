@@ -29,10 +29,8 @@ from trainer.sources import DatasetSpec, write_pfm
 from trainer.train import train
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def tiny_checkpoint(root: Path) -> Path:
     """A tiny model trained for 2 steps on a small synthetic corpus."""
-    root = tmp_path_factory.mktemp("evalck")
     corpus = write_synthetic_corpus(root / "corpus", shards=1, per_shard=6)
     cfg = load_config("tiny")
     cfg.data.datasets = [DatasetSpec(path=str(corpus))]
@@ -40,6 +38,11 @@ def checkpoint(tmp_path_factory) -> Path:
     cfg.eval_size = 256
     train(cfg, root / "run")
     return root / "run" / "checkpoints" / "last.pt"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("evalck"))
 
 
 # ----------------------------------------------------------------------------- by hand

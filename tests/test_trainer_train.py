@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -140,8 +141,8 @@ def test_cli_train_mixes_two_datasets(corpus, few, tmp_path, mix):
     run = tmp_path / "run"
     rc = filmmine_main(["train", "--config", "tiny", "--corpus", str(corpus),
                         "--data", f"corpus:{few},name=handful", "--mix", mix, "--steps", "2",
-                        "--log-every", "1", "--out", str(run), "--quiet", "--tensorboard"])
-    assert rc == 0  # without the tensorboard package: a warning, and the run goes on
+                        "--log-every", "1", "--out", str(run), "--quiet"])
+    assert rc == 0
     recs = metrics(run)
     assert [r["step"] for r in recs] == [1, 2]
     names = {corpus.name, "handful"}  # a dataset is named after its folder unless named
@@ -444,3 +445,221 @@ def test_out_that_is_a_file_is_one_line(tmp_path, capsys):
         assert err.strip() == f"filmmine: error: --out {f} is a file; give a directory for " \
                               f"the {what}"
         assert f.read_text() == "mine\n"
+
+
+# ----------------------------------------------------------------------------- the everyday CLI
+
+def _train_cli(*argv: str) -> int:
+    return filmmine_main(["train", "--config", "tiny", *argv])
+
+
+def _lines(err: str, prefix: str = "step ") -> dict[int, str]:
+    """Progress lines by step."""
+    return {int(ln.split()[1].split("/")[0]): ln for ln in err.splitlines()
+            if ln.startswith(prefix)}
+
+
+def test_progress_lines_give_total_rate_and_eta_never_carriage_returns(tmp_path, capsys,
+                                                                       monkeypatch):
+    """stderr is no terminal here (captured): periodic plain lines, each with step N/total,
+    a rate and an ETA."""
+    from test_trainer_data import write_synthetic_corpus
+
+    import trainer.train as train_mod
+
+    c = write_synthetic_corpus(tmp_path / "c", shards=1, per_shard=4)
+    assert _train_cli("--corpus", str(c), "--steps", "4", "--log-every", "2",
+                      "--out", str(tmp_path / "a")) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = _lines(err)
+    assert set(lines) == {1, 2, 4}  # the first step at once, then every log_every
+    for step in (2, 4):
+        line = lines[step]
+        assert line.startswith(f"step {step}/4 ({25 * step}%) loss "), line
+        assert re.search(r"\| [0-9.]+ (steps/s|s/step), [0-9.]+ samples/s, ETA \d+:\d\d:\d\d$",
+                         line), line
+    assert lines[4].endswith("ETA 0:00:00")
+    # between log steps, a line at least every HEARTBEAT_S seconds
+    monkeypatch.setattr(train_mod, "HEARTBEAT_S", 0.0)
+    assert _train_cli("--corpus", str(c), "--steps", "3", "--log-every", "10",
+                      "--out", str(tmp_path / "b")) == 0
+    lines = _lines(capsys.readouterr().err)
+    assert set(lines) == {1, 2, 3}
+    assert re.search(r"\| [0-9.]+ (steps/s|s/step), ETA \d+:\d\d:\d\d$", lines[2]), lines[2]
+
+
+def test_a_cpu_run_logs_its_first_step_caps_workers_and_points_at_small_configs(
+        tmp_path, capsys, monkeypatch):
+    """`train --workers 4` on a 1-core machine: 1 loader worker; the first step's line at
+    once (log_every 10); a slow CPU step says what the run costs and names the CPU-sized
+    configs with a smaller encoder than the run's."""
+    import os
+
+    from test_trainer_data import write_synthetic_corpus
+
+    import trainer.train as train_mod
+    from trainer.data import loader_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0}, raising=False)
+    assert (loader_workers(4), loader_workers(0)) == (1, 0)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3}, raising=False)
+    assert (loader_workers(8), loader_workers(8, ranks_here=2), loader_workers(3)) == (4, 2, 3)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0}, raising=False)
+    started: list[int] = []
+    real = train_mod.build_loader
+
+    def loader(dataset, num_workers, pin_memory=False):
+        started.append(num_workers)
+        return real(dataset, 0, pin_memory)  # no worker process: the test stays fast
+
+    monkeypatch.setattr(train_mod, "build_loader", loader)
+    monkeypatch.setattr(train_mod, "SLOW_CPU_STEP_S", 0.0)  # as the default model's steps
+    c = str(write_synthetic_corpus(tmp_path / "c", shards=1, per_shard=4))
+    # an encoder of none of the CPU-sized configs, as small as tiny's: a fast test
+    assert _train_cli("--corpus", c, "--steps", "3", "--workers", "4", "--encoder",
+                      "test_efficientnet", "--out", str(tmp_path / "a")) == 0
+    err = capsys.readouterr().err
+    assert started == [1]
+    assert "1 loader worker (not 4: 1 usable core)" in err, err
+    lines = _lines(err)
+    assert set(lines) == {1, 3}, err
+    assert re.search(r"^step 1/3 \(33%\) loss [0-9.]+ \| first batch [0-9.]+ s, first step "
+                     r"[0-9.]+ s, ETA ~\d+:\d\d:\d\d$", lines[1]), lines[1]
+    note = [ln for ln in err.splitlines() if ln.startswith("on the CPU")]
+    assert len(note) == 1, err
+    assert re.fullmatch(r"on the CPU a step of test_efficientnet \(batch 4 of 64 px\) takes "
+                        r"[0-9.]+ s \(1 to go: about \d+:\d\d:\d\d\); a smaller model trains "
+                        r"faster on a CPU: --config tiny \(a smoke-test model\) or --config "
+                        r"small \(ResNet-50\)", note[0]), note[0]
+    # tiny's own encoder: nothing smaller to point at
+    assert _train_cli("--corpus", c, "--steps", "3", "--out", str(tmp_path / "b")) == 0
+    err = capsys.readouterr().err
+    assert "on the CPU" not in err and set(_lines(err)) == {1, 3}, err
+
+
+def test_resume_refuses_changed_flags_and_says_when_there_is_nothing_to_train(tmp_path,
+                                                                              capsys):
+    from test_trainer_data import write_synthetic_corpus
+
+    c = str(write_synthetic_corpus(tmp_path / "c", shards=1, per_shard=4))
+    run = tmp_path / "run"
+    assert _train_cli("--corpus", c, "--steps", "2", "--log-every", "1", "--out", str(run),
+                      "--quiet") == 0
+    capsys.readouterr()
+
+    def resume(*argv: str) -> tuple[int, str]:
+        rc = filmmine_main(["train", "--out", str(run), "--resume", "--quiet", *argv])
+        return rc, capsys.readouterr().err.strip()
+
+    rc, err = resume("--lr", "0.5", "--batch-size", "2", "--steps", "3")
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert "--lr 0.5 (saved 0.001)" in err and "--batch-size 2 (saved 4)" in err, err
+    rc, err = resume("--config", "small", "--corpus", c, "--steps", "3")
+    assert rc == 2 and "--config small: model.encoder resnet50 (saved test_resnet)" in err, err
+    rc, err = resume("--corpus", str(tmp_path), "--steps", "3")
+    assert rc == 2 and f"--corpus/--data corpus:{tmp_path} (saved corpus:{c})" in err, err
+    assert [r["step"] for r in metrics(run)] == [1, 2]  # nothing was trained
+    # the same command line again, and the flags that only say how the run goes on: accepted
+    rc, err = resume("--config", "tiny", "--corpus", c, "--steps", "4", "--log-every", "2",
+                     "--ckpt-every", "3")
+    assert rc == 0, err
+    assert [r["step"] for r in metrics(run)] == [1, 2, 4]
+    saved = json.loads((run / "config.json").read_text())["run"]
+    assert (saved["steps"], saved["log_every"], saved["ckpt_every"]) == (4, 2, 3)
+    rc, err = resume("--steps", "3")
+    assert rc == 2 and err == f"filmmine: error: {run} is at step 4 already, past --steps 3: " \
+                              "give --steps above 4 to train on", err
+    rc, err = resume()
+    assert rc == 0 and err == f"{run} is at step 4 of 4 already: nothing to train (give " \
+                              "--steps above 4 to train on)", err
+    # train(resume=True) from Python: the same refusal, by config key
+    cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    cfg.run.steps, cfg.optim.lr = 5, 0.5
+    with pytest.raises(TrainerError, match=r"optim.lr 0.5 \(saved 0.001\)"):
+        train(cfg, run, resume=True)
+
+
+def test_tensorboard_missing_is_one_line_before_anything_is_written(tmp_path, capsys,
+                                                                    monkeypatch):
+    from types import ModuleType
+
+    from test_trainer_data import write_synthetic_corpus
+
+    c = str(write_synthetic_corpus(tmp_path / "c", shards=1, per_shard=4))
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    run = tmp_path / "run"
+    assert _train_cli("--corpus", c, "--steps", "1", "--out", str(run), "--tensorboard") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install tensorboard" in err, err
+    assert not run.exists()  # no config.json that says tensorboard = true
+    # installed (a stand-in): the scalars go to RUN/tensorboard, nested ones by path
+    scalars: list[tuple[str, float, int]] = []
+
+    class SummaryWriter:
+        def __init__(self, logdir, purge_step=None):
+            assert logdir == str(run / "tensorboard") and purge_step == 1
+
+        def add_scalar(self, tag, value, step):
+            scalars.append((tag, value, step))
+
+        def close(self):
+            pass
+
+    fake = ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = SummaryWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    assert _train_cli("--corpus", c, "--steps", "1", "--out", str(run), "--tensorboard",
+                      "--quiet") == 0
+    assert json.loads((run / "config.json").read_text())["run"]["tensorboard"] is True
+    tags = {t for t, _v, step in scalars if step == 1}
+    assert {"loss", "losses/c", "failed/c", "grad_norm"} <= tags, tags
+
+
+def test_validation_pass_writes_metrics_and_keeps_the_best_checkpoint(tmp_path, capsys):
+    """`--val middlebury:DIR --val-every 2`: the eval metrics of trainer.evaluate in
+    metrics.jsonl at steps 2, 4 (and the last), and checkpoints/best.pt at the step with the
+    lowest val metric, which it names; carried over a resume."""
+    from test_trainer_data import write_synthetic_corpus
+    from test_trainer_evaluate import write_motorcycle
+
+    from trainer import cli, config
+    from trainer.evaluate import evaluate_checkpoint
+
+    assert cli.VAL_METRICS == config.VAL_METRICS  # the CLI's copy keeps --help free of torch
+
+    c = str(write_synthetic_corpus(tmp_path / "c", shards=1, per_shard=4))
+    mb = write_motorcycle(tmp_path / "mb")
+    run = tmp_path / "run"
+    assert _train_cli("--corpus", c, "--val", f"corpus:{c}", "--out", str(run)) == 2
+    assert "mined corpus" in capsys.readouterr().err
+    assert _train_cli("--corpus", c, "--steps", "5", "--val", f"middlebury:{mb}",
+                      "--val-every", "2", "--val-metric", "rmse", "--out", str(run),
+                      "--quiet") == 0
+    vals = [r for r in metrics(run) if "val" in r]
+    assert [r["step"] for r in vals] == [2, 4, 5]
+    for r in vals:
+        assert set(r["val"]["mb"]) == {"absrel", "delta_1.25_pct", "rmse", "images"}
+        assert r["val_metric"] == "rmse" and r["val_value"] == r["val"]["mb"]["rmse"]
+    lowest = np.minimum.accumulate([r["val_value"] for r in vals])
+    assert [r["best"] for r in vals] == [True, *(lowest[1:] < lowest[:-1])]
+    best = min(vals, key=lambda r: r["val_value"])
+    ck = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert ck["step"] == best["step"]
+    assert ck["val_best"] == {"metric": "rmse", "value": best["val_value"],
+                              "step": best["step"], "datasets": ["mb"]}
+    # the saved model scores what was recorded: the same evaluation, not a copy of it
+    rep = evaluate_checkpoint(run / "checkpoints" / "best.pt",
+                              DatasetSpec(type="middlebury", path=str(mb)))
+    for k in ("absrel", "delta_1.25_pct", "rmse"):
+        assert rep["metrics"][k] == pytest.approx(best["val"]["mb"][k], rel=1e-6)
+    assert not list((run / "checkpoints").glob("*.tmp*"))
+    # resumed, the best so far is the one to beat: best.pt moves only for a lower value
+    assert filmmine_main(["train", "--out", str(run), "--resume", "--steps", "6",
+                          "--quiet"]) == 0
+    vals = [r for r in metrics(run) if "val" in r]
+    assert [r["step"] for r in vals] == [2, 4, 5, 6]
+    best = min(vals, key=lambda r: r["val_value"])
+    assert vals[-1]["best"] == (vals[-1] is best)
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["step"] == best["step"]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["val_best"]["step"] == best["step"]

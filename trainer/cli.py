@@ -14,8 +14,22 @@ from . import TrainerError
 
 log = logging.getLogger("trainer")
 
+VAL_METRICS = ("absrel", "delta_1.25_pct", "rmse", "whdr_pct")  # as trainer.config's
+# train flag -> the config key it sets
+TRAIN_FLAGS = {
+    "steps": "run.steps", "mix": "data.mix.mode", "balance": "data.mix.balance",
+    "batch_size": "data.mix.batch_size", "crop": "data.augment.crop", "workers": "data.workers",
+    "encoder": "model.encoder", "features": "model.features", "weights": "model.weights",
+    "lr": "optim.lr", "lr_pretrained": "optim.lr_pretrained", "amp": "optim.amp",
+    "device": "run.device", "seed": "run.seed", "log_every": "run.log_every",
+    "ckpt_every": "run.ckpt_every", "tensorboard": "run.tensorboard",
+    "val_every": "val.every", "val_metric": "val.metric",
+}
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from .sources import SOURCES  # light (numpy, cv2): the dataset types come from its registry
+
     tr = subparsers.add_parser(
         "train", help="train a MiDaS-style depth model on a corpus mixed with other datasets",
         description="Train on mined corpora and other depth datasets (disparity space, unknown "
@@ -23,18 +37,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--corpus", action="append", default=[], metavar="DIR",
                     help="a filmmine corpus (repeatable)")
     tr.add_argument("--data", action="append", default=[], metavar="SPEC",
-                    help="another dataset, TYPE:PATH[,key=value...] with TYPE corpus, wds, "
-                         "folder or middlebury and keys weight, label (disparity|depth), scale, "
-                         "offset, invalid, name, crop, images, labels, image_key, label_key; "
-                         "e.g. folder:/data/nyu,label=depth,scale=0.001 (repeatable)")
-    tr.add_argument("--config", default="default",
-                    help="config name in trainer/configs/ (default, small, tiny) or a .toml file")
+                    help=f"another dataset, TYPE:PATH[,key=value...] with TYPE one of "
+                         f"{', '.join(SOURCES)} (layouts: eval --help) and keys weight, label "
+                         "(disparity|depth), scale, offset, invalid, name, crop, images, labels, "
+                         "image_key, label_key (unset: the type's own); e.g. "
+                         "kitti:/data/kitti2015, folder:/data/x,label=depth,scale=0.001 "
+                         "(repeatable)")
+    tr.add_argument("--config", default=None,
+                    help="config name in trainer/configs/ (default, small, tiny) or a .toml file "
+                         "(default: default, sized for a GPU; tiny trains on a CPU)")
     tr.add_argument("--steps", type=int, default=None, help="optimizer steps (total, with resume)")
     tr.add_argument("--out", required=True, metavar="RUN", help="run directory")
     tr.add_argument("--resume", action="store_true",
-                    help="continue RUN from RUN/checkpoints/last.pt with the run's saved config "
-                         "(only --steps changes it)")
-    tr.add_argument("--mix", choices=["naive", "balanced", "pareto"], default=None)
+                    help="continue RUN from RUN/checkpoints/last.pt with the run's saved config; "
+                         "--steps, --log-every, --ckpt-every, --workers, --device, --val-every "
+                         "and --[no-]tensorboard apply, other flags (and --config) that differ "
+                         "from the saved values are refused")
+    tr.add_argument("--mix", choices=["naive", "balanced", "pareto"], default=None,
+                    help="how datasets are mixed: naive (one pool, sampling weights), "
+                         "balanced (an equal share of each per batch: the paper's naive "
+                         "mixing), pareto (the paper's Pareto-optimal mixing of their losses)")
     tr.add_argument("--balance", choices=["share", "per_batch"], default=None,
                     help="balanced mixing: equal share per batch, or one dataset per batch")
     tr.add_argument("--batch-size", type=int, default=None, help="per rank")
@@ -48,12 +70,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     help="fetch the encoder's pretrained weights through timm (needs network)")
     tr.add_argument("--lr", type=float, default=None, help="new layers")
     tr.add_argument("--lr-pretrained", type=float, default=None, help="pretrained layers")
-    tr.add_argument("--amp", choices=["auto", "off", "fp16", "bf16"], default=None)
-    tr.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
-    tr.add_argument("--seed", type=int, default=None)
-    tr.add_argument("--log-every", type=int, default=None)
-    tr.add_argument("--ckpt-every", type=int, default=None)
-    tr.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard")
+    tr.add_argument("--amp", choices=["auto", "off", "fp16", "bf16"], default=None,
+                    help="mixed precision (auto: fp16 on CUDA, off on the CPU)")
+    tr.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                    help="where to train (auto: CUDA when there is one)")
+    tr.add_argument("--seed", type=int, default=None,
+                    help="seed of the data order, augmentation and initial weights")
+    tr.add_argument("--log-every", type=int, default=None, metavar="N",
+                    help="a progress line and a metrics.jsonl record every N steps")
+    tr.add_argument("--ckpt-every", type=int, default=None, metavar="N",
+                    help="write RUN/checkpoints/last.pt every N steps")
+    tr.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                    help="also log to RUN/tensorboard (needs pip install tensorboard)")
+    tr.add_argument("--val", action="append", default=[], metavar="SPEC",
+                    help="a validation dataset with true labels, TYPE:PATH[,key=value...] as "
+                         "--data (not a corpus), scored as eval does; RUN/checkpoints/best.pt "
+                         "keeps the best step (repeatable)")
+    tr.add_argument("--val-every", type=int, default=None, metavar="N",
+                    help="validate every N steps (and at the last)")
+    tr.add_argument("--val-metric", default=None, choices=VAL_METRICS,
+                    help="the metric best.pt minimises, mean over the --val datasets "
+                         "(default absrel)")
     tr.add_argument("--quiet", action="store_true", help="no progress lines")
     _common(tr)
     tr.set_defaults(handler=_run_train)
@@ -62,28 +99,55 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "eval", help="zero-shot evaluation of a checkpoint on a dataset with ground truth",
         description="Predict, fit scale and shift by least squares in disparity space per "
                     "image, convert to depth (capped) for depth datasets, and report AbsRel, "
-                    "delta > 1.25 (%%), RMSE and, for ordinal labels, WHDR (%%) as JSON.")
-    ev.add_argument("--checkpoint", required=True, metavar="CK")
+                    "delta > 1.25 (%), RMSE and, for ordinal labels, WHDR (%) as JSON.")
+    ev.add_argument("--checkpoint", required=True, metavar="CK",
+                    help="a checkpoint written by filmmine train (RUN/checkpoints/*.pt)")
     ev.add_argument("--dataset", required=True, metavar="DIR",
-                    help="Middlebury-format scenes, or DIR/images + DIR/labels")
-    ev.add_argument("--type", default="auto", choices=["auto", "middlebury", "folder", "wds"])
-    ev.add_argument("--label", choices=["disparity", "depth"], default="disparity")
-    ev.add_argument("--scale", type=float, default=1.0, help="stored label unit -> m or px")
+                    help="a dataset with ground truth, in one of the layouts of --type")
+    ev.add_argument("--type", default="auto", choices=["auto", *SOURCES],
+                    help="the dataset's layout (default: detected, in this order): "
+                         + "; ".join(f"{k}: {c.help}" for k, c in SOURCES.items()))
+    ev.add_argument("--label", choices=["disparity", "depth"], default=None,
+                    help="what the labels are (default: the type's own; nyu: depth, others: "
+                         "disparity)")
+    ev.add_argument("--scale", type=float, default=None,
+                    help="stored label unit -> m or px (default: the type's own, e.g. kitti "
+                         "1/256, nyu PNG 0.001, middlebury0103 per scene, others 1)")
     ev.add_argument("--invalid", type=float, default=None, help="stored value with no label")
-    ev.add_argument("--cap", type=float, default=0.0,
-                    help="depth cap in metres (paper: 10 NYU/TUM, 72 ETH3D/Sintel, 80 KITTI)")
+    ev.add_argument("--cap", type=float, default=None,
+                    help="depth cap in metres (default: nyu 10, others none; paper: 10 "
+                         "NYU/TUM, 72 ETH3D/Sintel, 80 KITTI)")
     ev.add_argument("--size", type=int, default=None, help="inference longer side (default 384)")
-    ev.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ev.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="where to run the model (auto: CUDA when there is one)")
     ev.add_argument("--out", default=None, metavar="FILE", help="also write the JSON here")
     _common(ev)
     ev.set_defaults(handler=_run_eval)
 
-    pr = subparsers.add_parser("predict", help="write coloured disparity maps for images")
-    pr.add_argument("images", nargs="+", metavar="IMAGE")
-    pr.add_argument("--checkpoint", required=True, metavar="CK")
-    pr.add_argument("--out", required=True, metavar="DIR")
+    pr = subparsers.add_parser(
+        "predict", help="write disparity maps for images, folders, globs and videos",
+        description="Relative disparity (near = bright) per image, and per kept frame of a "
+                    "video: OUT/NAME.png coloured, and with --raw NAME.disp16.png (16-bit, "
+                    "normalised per image), NAME.npy and NAME.pfm (float32). NAME is the "
+                    "input's stem (a frame: STEM_fNNNNNN); inputs sharing a stem get their "
+                    "folders in it (a/x.jpg, b/x.jpg: a_x, b_x). OUT is made only when "
+                    "something is written.")
+    pr.add_argument("images", nargs="+", metavar="INPUT",
+                    help="an image, a directory (its images and videos, recursively), a quoted "
+                         "glob ('shots/**/*.jpg') or a video")
+    pr.add_argument("--checkpoint", required=True, metavar="CK",
+                    help="a checkpoint written by filmmine train (RUN/checkpoints/*.pt)")
+    pr.add_argument("--out", required=True, metavar="DIR",
+                    help="folder for the predictions (made when the first one is written)")
+    pr.add_argument("--every", type=int, default=None, metavar="N",
+                    help="videos: predict every Nth frame from the first (default: one frame "
+                         "per second, N = the rounded frame rate)")
+    pr.add_argument("--raw", default="", metavar="FORMATS",
+                    help="also write the raw prediction beside the coloured PNG: any of png16, "
+                         "npy, pfm, comma-separated")
     pr.add_argument("--size", type=int, default=None, help="inference longer side (default 384)")
-    pr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    pr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="where to run the model (auto: CUDA when there is one)")
     _common(pr)
     pr.set_defaults(handler=_run_predict)
 
@@ -114,58 +178,97 @@ def _out_dir(path: str, what: str) -> None:
 
 
 def train_config(args: argparse.Namespace):
-    """The config file, then the flags that were given; on --resume the run's own config
-    (RUN/config.json) with only --steps changed."""
+    """The config file, then the flags that were given. On --resume the run's own config
+    (RUN/config.json): the flags in config.RESUMABLE apply; others (and --config) that differ
+    from the saved values are refused, so none is silently ignored."""
     from pathlib import Path
 
-    from .config import TrainConfig, load_config
+    from .config import TrainConfig, load_config, resumed_config
+
+    saved_path = Path(args.out) / "config.json"
+    last = Path(args.out) / "checkpoints" / "last.pt"
+    if not (args.resume and last.is_file() and saved_path.is_file()):
+        return _with_flags(load_config(args.config or "default"), args)
+    try:
+        saved = TrainConfig.from_dict(json.loads(saved_path.read_text()))
+    except ValueError as e:
+        raise TrainerError(f"{saved_path}: {e}") from None
+    base = saved
+    if args.config:  # compared with the run's config; its run settings are not flags
+        base = resumed_config(load_config(args.config), saved)
+        base.data.datasets = base.data.datasets or saved.data.datasets
+        base.val.datasets = base.val.datasets or saved.val.datasets
+    cfg = _with_flags(TrainConfig.from_dict(base.to_dict()), args)
+    _refuse_changes(saved, cfg, args)
+    return cfg
+
+
+def _with_flags(cfg, args: argparse.Namespace):
     from .sources import DatasetSpec
 
-    saved = Path(args.out) / "config.json"
-    if args.resume and (Path(args.out) / "checkpoints" / "last.pt").is_file() and saved.is_file():
-        try:
-            cfg = TrainConfig.from_dict(json.loads(saved.read_text()))
-        except ValueError as e:
-            raise TrainerError(f"{saved}: {e}") from None
-        if args.steps is not None:
-            cfg.run.steps = args.steps
-        return cfg
-    cfg = load_config(args.config)
     specs = [DatasetSpec(type="corpus", path=p) for p in args.corpus]
     specs += [DatasetSpec.parse(s) for s in args.data]
     if specs:
         cfg.data.datasets = specs
-    sets = [
-        ("steps", cfg.run, "steps"), ("mix", cfg.data.mix, "mode"),
-        ("balance", cfg.data.mix, "balance"), ("batch_size", cfg.data.mix, "batch_size"),
-        ("crop", cfg.data.augment, "crop"), ("workers", cfg.data, "workers"),
-        ("encoder", cfg.model, "encoder"), ("features", cfg.model, "features"),
-        ("weights", cfg.model, "weights"), ("lr", cfg.optim, "lr"),
-        ("lr_pretrained", cfg.optim, "lr_pretrained"), ("amp", cfg.optim, "amp"),
-        ("device", cfg.run, "device"), ("seed", cfg.run, "seed"),
-        ("log_every", cfg.run, "log_every"), ("ckpt_every", cfg.run, "ckpt_every"),
-    ]
-    for arg, obj, attr in sets:
+    if args.val:
+        cfg.val.datasets = [DatasetSpec.parse(s) for s in args.val]
+    for arg, key in TRAIN_FLAGS.items():
         v = getattr(args, arg, None)
         if v is not None:
-            setattr(obj, attr, v)
+            *path, name = key.split(".")
+            obj = cfg
+            for part in path:
+                obj = getattr(obj, part)
+            setattr(obj, name, v)
     if args.pretrained:
         cfg.model.pretrained = True
-    if args.tensorboard:
-        cfg.run.tensorboard = True
     cfg.run.check()
+    cfg.val.check()
     return cfg
+
+
+def _refuse_changes(saved, cfg, args: argparse.Namespace) -> None:
+    """One line naming each flag whose value differs from the resumed run's, with both."""
+    from .config import resume_conflicts
+
+    changed = resume_conflicts(saved, cfg)
+    if not changed:
+        return
+    given = {key: "--" + arg.replace("_", "-") for arg, key in TRAIN_FLAGS.items()
+             if getattr(args, arg, None) is not None}
+    for key, flag, value in (("data.datasets", "--corpus/--data", args.corpus + args.data),
+                             ("val.datasets", "--val", args.val),
+                             ("model.pretrained", "--pretrained", args.pretrained)):
+        if value:
+            given[key] = flag
+
+    def show(v) -> str:
+        if isinstance(v, list) and all(isinstance(d, dict) for d in v):
+            return " ".join(f"{d['type']}:{d['path']}" for d in v) or "none"
+        return str(v)
+
+    parts = [f"{given.get(k, f'--config {args.config}: {k}')} {show(want)} (saved {show(was)})"
+             for k, (want, was) in changed.items()]
+    raise TrainerError(f"--resume continues {args.out} with its saved config, and these "
+                       f"differ: {'; '.join(parts)}; leave them out, or train into a new --out")
+
+
+def _progress_to_stderr(quiet: bool) -> None:
+    """Plain lines on the current stderr (a caller or a test may have replaced it since the
+    last command in this process)."""
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    for h in [h for h in log.handlers if h.get_name() == "filmmine-progress"]:
+        log.removeHandler(h)
+    h = logging.StreamHandler(sys.stderr)
+    h.set_name("filmmine-progress")
+    h.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(h)
+    log.propagate = False
 
 
 @_guard
 def _run_train(args: argparse.Namespace) -> int:
-    if not args.quiet:
-        log.setLevel(logging.INFO)
-        if not log.handlers:
-            h = logging.StreamHandler()
-            h.setFormatter(logging.Formatter("%(message)s"))
-            log.addHandler(h)
-            log.propagate = False
+    _progress_to_stderr(args.quiet)
     from .train import train
 
     _out_dir(args.out, "run (checkpoints, metrics)")
@@ -200,11 +303,11 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 @_guard
 def _run_predict(args: argparse.Namespace) -> int:
-    from .predict import predict_files
+    from .predict import parse_raw, predict_files
 
     _out_dir(args.out, "predictions")
-    written = predict_files(args.images, args.checkpoint, args.out, size=args.size,
-                            device=args.device)
-    for p in written:
+    report = predict_files(args.images, args.checkpoint, args.out, size=args.size,
+                           device=args.device, every=args.every, raw=parse_raw(args.raw))
+    for p in report.written:
         print(p)
-    return 0 if len(written) == len(args.images) else 1
+    return 1 if report.skipped else 0  # some input could not be read (each logged)

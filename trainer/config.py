@@ -1,18 +1,22 @@
 """Training configuration: dataclasses filled from TOML files in ``trainer/configs/`` (a file
 may inherit with ``base = "NAME"``; unknown keys are errors), then from command-line flags. The
 resolved configuration is saved beside the run (``RUN/config.json``) and in every checkpoint.
+
+A resumed run keeps what its model learns from (model, optimizer, loss, data, seed, validation
+set): only the keys in ``RESUMABLE`` (how long, how it is logged and run) may change.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from . import TrainerError
-from .data import AugmentConfig, MixConfig
+from .data import AugmentConfig, MixConfig, unique_names
 from .model import ModelConfig
 from .sources import DatasetSpec
 
@@ -72,6 +76,34 @@ class RunConfig:
             raise TrainerError(f"config run.keep_every must be >= 0, got {self.keep_every}")
 
 
+VAL_METRICS = ("absrel", "delta_1.25_pct", "rmse", "whdr_pct")  # trainer.evaluate's; all errors
+
+
+@dataclass
+class ValConfig:
+    """Validation during training: ``trainer.evaluate`` on datasets with true labels."""
+
+    datasets: list[DatasetSpec] = field(default_factory=list)
+    every: int = 1000  # steps between passes; the last step is always validated
+    metric: str = "absrel"  # RUN/checkpoints/best.pt keeps its lowest mean over the datasets
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        if self.every < 1:
+            raise TrainerError(f"config val.every must be >= 1, got {self.every}")
+        if self.metric not in VAL_METRICS:
+            raise TrainerError(f"config val.metric {self.metric!r}: choose from "
+                               f"{', '.join(VAL_METRICS)}")
+        for s in self.datasets:
+            if s.type == "corpus":
+                # the eval metrics need true disparity; a corpus has it up to an unknown shift
+                raise TrainerError(f"validation dataset {s.path} is a mined corpus (labels up "
+                                   "to scale and shift, of both signs): validate on data with "
+                                   "true disparity or depth")
+
+
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -79,7 +111,8 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=RunConfig)
-    eval_size: int = 384  # inference: longer side, sides multiples of 32
+    val: ValConfig = field(default_factory=ValConfig)
+    eval_size: int = 384  # inference (and validation): longer side, sides multiples of 32
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -87,6 +120,48 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         return _build(cls, d, "")
+
+
+# how long a run trains, and how it is logged and run: a resumed run may change these
+RESUMABLE = ("run.steps", "run.log_every", "run.ckpt_every", "run.keep_every", "run.tensorboard",
+             "run.device", "data.workers", "val.every")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _comparable(cfg: TrainConfig) -> dict[str, Any]:
+    d = cfg.to_dict()
+    for where in (d["data"], d["val"]):
+        # as the run names them (build_sources): a saved run holds the unique names
+        specs = where["datasets"]
+        for spec, name in zip(specs, unique_names([s["name"] for s in specs]), strict=True):
+            spec["name"], spec["path"] = name, os.path.normpath(spec["path"])  # c/ is c
+    return _flat(d)
+
+
+def resume_conflicts(saved: TrainConfig, wanted: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """``{key: (wanted, saved)}`` for the keys outside ``RESUMABLE`` that differ."""
+    a, b = _comparable(wanted), _comparable(saved)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if k not in RESUMABLE and a.get(k) != b.get(k)}
+
+
+def resumed_config(saved: TrainConfig, wanted: TrainConfig) -> TrainConfig:
+    """``saved`` with ``wanted``'s ``RESUMABLE`` values."""
+    out = TrainConfig.from_dict(saved.to_dict())
+    for key in RESUMABLE:
+        section, name = key.split(".")
+        setattr(getattr(out, section), name, getattr(getattr(wanted, section), name))
+    return out
 
 
 def _plain(x: Any) -> Any:

@@ -23,6 +23,7 @@ bool, ``dataset`` ``[B]`` int64 index into the run's dataset list, ``key`` list 
 from __future__ import annotations
 
 import logging
+import os
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -344,12 +345,32 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
+def unique_names(names: Sequence[str]) -> list[str]:
+    """A repeated name gets its position as a suffix: names key the per-dataset losses."""
+    return [f"{n}_{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
 def build_sources(specs: Sequence[DatasetSpec]) -> list[Source]:
-    names = [s.name for s in specs]
-    for i, s in enumerate(specs):  # unique names: they key the per-dataset losses
-        if names.count(s.name) > 1:
-            s.name = f"{s.name}_{i}"
+    for s, name in zip(specs, unique_names([s.name for s in specs]), strict=True):
+        s.name = name
     return [build_source(s) for s in specs]
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity mask, where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def loader_workers(requested: int, ranks_here: int = 1) -> int:
+    """``requested`` DataLoader workers, at most this rank's share of the usable cores (more
+    only queue for the same cores; torch warns about it). 0 stays 0: loading in the main
+    process."""
+    if requested <= 0:
+        return 0
+    return max(1, min(requested, usable_cpus() // max(ranks_here, 1)))
 
 
 def build_loader(dataset: MixedStream, num_workers: int, pin_memory: bool = False) -> DataLoader:

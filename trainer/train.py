@@ -7,8 +7,12 @@ Step-based (datasets are endless streams; an "epoch" is per dataset and per slic
 gradient clipping, an LR schedule, ``RUN/metrics.jsonl``, checkpoints in ``RUN/checkpoints/``
 (``last.pt`` and periodic ``step-NNNNNNN.pt``); ``resume=True`` restores model, optimizer,
 scheduler, scaler, step, RNG and the data streams' positions, so the run continues as if it had
-never stopped. DDP: started by ``torchrun`` (env ``WORLD_SIZE`` etc.), or inside a process
-group that the caller initialised.
+never stopped (a config that differs from the run's outside ``config.RESUMABLE`` is refused).
+Validation (``cfg.val``): every ``val.every`` steps and at the last, ``trainer.evaluate`` on
+each validation dataset, written to ``metrics.jsonl``; ``checkpoints/best.pt`` holds the step
+with the lowest ``val.metric``. Progress: plain log lines with step N/total, rate and ETA. DDP:
+started by ``torchrun`` (env ``WORLD_SIZE`` etc.), or inside a process group that the caller
+initialised.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,15 +37,27 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import TrainerError, atomic
-from .config import TrainConfig
-from .data import LoaderState, MixedStream, build_loader, build_sources
+from .config import TrainConfig, load_config, resume_conflicts, resumed_config
+from .data import (
+    LoaderState,
+    MixedStream,
+    build_loader,
+    build_sources,
+    loader_workers,
+    usable_cpus,
+)
+from .evaluate import evaluate_model
 from .losses import LossTerms, MidasLoss
 from .mixing import combine, min_norm_weights
 from .model import MidasNet, build_model
+from .sources import DatasetSpec
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "filmmine-trainer/1"
+HEARTBEAT_S = 60.0  # a progress line at least this often, between log steps too
+SLOW_CPU_STEP_S = 1.0  # a CPU step slower than this: point at the CPU-sized configs
+CPU_CONFIGS = (("tiny", "a smoke-test model"), ("small", "ResNet-50"))  # smallest first
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -192,8 +209,27 @@ def _metrics_record(line: str) -> dict | None:
     return rec if isinstance(rec, dict) and isinstance(rec.get("step"), int) else None
 
 
+def summary_writer() -> type:
+    """TensorBoard's ``SummaryWriter``; a TrainerError saying how to install it when missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise TrainerError(f"--tensorboard needs the tensorboard package ({e}): pip install "
+                           "tensorboard, or train with --no-tensorboard") from None
+    return SummaryWriter
+
+
+def _scalars(record: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
+    for k, v in record.items():
+        if isinstance(v, dict):
+            yield from _scalars(v, f"{prefix}{k}/")
+        elif isinstance(v, int | float) and not isinstance(v, bool) and k != "step":
+            yield f"{prefix}{k}", v
+
+
 class MetricsLog:
-    """``RUN/metrics.jsonl`` (one JSON object per log step) and optional TensorBoard."""
+    """``RUN/metrics.jsonl`` (one JSON object per log step and per validation pass) and
+    optional TensorBoard."""
 
     def __init__(self, out: Path, start_step: int, enabled: bool, tensorboard: bool):
         self.path = out / "metrics.jsonl"
@@ -206,26 +242,15 @@ class MetricsLog:
                     if (rec := _metrics_record(ln)) is not None and rec["step"] <= start_step]
             atomic.write_text(self.path, "".join(ln + "\n" for ln in keep))
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                log.warning("tensorboard logging off: %s (pip install tensorboard)", e)
-            else:
-                self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start_step + 1)
+            self.tb = summary_writer()(str(out / "tensorboard"), purge_step=start_step + 1)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         atomic.append_line(self.path, json.dumps(record, sort_keys=True))
         if self.tb is not None:
-            step = record["step"]
-            for k, v in record.items():
-                if isinstance(v, int | float) and k != "step":
-                    self.tb.add_scalar(k, v, step)
-                elif isinstance(v, dict):
-                    for kk, vv in v.items():
-                        if isinstance(vv, int | float):
-                            self.tb.add_scalar(f"{k}/{kk}", vv, step)
+            for k, v in _scalars(record):
+                self.tb.add_scalar(k, v, record["step"])
 
     def close(self) -> None:
         if self.tb is not None:
@@ -358,6 +383,8 @@ class _Run:
     step: int = 0
     loader_state: dict | None = None  # this rank's LoaderState.to_dict()
     rng_state: dict | None = None  # this rank's RNG at the checkpoint
+    best: dict | None = None  # {metric, value, step, datasets} of RUN/checkpoints/best.pt
+    workers: int = 0  # DataLoader workers: cfg.data.workers capped at the usable cores
 
 
 def _open_checkpoint(cfg: TrainConfig, out: Path, resume: bool) -> dict | None:
@@ -382,11 +409,20 @@ def load_scaler_state(scaler: torch.amp.GradScaler, state: dict) -> None:
         log.info("the checkpoint has no loss-scaler state (saved without fp16): starting one")
 
 
+def _resumed(cfg: TrainConfig, ck: dict) -> TrainConfig:
+    """The checkpoint's config with ``cfg``'s RESUMABLE values; other differences refused (the
+    optimizer state, the data positions and best.pt belong to the saved values)."""
+    saved = TrainConfig.from_dict(ck["config"])
+    changed = resume_conflicts(saved, cfg)
+    if changed:
+        raise TrainerError("a resumed run keeps its saved config; these differ: " + ", ".join(
+            f"{k} {want!r} (saved {was!r})" for k, (want, was) in changed.items()))
+    return resumed_config(saved, cfg)
+
+
 def _build_run(cfg: TrainConfig, ck: dict | None, env: DistEnv) -> _Run:
     if ck is not None:
-        steps = cfg.run.steps
-        cfg = TrainConfig.from_dict(ck["config"])  # the run's own config; only steps change
-        cfg.run.steps = steps
+        cfg = _resumed(cfg, ck)
     torch.manual_seed(cfg.run.seed)  # same initial weights on every rank
     # on resume every weight comes from the checkpoint: no weights file, no download
     mcfg = dataclasses.replace(cfg.model, weights="", pretrained=False) if ck else cfg.model
@@ -395,6 +431,8 @@ def _build_run(cfg: TrainConfig, ck: dict | None, env: DistEnv) -> _Run:
     run = _Run(cfg, model, optimizer, build_scheduler(optimizer, cfg),
                torch.amp.GradScaler(env.device.type,
                                     enabled=amp_dtype(cfg, env.device) == torch.float16))
+    # torchrun's ranks on one machine share its cores
+    run.workers = loader_workers(cfg.data.workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if ck is None:
         return run
     model.load_state_dict(ck["model"])
@@ -402,9 +440,10 @@ def _build_run(cfg: TrainConfig, ck: dict | None, env: DistEnv) -> _Run:
     run.scheduler.load_state_dict(ck["scheduler"])
     load_scaler_state(run.scaler, ck["scaler"])
     run.step = int(ck["step"])
+    run.best = ck.get("val_best")
     log.info("resuming at step %d", run.step)
     ranks, rngs = ck.get("loader") or [], ck.get("rng") or []
-    workers = max(cfg.data.workers, 1)
+    workers = max(run.workers, 1)  # the main process is the one slice without workers
     if len(ranks) == env.world_size and ranks[env.rank].get("nworkers") in (None, workers):
         run.loader_state = ranks[env.rank]
     else:
@@ -422,15 +461,22 @@ def _loader(run: _Run, env: DistEnv) -> tuple[Any, list[str]]:
     seed = cfg.run.seed if run.loader_state or run.step == 0 else cfg.run.seed + run.step
     stream = MixedStream(sources, cfg.data.mix, cfg.data.augment, seed=seed, rank=env.rank,
                          world_size=env.world_size, resume=run.loader_state)
-    loader = build_loader(stream, cfg.data.workers, pin_memory=env.device.type == "cuda")
+    loader = build_loader(stream, run.workers, pin_memory=env.device.type == "cuda")
     return loader, [s.name for s in sources]
 
 
 def _train(cfg: TrainConfig, out: Path, resume: bool, env: DistEnv) -> TrainResult:
+    if cfg.run.tensorboard:
+        summary_writer()  # before anything is written: no run records a log it cannot keep
     run = _build_run(cfg, _open_checkpoint(cfg, out, resume), env)
     cfg, model = run.cfg, run.model
     if not cfg.data.datasets:
         raise TrainerError("no dataset to train on: give --corpus or --data")
+    if run.step >= cfg.run.steps:
+        return _nothing_to_train(run, out)
+    val = build_sources(cfg.val.datasets)
+    for src in val:
+        src.units()  # a missing or empty validation set fails now, not at the first pass
     wrapped: nn.Module = model
     if env.distributed:
         _broadcast_parameters(model)
@@ -446,17 +492,21 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, env: DistEnv) -> TrainResu
         atomic.remove_stale_temps(checkpoint_dir(out))
         atomic.remove_stale_temps(out, ("config.json", "metrics.jsonl"))
         atomic.write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        _log_start(run, env)
     metrics = MetricsLog(out, run.step, env.is_main, cfg.run.tensorboard)
     acc: dict[str, Any] = defaultdict(list)
     t_log, n_log = time.perf_counter(), 0
     last: dict[str, Any] = {}
+    progress = Progress(cfg.run.steps)
     model.train()
     it = iter(loader)  # draws the workers' base seed from torch's generator
     if run.rng_state is not None:  # so the RNG is restored after it, not before
         _set_rng_state(run.rng_state)
     try:
         while run.step < cfg.run.steps:
+            t_wait = time.perf_counter()
             batch = next(it)
+            t_step = time.perf_counter()
             state.update(batch["state"])
             stats = train_one_step(wrapped, model, batch, loss_fn, run.optimizer, run.scaler,
                                    cfg, env, len(names))
@@ -467,22 +517,193 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, env: DistEnv) -> TrainResu
             n_log += len(batch["key"])
             _accumulate(acc, stats)
             step = run.step
+            nth = progress.step_done(step, t_step - t_wait, time.perf_counter() - t_step)
             if step % cfg.run.log_every == 0 or step == cfg.run.steps:
                 last = _log_record(step, acc, names, lrs, state, n_log,
                                    time.perf_counter() - t_log, env)
                 metrics.write(last)
-                log.info("step %d loss %.4f %s %.1f samples/s", step, last["loss"],
-                         " ".join(f"{k} {v:.4f}" for k, v in last["losses"].items()),
-                         last["samples_per_s"])
+                if env.is_main:
+                    log.info(progress.line(step, last["loss"], last["losses"],
+                                           last["samples_per_s"]))
                 acc.clear()
                 t_log, n_log = time.perf_counter(), 0
-            keep = bool(cfg.run.keep_every and step % cfg.run.keep_every == 0)
-            if step % cfg.run.ckpt_every == 0 or step == cfg.run.steps or keep:
-                _checkpoint(out, run, state, names, env, keep)
+            elif env.is_main and (nth == 1 or progress.due()):
+                # off the log steps: rank 0's own losses (a collective here could deadlock)
+                log.info(progress.line(step, *_local_losses(acc, names)))
+            if env.is_main and nth == 2:  # the first step alone also holds one-time costs
+                _cpu_note(run, env, progress.min_step_s)
+            files = []
+            if val and (step % cfg.val.every == 0 or step == cfg.run.steps):
+                files += _validate(run, [v.spec for v in val], env, metrics)
+            if step % cfg.run.ckpt_every == 0 or step == cfg.run.steps:
+                files.append("last.pt")
+            if cfg.run.keep_every and step % cfg.run.keep_every == 0:
+                files += ["last.pt", f"step-{step:07d}.pt"]
+            if files:
+                _checkpoint(out, run, state, names, env, list(dict.fromkeys(files)))
     finally:
         metrics.close()
         del it
     return TrainResult(model, run.step, out, last)
+
+
+def _nothing_to_train(run: _Run, out: Path) -> TrainResult:
+    """A resumed run at or past ``steps``: said, not silently skipped."""
+    step, steps = run.step, run.cfg.run.steps
+    if step > steps:
+        raise TrainerError(f"{out} is at step {step} already, past --steps {steps}: give "
+                           f"--steps above {step} to train on")
+    log.warning("%s is at step %d of %d already: nothing to train (give --steps above %d to "
+                "train on)", out, step, steps, step)
+    return TrainResult(run.model, step, out)
+
+
+# ----------------------------------------------------------------------------- progress
+
+def _hms(seconds: float) -> str:
+    s = max(0, round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def _rate(s_per_step: float) -> str:
+    if s_per_step >= 1:
+        return f"{s_per_step:.1f} s/step"
+    return f"{1 / max(s_per_step, 1e-9):.1f} steps/s"
+
+
+class Progress:
+    """Progress lines: step N/total, the rate and the ETA. Plain log lines, never ``\\r``
+    updates, so a log file or a pipe reads as a terminal does."""
+
+    def __init__(self, total: int, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.total, self.clock = total, clock
+        self.steps = 0  # taken by this process
+        self.first_step = 0  # this process's first step, and when it ended
+        self.first_end = 0.0
+        self.first_wait_s = 0.0  # the first step's wait for its batch (the loader's start)
+        self.step_s = 0.0  # the last step's compute
+        self.min_step_s = math.inf  # the fastest step's: a busy moment of the machine aside
+        self.t_line = clock()
+
+    def step_done(self, step: int, wait_s: float, step_s: float) -> int:
+        """Note a finished step; returns how many this process has taken."""
+        self.steps += 1
+        self.step_s, self.min_step_s = step_s, min(self.min_step_s, step_s)
+        if self.steps == 1:
+            self.first_step, self.first_end, self.first_wait_s = step, self.clock(), wait_s
+        return self.steps
+
+    def s_per_step(self, step: int) -> float:
+        """Since the first step (which holds the start-up); before that its own compute."""
+        n = step - self.first_step
+        return (self.clock() - self.first_end) / n if n > 0 else self.step_s
+
+    def due(self) -> bool:
+        return self.clock() - self.t_line >= HEARTBEAT_S
+
+    def line(self, step: int, loss: float, losses: dict[str, float],
+             samples_per_s: float | None = None) -> str:
+        self.t_line = self.clock()
+        head = f"step {step}/{self.total} ({100 * step / self.total:.0f}%) loss {loss:.4f}"
+        if len(losses) > 1:
+            head += " (" + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()) + ")"
+        eta = _hms((self.total - step) * self.s_per_step(step))
+        if step == self.first_step:
+            timing = (f"first batch {self.first_wait_s:.1f} s, first step "
+                      f"{self.step_s:.1f} s, ETA ~{eta}")
+        else:
+            timing = _rate(self.s_per_step(step))
+            if samples_per_s is not None:
+                timing += f", {samples_per_s:.1f} samples/s"
+            timing += f", ETA {eta}"
+        return f"{head} | {timing}"
+
+
+def _local_losses(acc: dict[str, Any], names: list[str]) -> tuple[float, dict[str, float]]:
+    return float(np.mean(acc["loss"])), {
+        n: float(np.mean(acc[f"ds{i}"])) for i, n in enumerate(names) if acc.get(f"ds{i}")}
+
+
+def _log_start(run: _Run, env: DistEnv) -> None:
+    cfg = run.cfg
+    n = sum(p.numel() for p in run.model.parameters()) / 1e6
+    asked = cfg.data.workers
+    workers = _count(run.workers, "loader worker")
+    if run.workers < asked:
+        workers += f" (not {asked}: {_count(usable_cpus(), 'usable core')})"
+    log.info("training %s (%.1f M parameters) on %s, steps %d to %d, batch %d of %d px, %s",
+             cfg.model.encoder, n, env.device, run.step + 1, cfg.run.steps,
+             cfg.data.mix.batch_size, cfg.data.augment.crop, workers)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _cpu_note(run: _Run, env: DistEnv, step_s: float) -> None:
+    """On a CPU, a slow step says what the rest of the run costs and which of the CPU-sized
+    configs (smallest first) has a smaller encoder."""
+    cfg = run.cfg
+    left = cfg.run.steps - run.step
+    if env.device.type != "cpu" or step_s < SLOW_CPU_STEP_S or left <= 0:
+        return
+    offers = []
+    for name, what in CPU_CONFIGS:
+        if load_config(name).model.encoder == cfg.model.encoder:
+            break
+        offers.append(f"--config {name} ({what})")
+    if not offers:  # already the smallest: the progress lines say the time
+        return
+    log.warning("on the CPU a step of %s (batch %d of %d px) takes %.1f s (%d to go: about %s); "
+                "a smaller model trains faster on a CPU: %s", cfg.model.encoder,
+                cfg.data.mix.batch_size, cfg.data.augment.crop, step_s, left,
+                _hms(step_s * left), " or ".join(offers))
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _validate(run: _Run, specs: list[DatasetSpec], env: DistEnv, metrics: MetricsLog
+              ) -> list[str]:
+    """Rank 0 evaluates; every rank gets its record, so all decide alike on best.pt. Returns
+    the checkpoint files to write: ``best.pt`` when ``val.metric`` improved."""
+    rec: dict[str, Any] = _val_record(run, specs, env.device) if env.is_main else {}
+    if env.distributed:
+        box = [rec]
+        dist.broadcast_object_list(box, 0)
+        rec = box[0]
+    if "error" in rec:
+        raise TrainerError(rec["error"])
+    metrics.write(rec)
+    metric, value = rec["val_metric"], rec["val_value"]
+    if env.is_main:
+        log.info("validation at step %d: %s; %s %.4f%s", run.step, "; ".join(
+            f"{name} " + " ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "images")
+            for name, m in rec["val"].items()), metric, value, " (best)" if rec["best"] else "")
+    if not rec["best"]:
+        return []
+    run.best = {"metric": metric, "value": value, "step": run.step,
+                "datasets": list(rec["val"])}
+    return ["best.pt"]
+
+
+def _val_record(run: _Run, specs: list[DatasetSpec], device: torch.device) -> dict[str, Any]:
+    """``trainer.evaluate`` on each validation dataset; ``{"error": ...}`` when one fails."""
+    metric = run.cfg.val.metric
+    per: dict[str, dict[str, float]] = {}
+    try:
+        for spec in specs:
+            rep = evaluate_model(run.model, spec, run.cfg.eval_size, device)
+            if metric not in rep["metrics"]:
+                return {"error": f"val.metric {metric}: validation dataset {spec.name} gives "
+                                 f"only {', '.join(rep['metrics'])}"}
+            per[spec.name] = {**rep["metrics"], "images": rep["images"]}
+    except TrainerError as e:
+        return {"error": str(e)}
+    finally:
+        run.model.train()
+    value = float(np.mean([m[metric] for m in per.values()]))
+    return {"step": run.step, "val": per, "val_metric": metric, "val_value": value,
+            "best": run.best is None or value < run.best["value"]}
 
 
 def _accumulate(acc: dict[str, Any], stats: StepStats) -> None:
@@ -536,7 +757,8 @@ def _log_record(step: int, acc: dict[str, Any], names: list[str],
 
 
 def _checkpoint(out: Path, run: _Run, state: LoaderState, names: list[str], env: DistEnv,
-                keep: bool) -> None:
+                files: list[str]) -> None:
+    """The same checkpoint under each of ``files`` in RUN/checkpoints/."""
     loader = [state.to_dict()]
     rng = [_rng_state()]
     if env.distributed:  # every rank's stream positions and RNG go into the one file
@@ -556,8 +778,7 @@ def _checkpoint(out: Path, run: _Run, state: LoaderState, names: list[str], env:
         "scaler": run.scaler.state_dict(),
         "rng": rng,
         "loader": loader,
+        "val_best": run.best,  # {metric, value, step, datasets} of best.pt, or None
     }
-    d = checkpoint_dir(out)
-    save_checkpoint(d / "last.pt", ck)
-    if keep:
-        save_checkpoint(d / f"step-{run.step:07d}.pt", ck)
+    for name in files:
+        save_checkpoint(checkpoint_dir(out) / name, ck)
