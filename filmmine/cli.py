@@ -72,7 +72,7 @@ def _add_extract(sub) -> None:
     ex.add_argument("inputs", nargs="+", metavar="INPUT",
                     help="video file, directory of videos, or library manifest (.json)")
     ex.add_argument("--out", required=True, metavar="CORPUS", help="corpus directory")
-    ex.add_argument("--layout", default="auto", choices=["auto", *PACKED_LAYOUTS],
+    ex.add_argument("--layout", default="auto", choices=["auto", *PACKED_LAYOUTS, "mv-hevc"],
                     help="stereo layout of the films (default: auto: the container's side "
                          "data, else the aspect ratio and how alike the halves are; a layout "
                          "given here is still checked against them, with a warning)")

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import ffmpeg
 import numpy as np
 
-from .errors import DecodeError, DecoderDied, NoFrameDecoded, scrub_addresses
-from .ffmpeg_bin import find_binary
+from .errors import DecodeError, DecoderDied, FFmpegNotFound, NoFrameDecoded, scrub_addresses
+from .ffmpeg_bin import find_binary, multiview_ffmpeg
 from .layout import is_side_by_side, view_size
 from .probe import ProbeResult, pick_reason
 
@@ -121,7 +121,13 @@ def build_command(probe: ProbeResult, start_frame: int, n_frames: int, grid_step
     if threads is not None:
         kw["threads"] = str(threads)
     inputs = [ffmpeg.input(p, **kw) for p in probe.paths]
-    if len(inputs) == 2:
+    binary = find_binary("ffmpeg")
+    if probe.layout == "mv-hevc":   # both views of the one stream, the left eye first
+        binary = _multiview_binary()
+        left = int((probe.stereo or {}).get("left_view", 0))
+        v = ffmpeg.filter([inputs[0][f"v:view:{left}"], inputs[0][f"v:view:{1 - left}"]],
+                          "hstack", inputs=2)
+    elif len(inputs) == 2:
         v = ffmpeg.filter([inputs[0].video, inputs[1].video], "hstack", inputs=2)
     else:
         v = inputs[0].video
@@ -141,10 +147,18 @@ def build_command(probe: ProbeResult, start_frame: int, n_frames: int, grid_step
     out_lo = lo.output("pipe:1", format="rawvideo", pix_fmt="bgr24", fps_mode="passthrough")
     out_hi = hi.output(f"pipe:{hi_fd}", format="rawvideo", pix_fmt="rgb24",
                        fps_mode="passthrough")
-    args = ffmpeg.merge_outputs(out_lo, out_hi).compile(cmd=find_binary("ffmpeg"))
+    args = ffmpeg.merge_outputs(out_lo, out_hi).compile(cmd=binary)
     # -copyts -start_at_zero: frames keep their times from the container's start (the index's
     # clock, and trim's); without an index ffmpeg's accurate seek drops the frames before -ss
     return [args[0], "-nostdin", *LOG_ARGS, "-copyts", "-start_at_zero", *args[1:]]
+
+
+def _multiview_binary() -> str:
+    found = multiview_ffmpeg()
+    if found is None:   # probed where one was, decoded where none is (another node)
+        raise FFmpegNotFound("MV-HEVC needs FFmpeg >= 7.1 here too: pip install "
+                             "'filmmine[spatial]' or set FILMMINE_FFMPEG")
+    return found
 
 
 EXIT_WAIT_S = 10.0   # for a decoder whose output ended early to exit by itself

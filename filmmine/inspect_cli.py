@@ -61,7 +61,7 @@ def add_probe(subparsers) -> None:
                                             "layout and why, letterbox, stereo metadata")
     p.add_argument("inputs", nargs="+", metavar="FILM",
                    help="video file, directory of videos, or library manifest (.json)")
-    p.add_argument("--layout", default="auto", choices=["auto", *PACKED_LAYOUTS],
+    p.add_argument("--layout", default="auto", choices=["auto", *PACKED_LAYOUTS, "mv-hevc"],
                    help="the films' stereo layout (default: auto, from side data, aspect and "
                         "the halves; a layout given here is still checked against them)")
     p.add_argument("--recipe", default="default",

@@ -10,19 +10,23 @@ import cv2
 import numpy as np
 
 PACKED_LAYOUTS = ("sbs", "half-sbs", "tab", "half-tab")
-LAYOUTS = (*PACKED_LAYOUTS, "separate")
+# separate: two files; mv-hevc: two views of one multilayer HEVC stream (spatial video). The
+# decoder stacks either side by side, left first, so that they are handled like sbs
+STACKED_LAYOUTS = ("separate", "mv-hevc")
+LAYOUTS = (*PACKED_LAYOUTS, *STACKED_LAYOUTS)
 
 
 def is_side_by_side(layout: str) -> bool:
-    return layout in ("sbs", "half-sbs", "separate")
+    return layout in ("sbs", "half-sbs", *STACKED_LAYOUTS)
 
 
 def view_size(frame_w: int, frame_h: int, layout: str) -> tuple[int, int]:
     """Full-aspect view size (w, h) for a packed frame of size (frame_w, frame_h).
 
-    For ``separate`` the frame is the two files stacked side by side by the decoder.
+    For ``separate`` and ``mv-hevc`` the frame is the two views stacked side by side by the
+    decoder.
     """
-    if layout in ("sbs", "separate"):
+    if layout in ("sbs", *STACKED_LAYOUTS):
         return frame_w // 2, frame_h
     if layout == "half-sbs":
         return (frame_w // 2) * 2, frame_h

@@ -35,6 +35,7 @@ from .recipe import recipe_digest
 from .sampling import SamplingPlan, sampling_reason
 from .shards import StagingWriter
 from .shots import GivenShots, ShotTracker
+from .spatial import stereo_record
 
 log = logging.getLogger(__name__)
 
@@ -372,6 +373,8 @@ class UnitMiner:
                for k, v in res.stats.items() if k in ALIGNMENT_EVIDENCE}
         if fit:
             meta["alignment"] = fit
+        if self.probe.stereo is not None:
+            meta["stereo"] = stereo_record(self.probe.stereo, view_wh, crop, (w, h))
         sample = {"__key__": key, "jpg": encode_jpeg(left, out["jpeg_quality"]),
                   "disp.png": png, "json": dumps(meta)}
         if out["confidence"]:

@@ -21,8 +21,9 @@ import ffmpeg
 import numpy as np
 
 from .errors import InputError, MonoInput, SphericalInput, scrub_addresses
-from .ffmpeg_bin import find_binary
-from .layout import LAYOUTS, half_similarity
+from .ffmpeg_bin import MULTIVIEW_MIN, ffmpeg_version, find_binary, multiview_ffmpeg
+from .layout import LAYOUTS, STACKED_LAYOUTS, half_similarity
+from .spatial import SpatialInfo, read_spatial
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +290,9 @@ class ProbeResult:
     pts: PtsIndex | None = field(default=None, repr=False, compare=False)
     # the film's cuts from a scene list (filmmine.scenelist) instead of the shot detector
     given_cuts: tuple[int, ...] | None = None
+    # spatial video (mv-hevc): the container's stereo metadata (filmmine.spatial) and the
+    # ffmpeg that decodes both views
+    stereo: dict | None = None
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -297,6 +301,8 @@ class ProbeResult:
             del d["given_cuts"]   # detected shots: the record as without scene lists
         else:
             d["given_cuts"] = list(self.given_cuts)
+        if self.stereo is None:
+            del d["stereo"]       # only spatial video has it
         d["paths"] = list(self.paths)
         d["frame_size"] = list(self.frame_size)
         return d
@@ -381,6 +387,24 @@ def ffprobe_reason(stderr: bytes | None, path: str | Path) -> str:
     return pick_reason(lines, (str(path),), GENERIC_FFPROBE_ERRORS) or "ffprobe failed"
 
 
+# what ffprobe shows of a 3D Blu-ray's MVC video: the Multiview/Stereo High profiles of H.264
+# (profile_idc 118, 128) on the stream, or the dependent view as a stream of MPEG-TS type 0x20
+MVC_PROFILES = ("Multiview High", "Stereo High")
+MVC_TS_TAG = "0x0020"
+
+
+def mvc_stream(streams: list[dict]) -> str | None:
+    """How ffprobe's streams show H.264 MVC stereo, else None."""
+    for s in streams:
+        if s.get("codec_type") != "video" or s.get("codec_name") != "h264":
+            continue
+        if s.get("profile") in MVC_PROFILES:
+            return f"profile {s['profile']}"
+        if str(s.get("codec_tag", "")).lower() == MVC_TS_TAG:
+            return f"stream {s.get('index', '?')}: MPEG-TS type 0x20, the MVC dependent view"
+    return None
+
+
 def probe_stream(path: str | Path) -> StreamInfo:
     """ffprobe one file; InputError with a one-line reason when it holds no decodable video."""
     return _probe_stream(path)[0]
@@ -405,6 +429,10 @@ def _probe_stream(path: str | Path) -> tuple[StreamInfo, dict, dict]:
     except ffmpeg.Error as e:
         raise InputError(f"not a readable video: {ffprobe_reason(e.stderr, p)}") from e
     streams = meta.get("streams", [])
+    if (mvc := mvc_stream(streams)) is not None:
+        raise InputError(f"H.264 MVC 3D (a 3D Blu-ray's stereo stream, {mvc}): FFmpeg cannot "
+                         "decode its second view; convert the film to full side-by-side "
+                         "with an MVC decoder first (e.g. FRIM), then mine that file")
     video = [s for s in streams if s.get("codec_type") == "video"
              and not s.get("disposition", {}).get("attached_pic")]
     if not video:
@@ -489,7 +517,7 @@ def decide_layout(info: StreamInfo, requested: str, thumbs: list[np.ndarray] | N
     """(layout, why, similarity). Pure: raises InputError for mono input."""
     aspect = info.width / info.height
     if requested != "auto":
-        if requested not in LAYOUTS or requested == "separate":
+        if requested not in LAYOUTS or requested in STACKED_LAYOUTS:
             raise InputError(f"unknown layout {requested!r} for a single file")
         sims = [half_similarity(t) for t in thumbs or []]
         sim = {k: float(np.median([s[k] for s in sims])) for k in ("sbs", "tab")} if sims else {}
@@ -561,7 +589,14 @@ def probe_film(name: str, paths: tuple[str, ...], requested: str = "auto",
             pts=index,  # the right view is paired with the left by time
         )
     info, v, fmt = _probe_stream(paths[0])
-    if flat_only and info.spherical is not None:
+    spatial = read_spatial(paths[0]) if info.codec == "hevc" else None
+    if requested == "mv-hevc" and not (spatial and spatial.multilayer):
+        raise InputError("not MV-HEVC: no second HEVC layer (lhvC) in the container; "
+                         "choose another --layout")
+    if spatial is not None and spatial.multilayer and requested in ("auto", "mv-hevc"):
+        return _mv_hevc_probe(name, paths[0], info, v, fmt, spatial, requested_from
+                              if requested == "mv-hevc" else "")
+    if flat_only and info.spherical not in (None, "rectilinear"):
         # cut as a flat film, an equirectangular panorama got the wrong aspect, a
         # floating-window crop across its wrap and latitude-dependent disparity
         raise SphericalInput(f"spherical video ({info.spherical} projection): filmmine mines "
@@ -583,6 +618,28 @@ def probe_film(name: str, paths: tuple[str, ...], requested: str = "auto",
         name=name, paths=paths, streams=(info,), layout=layout, layout_reason=why,
         frame_size=(w, h), fps=info.fps, n_frames=info.n_frames, duration_s=info.duration_s,
         similarity=sim, pts=index,
+    )
+
+
+def _mv_hevc_probe(name: str, path: str, info: StreamInfo, v: dict, fmt: dict,
+                   spatial: SpatialInfo, requested_from: str) -> ProbeResult:
+    """A spatial video: both views of its multilayer stream, left first, side by side."""
+    binary = multiview_ffmpeg()
+    if binary is None:
+        raise InputError(f"MV-HEVC stereo (two views in one HEVC stream): decoding its second "
+                         f"view needs FFmpeg >= {MULTIVIEW_MIN[0]}.{MULTIVIEW_MIN[1]} (this one "
+                         f"is {ffmpeg_version()}): pip install 'filmmine[spatial]', or set "
+                         "FILMMINE_FFMPEG to one")
+    index = _index_of(info, v, fmt)
+    info = replace(info, n_frames=_frame_count(info, v, index))
+    eye = "view 0" if spatial.left_view == 0 else "view 1 (stri: eye views reversed)"
+    why = (f"MV-HEVC: two views in one HEVC stream (lhvC), left eye {eye}"
+           + (f", from {requested_from}" if requested_from else ""))
+    stereo = {**spatial.to_json(), "decoder": ffmpeg_version(binary)}
+    return ProbeResult(
+        name=name, paths=(path,), streams=(info,), layout="mv-hevc", layout_reason=why,
+        frame_size=(2 * info.width, info.height), fps=info.fps, n_frames=info.n_frames,
+        duration_s=info.duration_s, pts=index, stereo=stereo,
     )
 
 

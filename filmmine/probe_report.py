@@ -190,6 +190,7 @@ def _stream_line(s: dict) -> str:
 
 
 def format_probe(fp: FilmProbe) -> str:
+    from .ffmpeg_bin import ffmpeg_version
     from .inspect import hms, human_bytes
 
     head = f"{fp.source}" + (f"  (film id {fp.film})" if fp.film else "")
@@ -207,7 +208,14 @@ def format_probe(fp: FilmProbe) -> str:
                  f"{hms(p['duration_s'])} ({p['duration_s']:.2f} s)")
     meta = [f"stereo3d: {s['stereo3d']}" for s in p["streams"] if s.get("stereo3d")]
     meta += [f"spherical: {s['spherical']}" for s in p["streams"] if s.get("spherical")]
+    st = p.get("stereo")
+    if st:   # spatial video: Apple's boxes, which ffprobe does not show
+        meta.append(f"spatial video: baseline {st['baseline_mm']} mm, horizontal field of view "
+                    f"{st['hfov_deg']} deg, disparity adjustment {st['disparity_adjustment']}, "
+                    f"left eye view {st['left_view']}")
     lines.append(f"  stereo metadata: {', '.join(meta) if meta else 'none in the container'}")
+    lines.append("  decoded by: " + (f"FFmpeg {st['decoder']} (both views of MV-HEVC; "
+                                     f"FFmpeg >= 7.1)" if st else f"ffmpeg {ffmpeg_version()}"))
     sim = p.get("similarity") or {}
     simtxt = (f"; halves alike: side by side r={sim['sbs']:.2f}, top-bottom r={sim['tab']:.2f}"
               if sim else "")

@@ -45,7 +45,8 @@ pip_install() {  # quiet, minus the noise of this machine's unused local indexes
   .venv/bin/pip install -q --disable-pip-version-check "$@" 2> >(grep -v "^WARNING: Location" >&2)
 }
 pip_install "torch==2.14.1" "torchvision==0.29.1"
-if [ "$WITH_TESTS" = 1 ]; then pip_install -e ".[test]"; else pip_install -e .; fi
+# the tests decode MV-HEVC spatial video too: they need the spatial extra's FFmpeg
+if [ "$WITH_TESTS" = 1 ]; then pip_install -e ".[test,spatial]"; else pip_install -e .; fi
 .venv/bin/python - <<'PY'
 import cv2
 missing = [m for m in ("ximgproc", "optflow") if not hasattr(cv2, m)]

@@ -14,7 +14,7 @@ SPEC = FilmSpec(shots=(ShotSpec("textured", 4, seed=1),), view_width=VW, view_he
 
 # packed frame size (w, h) for a full-aspect view of VW x VH
 PACKED = {"sbs": (2 * VW, VH), "half-sbs": (VW, VH), "tab": (VW, 2 * VH), "half-tab": (VW, VH),
-          "separate": (2 * VW, VH)}
+          "separate": (2 * VW, VH), "mv-hevc": (2 * VW, VH)}
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +24,9 @@ def pair() -> tuple[np.ndarray, np.ndarray]:
 
 
 def pack(left: np.ndarray, right: np.ndarray, lay: str) -> np.ndarray:
-    """Pack two views the way a stereo file stores them (separate = decoder's hstack)."""
-    if lay in ("sbs", "separate"):
+    """Pack two views the way a stereo file stores them (separate, mv-hevc: the decoder's
+    hstack)."""
+    if lay in ("sbs", "separate", "mv-hevc"):
         return np.concatenate([left, right], axis=1)
     if lay == "tab":
         return np.concatenate([left, right], axis=0)
@@ -94,7 +95,7 @@ def test_unknown_layout_raises() -> None:
 
 def test_layout_predicates() -> None:
     assert [lay for lay in layout.LAYOUTS if layout.is_side_by_side(lay)] == \
-        ["sbs", "half-sbs", "separate"]
+        ["sbs", "half-sbs", "separate", "mv-hevc"]
 
 
 @pytest.mark.parametrize(("lay", "key"), [("sbs", "sbs"), ("tab", "tab")])
