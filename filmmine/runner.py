@@ -106,8 +106,8 @@ class RunReport:
         gets one line for those: the manifest and `filmmine inspect` have them); then the
         totals."""
         lines = []
-        notes = {i.get("film"): "; ".join(n for n in (self.layout_note(i.get("film")),
-                                                      self.no_samples_note(i.get("film"))) if n)
+        notes = {i.get("film"): " - ".join(n for n in (self.layout_note(i.get("film")),
+                                                       self.no_samples_note(i.get("film"))) if n)
                  for i in self.inputs}
         quiet_ok = [i for i in self.inputs if i["status"] == "ok" and not i.get("reason")
                     and not notes[i.get("film")] and i.get("film") not in self.remined]

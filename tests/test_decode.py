@@ -426,11 +426,12 @@ def test_a_decoder_killed_before_its_first_frame_is_not_a_clean_end(films) -> No
                 return
             time.sleep(0.005)
 
+    probe = probe_of(films, "sbs")   # first: probing runs ffmpegs too (layout thumbnails)
     t = threading.Thread(target=kill_soon)
     t.start()
     with pytest.raises(DecoderDied) as e:
         # a slow consumer: the kill lands while ffmpeg still owes frames
-        for _ in iter_frames(probe_of(films, "sbs"), grid_step=1):
+        for _ in iter_frames(probe, grid_step=1):
             time.sleep(0.5)
     t.join()
     assert e.value.retry
