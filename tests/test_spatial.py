@@ -144,3 +144,18 @@ def test_the_multiview_ffmpeg_is_chosen_by_version(monkeypatch, tmp_path):
     finally:
         ffmpeg_bin.multiview_ffmpeg.cache_clear()
         ffmpeg_bin.ffmpeg_version.cache_clear()
+
+
+@needs_files
+@needs_ffmpeg
+def test_a_range_of_a_spatial_clip_decodes_the_same_frames_as_the_whole():
+    """Work units cut films into ranges: frames [3, 7) of the 10-frame clip decoded alone are
+    the whole decode's, index for index and pixel for pixel (seek, trim, both views)."""
+    from filmmine.decode import iter_frames
+
+    p = probe_film("s", (str(SMALL),))
+    whole = {f.index: f.full for f in iter_frames(p, grid_step=1, lowres_width=80)}
+    part = list(iter_frames(p, start_frame=3, n_frames=4, grid_step=1, lowres_width=80))
+    assert [f.index for f in part] == [3, 4, 5, 6]
+    for f in part:
+        assert np.array_equal(f.full, whole[f.index]), f.index
