@@ -1,0 +1,121 @@
+"""Spherical projections to pinhole views: the maps that cut a perspective view out of an
+equirectangular (360°), half-equirectangular (VR180) or fisheye frame.
+
+Pure numpy: a view is a pinhole camera (field of view, size) looking along a yaw and pitch;
+for each of its pixels the maps give where its ray meets the source image, for ``cv2.remap``
+(or ``torch.grid_sample`` on the GPU path, after scaling to [-1, 1]). Both eyes of a stereo
+frame are cut with the same rotation, so that their views form a stereo pair; a small
+relative rotation between the eye cameras (``rotation``) is undone in the same maps.
+
+Conventions (camera and world alike): x right, y down, z forward. Longitude λ grows to the
+right from the image centre (λ = 0 at x = W/2; ±π at the edges of a 360° image, ±π/2 of a
+VR180 one), latitude φ is +π/2 at the top row. Pixel centres at integer coordinates. Fisheye:
+equidistant (the image radius is proportional to the angle from the axis, as VR180 cameras'
+lenses nearly are), ``fisheye_fov_deg`` across the circle's diameter, centred in the image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+PROJECTIONS = ("equirect", "half-equirect", "fisheye")
+
+
+@dataclass(frozen=True)
+class PinholeView:
+    """A perspective view: looking along ``yaw_deg`` (to the right) and ``pitch_deg`` (up)."""
+
+    yaw_deg: float
+    pitch_deg: float
+    fov_deg: float       # horizontal field of view
+    width: int
+    height: int
+
+    @property
+    def focal_px(self) -> float:
+        return (self.width / 2.0) / math.tan(math.radians(self.fov_deg) / 2.0)
+
+    def rotation(self) -> np.ndarray:
+        """Camera -> world: yaw about y (to the right), then pitch about x (up)."""
+        return rotation_matrix(self.yaw_deg, self.pitch_deg, 0.0)
+
+
+def rotation_matrix(yaw_deg: float, pitch_deg: float, roll_deg: float) -> np.ndarray:
+    """R = R_yaw @ R_pitch @ R_roll for the x-right, y-down, z-forward frame: yaw turns the
+    view to the right, pitch up, roll clockwise as seen from behind."""
+    y, p, r = (math.radians(a) for a in (yaw_deg, pitch_deg, roll_deg))
+    ry = np.array([[math.cos(y), 0, math.sin(y)], [0, 1, 0], [-math.sin(y), 0, math.cos(y)]])
+    rx = np.array([[1, 0, 0], [0, math.cos(p), -math.sin(p)], [0, math.sin(p), math.cos(p)]])
+    rz = np.array([[math.cos(r), -math.sin(r), 0], [math.sin(r), math.cos(r), 0], [0, 0, 1]])
+    return ry @ rx @ rz
+
+
+def view_rays(view: PinholeView) -> np.ndarray:
+    """[H, W, 3] unit rays of the view's pixels in its camera frame."""
+    f = view.focal_px
+    cx, cy = (view.width - 1) / 2.0, (view.height - 1) / 2.0
+    u = (np.arange(view.width, dtype=np.float64) - cx) / f
+    v = (np.arange(view.height, dtype=np.float64) - cy) / f
+    rays = np.stack(np.broadcast_arrays(u[None, :], v[:, None], np.ones((1, 1))), axis=-1)
+    return rays / np.linalg.norm(rays, axis=-1, keepdims=True)
+
+
+def directions_to_source(d: np.ndarray, projection: str, size: tuple[int, int],
+                         fisheye_fov_deg: float = 180.0) -> tuple[np.ndarray, np.ndarray]:
+    """World unit directions [..., 3] -> source pixel coordinates (x, y) in an image of
+    ``size`` (w, h) of that projection. Directions a half-sphere or fisheye image does not
+    see map outside it (remap's border)."""
+    w, h = size
+    x, y, z = d[..., 0], d[..., 1], d[..., 2]
+    if projection in ("equirect", "half-equirect"):
+        lon = np.arctan2(x, z)
+        lat = np.arcsin(np.clip(-y, -1.0, 1.0))
+        span = 2 * math.pi if projection == "equirect" else math.pi
+        sx = lon / span * w + w / 2.0 - 0.5   # pixel i spans λ of [i, i + 1) / w * span
+        sy = (math.pi / 2 - lat) / math.pi * h - 0.5
+        if projection == "half-equirect":
+            behind = np.abs(lon) > math.pi / 2
+            sx = np.where(behind, -1e6, sx)
+        return sx.astype(np.float32), sy.astype(np.float32)
+    if projection == "fisheye":
+        theta = np.arccos(np.clip(z, -1.0, 1.0))           # angle from the optical axis
+        r_max = min(w, h) / 2.0
+        r = theta / math.radians(fisheye_fov_deg / 2.0) * r_max
+        phi = np.arctan2(y, x)
+        sx = (w / 2.0 - 0.5) + r * np.cos(phi)
+        sy = (h / 2.0 - 0.5) + r * np.sin(phi)
+        outside = theta > math.radians(fisheye_fov_deg / 2.0)
+        sx = np.where(outside, -1e6, sx)
+        return sx.astype(np.float32), sy.astype(np.float32)
+    raise ValueError(f"unknown projection {projection!r}; choose from {PROJECTIONS}")
+
+
+def view_maps(view: PinholeView, projection: str, size: tuple[int, int],
+              rotation: np.ndarray | None = None, fisheye_fov_deg: float = 180.0
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """``cv2.remap`` maps (x, y) that cut ``view`` out of a source image of ``size`` (w, h).
+    ``rotation``: a further camera -> world rotation of this eye (its rectifying rotation),
+    applied after the view's own."""
+    r = view.rotation() if rotation is None else rotation @ view.rotation()
+    d = view_rays(view) @ r.T
+    return directions_to_source(d, projection, size, fisheye_fov_deg)
+
+
+def reproject(image: np.ndarray, view: PinholeView, projection: str,
+              rotation: np.ndarray | None = None, fisheye_fov_deg: float = 180.0
+              ) -> np.ndarray:
+    """The pinhole ``view`` of a spherical ``image`` (bilinear; a 360° image wraps at its
+    sides, what a half-sphere or fisheye image does not see is black)."""
+    h, w = image.shape[:2]
+    mx, my = view_maps(view, projection, (w, h), rotation, fisheye_fov_deg)
+    if projection == "equirect":   # longitude wraps: the seam is no border
+        mx = np.mod(mx + 0.5, w) - 0.5
+        pad = np.concatenate([image, image[:, :1]], axis=1)
+        mx = np.where(mx < 0, mx + w, mx).astype(np.float32)
+        return cv2.remap(pad, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.remap(image, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                     borderValue=0)
