@@ -122,28 +122,37 @@ def build_command(probe: ProbeResult, start_frame: int, n_frames: int, grid_step
         kw["threads"] = str(threads)
     inputs = [ffmpeg.input(p, **kw) for p in probe.paths]
     binary = find_binary("ffmpeg")
-    if probe.layout == "mv-hevc":   # both views of the one stream, the left eye first
+    offset = start_frame % grid_step
+    pick = f"not(mod(n+{offset},{grid_step}))"
+    if probe.layout == "mv-hevc":
+        # both views of the one stream, the left eye first; stacked only for the sampled
+        # frames: stacking every frame (25 MB copies at 3868x2160) cost 14 % of the decode
         binary = _multiview_binary()
-        left = int((probe.stereo or {}).get("left_view", 0))
-        v = ffmpeg.filter([inputs[0][f"v:view:{left}"], inputs[0][f"v:view:{1 - left}"]],
-                          "hstack", inputs=2)
-    elif len(inputs) == 2:
-        v = ffmpeg.filter([inputs[0].video, inputs[1].video], "hstack", inputs=2)
+        first = int((probe.stereo or {}).get("left_view", 0))
+        views = [inputs[0][f"v:view:{first}"], inputs[0][f"v:view:{1 - first}"]]
+        if trim:
+            views = [x.filter("trim", **trim) for x in views]
+        left = views[0].split()
+        lo = left[0]
+        hi = ffmpeg.filter([left[1].filter("select", pick), views[1].filter("select", pick)],
+                           "hstack", inputs=2)
     else:
-        v = inputs[0].video
-    if trim:
-        v = v.filter("trim", **trim)
-    v = v.filter("crop", fw, fh, 0, 0)
-    split = v.split()
-    if is_side_by_side(probe.layout):
-        lo = split[0].filter("crop", fw // 2, fh, 0, 0)
-    else:
-        lo = split[0].filter("crop", fw, fh // 2, 0, 0)
+        if len(inputs) == 2:
+            v = ffmpeg.filter([inputs[0].video, inputs[1].video], "hstack", inputs=2)
+        else:
+            v = inputs[0].video
+        if trim:
+            v = v.filter("trim", **trim)
+        v = v.filter("crop", fw, fh, 0, 0)
+        split = v.split()
+        if is_side_by_side(probe.layout):
+            lo = split[0].filter("crop", fw // 2, fh, 0, 0)
+        else:
+            lo = split[0].filter("crop", fw, fh // 2, 0, 0)
+        hi = split[1].filter("select", pick)
     lo = lo.filter("scale", lowres_wh[0], lowres_wh[1], flags="area")
     # each low-res frame's time in microseconds, logged as it leaves the graph
     lo = lo.filter("settb", "AVTB").filter("showinfo", checksum=0)
-    offset = start_frame % grid_step
-    hi = split[1].filter("select", f"not(mod(n+{offset},{grid_step}))")
     out_lo = lo.output("pipe:1", format="rawvideo", pix_fmt="bgr24", fps_mode="passthrough")
     out_hi = hi.output(f"pipe:{hi_fd}", format="rawvideo", pix_fmt="rgb24",
                        fps_mode="passthrough")
