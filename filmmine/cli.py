@@ -12,6 +12,7 @@ from pathlib import Path
 from . import __version__
 from .errors import FilmmineError
 from .layout import PACKED_LAYOUTS
+from .probe import PROJECTION_CHOICES
 
 log = logging.getLogger("filmmine")
 
@@ -76,6 +77,11 @@ def _add_extract(sub) -> None:
                     help="stereo layout of the films (default: auto: the container's side "
                          "data, else the aspect ratio and how alike the halves are; a layout "
                          "given here is still checked against them, with a warning)")
+    ex.add_argument("--projection", default="auto", choices=PROJECTION_CHOICES,
+                    help="what the films' frames are when the container does not say, or "
+                         "says wrong (default: auto, from the spherical side data and sv3d "
+                         "box): flat mines them as flat stereo; spherical ones are skipped "
+                         "until reprojection to perspective views lands")
     ex.add_argument("--redo", action="append", default=[], metavar="FILM",
                     help="mine this film again in place (its id or path; repeatable): its "
                          "shards and tables are replaced. Films whose shards are missing or "
@@ -129,7 +135,8 @@ def _extract(inputs: list[str], args: argparse.Namespace, layout: str = "auto") 
                      scheduler=args.scheduler, device=args.device, progress=not args.quiet,
                      debug=args.debug, log_jsonl=args.log_jsonl,
                      overrides=overrides, redo=getattr(args, "redo", None),
-                     force=getattr(args, "force", False), limit=getattr(args, "limit", None))
+                     force=getattr(args, "force", False), limit=getattr(args, "limit", None),
+                     projection=getattr(args, "projection", "auto"))
     print(report.summary())
     return report.exit_code
 

@@ -26,6 +26,7 @@ class FilmInput:
     layout_from: str           # where the layout came from, for the report
     source: str                # what the user named, for the report
     scenes: str | None = None  # a scene list giving its shots (filmmine.scenelist)
+    projection: str = "auto"   # "auto" (the container says) or given (--projection)
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ def slug(text: str) -> str:
     return t or "film"
 
 
-def _from_manifest(path: Path, layout: str) -> tuple[list[FilmInput], list[InputIssue]]:
+def _from_manifest(path: Path, layout: str, projection: str = "auto"
+                   ) -> tuple[list[FilmInput], list[InputIssue]]:
     try:
         data = json.loads(path.read_text())
         films = data["films"]
@@ -73,7 +75,8 @@ def _from_manifest(path: Path, layout: str) -> tuple[list[FilmInput], list[Input
         name = f.get("name") or Path(paths[0]).stem
         scenes = str(path.parent / f["scenes"]) if f.get("scenes") else find_sidecar(paths[0])
         out.append(FilmInput(slug(name), paths, lay, lay_from, src,
-                             str(scenes) if scenes else None))
+                             str(scenes) if scenes else None,
+                             str(f.get("projection") or projection)))
     return out, issues
 
 
@@ -83,7 +86,7 @@ def path_tag(paths: tuple[str, ...]) -> str:
 
 
 def resolve_inputs(inputs: list[str], layout: str = "auto",
-                   known: dict[tuple[str, ...], str] | None = None
+                   known: dict[tuple[str, ...], str] | None = None, projection: str = "auto"
                    ) -> tuple[list[FilmInput], list[InputIssue]]:
     """Films to mine and the inputs that cannot be (each with a one-line reason).
 
@@ -99,7 +102,7 @@ def resolve_inputs(inputs: list[str], layout: str = "auto",
         if p.is_dir():
             lib = p / LIBRARY_FILE
             if lib.is_file():
-                f, i = _from_manifest(lib, layout)
+                f, i = _from_manifest(lib, layout, projection)
                 films += f
                 issues += i
                 continue
@@ -114,7 +117,7 @@ def resolve_inputs(inputs: list[str], layout: str = "auto",
                     name = slug(str(q.relative_to(p).with_suffix("")))
                     scenes = find_sidecar(q)
                     films.append(FilmInput(name, (str(q),), layout, "--layout", str(q),
-                                           str(scenes) if scenes else None))
+                                           str(scenes) if scenes else None, projection))
                     found += 1
                 elif q in lists:
                     continue
@@ -124,19 +127,18 @@ def resolve_inputs(inputs: list[str], layout: str = "auto",
             if not found:   # an empty directory, or the wrong one: not a library
                 issues.append(InputIssue(str(p), "failed", f"no videos found in {p}"))
         elif p.suffix.lower() == ".json" and p.is_file():
-            f, i = _from_manifest(p, layout)
+            f, i = _from_manifest(p, layout, projection)
             films += f
             issues += i
         elif p.exists() or p.is_symlink():
             scenes = find_sidecar(p)
             films.append(FilmInput(slug(p.stem), (str(p),), layout, "--layout", str(p),
-                                   str(scenes) if scenes else None))
+                                   str(scenes) if scenes else None, projection))
         else:
             issues.append(InputIssue(str(p), "failed", "no such file or directory"))
     # absolute paths: records compare them on resume, whatever the working directory
-    films = [FilmInput(f.name, tuple(os.path.abspath(p) for p in f.paths), f.layout,
-                       f.layout_from, f.source,
-                       os.path.abspath(f.scenes) if f.scenes else None) for f in films]
+    films = [replace(f, paths=tuple(os.path.abspath(p) for p in f.paths),
+                     scenes=os.path.abspath(f.scenes) if f.scenes else None) for f in films]
     seen: set[tuple[str, ...]] = set()
     films = [f for f in films if not (f.paths in seen or seen.add(f.paths))]  # named twice
     known = known or {}

@@ -12,6 +12,7 @@ import json
 import sys
 
 from .layout import PACKED_LAYOUTS
+from .probe import PROJECTION_CHOICES
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -64,6 +65,10 @@ def add_probe(subparsers) -> None:
     p.add_argument("--layout", default="auto", choices=["auto", *PACKED_LAYOUTS, "mv-hevc"],
                    help="the films' stereo layout (default: auto, from side data, aspect and "
                         "the halves; a layout given here is still checked against them)")
+    p.add_argument("--projection", default="auto",
+                   choices=PROJECTION_CHOICES,
+                   help="what the films' frames are when the container does not say "
+                        "(default: auto; see extract --projection)")
     p.add_argument("--recipe", default="default",
                    help="recipe whose crop and sampling settings apply (default: default)")
     p.add_argument("--frames", type=int, default=5,
@@ -113,7 +118,8 @@ def run_probe(args: argparse.Namespace) -> int:
     from .recipe import load_recipe
 
     require_ffmpeg()
-    reports = probe_inputs(args.inputs, load_recipe(args.recipe), args.layout, args.frames)
+    reports = probe_inputs(args.inputs, load_recipe(args.recipe), args.layout, args.frames,
+                           args.projection)
     if args.json:
         print(json.dumps([r.to_json() for r in reports], indent=1))
     else:

@@ -23,7 +23,7 @@ import numpy as np
 from .errors import InputError, MonoInput, SphericalInput, scrub_addresses
 from .ffmpeg_bin import MULTIVIEW_MIN, ffmpeg_version, find_binary, multiview_ffmpeg
 from .layout import LAYOUTS, STACKED_LAYOUTS, half_similarity
-from .spatial import SpatialInfo, read_spatial
+from .spatial import SpatialInfo, read_spatial, read_sv3d
 
 log = logging.getLogger(__name__)
 
@@ -563,10 +563,45 @@ def decide_layout(info: StreamInfo, requested: str, thumbs: list[np.ndarray] | N
     return packing, why, sim
 
 
+# --projection: what a film's frames are when its container does not say (or says wrong)
+PROJECTION_CHOICES = ("auto", "flat", "equirect", "half-equirect", "fisheye")
+REPROJECTABLE = ("equirect", "half-equirect", "fisheye")   # filmmine.projection's
+SPHERICAL_NAMES = {"equirect": "equirectangular", "half-equirect": "half-equirectangular, VR180",
+                   "fisheye": "fisheye", "cubemap": "cubemap", "mesh": "mesh"}
+# ffprobe's projection names (Spherical Mapping side data) -> ours
+FFPROBE_PROJECTIONS = {"equirectangular": "equirect", "half_equirectangular": "half-equirect",
+                       "fisheye": "fisheye", "cubemap": "cubemap", "rectilinear": "flat",
+                       "tiled equirectangular": "equirect", "equirectangular_tile": "equirect"}
+
+
+def film_projection(requested: str, ffprobe_projection: str | None,
+                    sv3d: tuple[str, tuple[float, ...]] | None) -> tuple[str, str]:
+    """(projection, where it comes from). Given by hand (``--projection``), it wins; else the
+    Spherical Video V2 box (exact: a mesh file's V1 XML, which ffprobe 5.1 reports, says
+    equirectangular), with equirect bounds cropping half the width or more read as VR180;
+    else ffprobe's side data; else flat."""
+    if requested != "auto":
+        if requested not in PROJECTION_CHOICES:
+            raise InputError(f"unknown projection {requested!r}; choose from "
+                             f"{', '.join(PROJECTION_CHOICES)}")
+        return requested, "from --projection"
+    if sv3d is not None:
+        kind, bounds = sv3d
+        if kind == "equirect" and len(bounds) == 4 and bounds[2] + bounds[3] >= 0.49:
+            kind = "half-equirect"
+        return kind, "sv3d box"
+    if ffprobe_projection is not None:
+        return (FFPROBE_PROJECTIONS.get(ffprobe_projection, ffprobe_projection),
+                "spherical side data")
+    return "flat", "no spherical metadata"
+
+
 def probe_film(name: str, paths: tuple[str, ...], requested: str = "auto",
-               requested_from: str = "--layout", flat_only: bool = True) -> ProbeResult:
+               requested_from: str = "--layout", flat_only: bool = True,
+               projection: str = "auto") -> ProbeResult:
     """Probe one film (one packed file, or separate left and right files). ``flat_only``: a
-    spherical video is a SphericalInput (skipped by extract and probe)."""
+    spherical video (by its container, or ``projection`` given by hand) is a SphericalInput,
+    skipped by extract and probe."""
     if len(paths) == 2:
         (left, v, fmt), right = _probe_stream(paths[0]), probe_stream(paths[1])
         index = _index_of(left, v, fmt)
@@ -596,12 +631,16 @@ def probe_film(name: str, paths: tuple[str, ...], requested: str = "auto",
     if spatial is not None and spatial.multilayer and requested in ("auto", "mv-hevc"):
         return _mv_hevc_probe(name, paths[0], info, v, fmt, spatial, requested_from
                               if requested == "mv-hevc" else "")
-    if flat_only and info.spherical not in (None, "rectilinear"):
+    kind, where = film_projection(projection, info.spherical, read_sv3d(paths[0]))
+    if flat_only and kind != "flat":
         # cut as a flat film, an equirectangular panorama got the wrong aspect, a
         # floating-window crop across its wrap and latitude-dependent disparity
-        raise SphericalInput(f"spherical video ({info.spherical} projection): filmmine mines "
-                             "flat stereo films; reprojecting to perspective views is not "
-                             "supported yet")
+        if kind in REPROJECTABLE:
+            raise SphericalInput(f"spherical video ({SPHERICAL_NAMES[kind]} projection, "
+                                 f"{where}): filmmine mines flat stereo films; reprojecting "
+                                 "to perspective views is not supported yet")
+        raise SphericalInput(f"spherical video ({SPHERICAL_NAMES.get(kind, kind)} projection, "
+                             f"{where}): filmmine cannot reproject this projection")
     index = _index_of(info, v, fmt)
     info = replace(info, n_frames=_frame_count(info, v, index))
     thumbs = None

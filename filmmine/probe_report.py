@@ -126,9 +126,9 @@ def detect_letterbox(probe: ProbeResult, recipe: dict, n_frames: int = 5) -> Let
 
 
 def probe_inputs(inputs: list[str], recipe: dict, layout: str = "auto",
-                 letterbox_frames: int = 5) -> list[FilmProbe]:
+                 letterbox_frames: int = 5, projection: str = "auto") -> list[FilmProbe]:
     """A report per input, as extract would resolve and probe it; problems as data."""
-    films, issues = resolve_inputs(inputs, layout)
+    films, issues = resolve_inputs(inputs, layout, projection=projection)
     out = [FilmProbe(i.source, None, [i.source], i.status, i.reason) for i in issues]
     for f in films:
         fp = FilmProbe(f.source, f.name, list(f.paths), "ok")
@@ -139,7 +139,8 @@ def probe_inputs(inputs: list[str], recipe: dict, layout: str = "auto",
                 if Path(p).is_file():
                     with contextlib.suppress(ffmpeg.Error):
                         fp.container.append(container_info(p))
-            probe = probe_film(f.name, f.paths, f.layout, f.layout_from)
+            probe = probe_film(f.name, f.paths, f.layout, f.layout_from,
+                               projection=f.projection)
         except SkippedInput as e:
             fp.status, fp.reason = "skipped", str(e)
             continue

@@ -336,7 +336,8 @@ def _as_data(fn, *args):
 
 def probe_input(film: FilmInput) -> ProbeResult:
     """The film's probe, with the cuts of its scene list when it has one."""
-    probe = probe_film(film.name, film.paths, film.layout, film.layout_from)
+    probe = probe_film(film.name, film.paths, film.layout, film.layout_from,
+                       projection=film.projection)
     if film.scenes is None:
         return probe
     return replace(probe, given_cuts=tuple(read_scene_list(film.scenes, probe.fps,
@@ -456,7 +457,8 @@ def extract(inputs: list[str], out: str | Path, *, layout: str = "auto",
             scheduler: str | None = None, device: str = "cpu", progress: bool = True,
             debug: bool = False, log_jsonl: str | Path | None = None,
             overrides: dict[str, dict] | None = None, redo: list[str] | None = None,
-            force: bool = False, limit: int | None = None) -> RunReport:
+            force: bool = False, limit: int | None = None,
+            projection: str = "auto") -> RunReport:
     """Mine ``inputs`` into the corpus directory ``out``; see the module docstring.
     ``overrides``: recipe keys set over the recipe (``--set``; ``recipe.parse_overrides``).
     ``redo``: films (ids or the paths named) mined again in place; ``force``: every film of
@@ -475,7 +477,7 @@ def extract(inputs: list[str], out: str | Path, *, layout: str = "auto",
     # fail fast on a backend/device that cannot work, before any task starts
     get_backend(d["backend"], device=device, **backend_options(rec))
     out = Path(out)
-    films, issues = resolve_inputs(inputs, layout, known_films(out))
+    films, issues = resolve_inputs(inputs, layout, known_films(out), projection)
     if limit is not None and limit < 1:
         raise UsageError(f"--limit {limit}: give at least 1 film")
     if limit is not None and len(films) > limit:

@@ -22,6 +22,9 @@ from pathlib import Path
 CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"vexu", b"eyes", b"proj", b"cams",
               b"cmfy"}
 HEVC_ENTRIES = {b"hvc1", b"hev1"}
+VIDEO_ENTRIES = {*HEVC_ENTRIES, b"avc1", b"avc3", b"vp09", b"av01", b"mp4v", b"dvh1", b"dvhe"}
+# Spherical Video V2 (sv3d/proj): its projection boxes
+SV3D_PROJECTIONS = {b"equi": "equirect", b"cbmp": "cubemap", b"mshp": "mesh"}
 VISUAL_ENTRY_HEADER = 78     # SampleEntry (8) + VisualSampleEntry fields (70) before its boxes
 MAX_MOOV_BYTES = 256 << 20   # a moov this large is no video's index: not read
 STRI_REVERSED = 0x08         # stri flags: eye_views_reversed
@@ -88,8 +91,8 @@ def _moov(path: Path) -> bytes | None:
     return None
 
 
-def _hevc_entry(moov: bytes) -> tuple[int, int] | None:
-    """(start, end) of the boxes inside the first HEVC video sample entry."""
+def _hevc_entry(moov: bytes, kinds: set[bytes] = HEVC_ENTRIES) -> tuple[int, int] | None:
+    """(start, end) of the boxes inside the first video sample entry of ``kinds``."""
     def find(start: int, end: int) -> tuple[int, int] | None:
         for typ, a, b in _boxes(moov, start, end):
             if typ in CONTAINERS:
@@ -98,7 +101,7 @@ def _hevc_entry(moov: bytes) -> tuple[int, int] | None:
                     return hit
             elif typ == b"stsd" and b - a >= 8:   # full box, then an entry count
                 for etyp, ea, eb in _boxes(moov, a + 8, b):
-                    if etyp in HEVC_ENTRIES and eb - ea >= VISUAL_ENTRY_HEADER:
+                    if etyp in kinds and eb - ea >= VISUAL_ENTRY_HEADER:
                         return ea + VISUAL_ENTRY_HEADER, eb
         return None
     return find(0, len(moov))
@@ -145,6 +148,36 @@ def read_spatial(path: str | Path) -> SpatialInfo | None:
 
     walk(*entry)
     return SpatialInfo(**found)   # type: ignore[arg-type]
+
+
+def read_sv3d(path: str | Path) -> tuple[str, tuple[float, float, float, float]] | None:
+    """The Spherical Video V2 projection of an MP4 (``sv3d/proj``): ("equirect" | "cubemap"
+    | "mesh", the equirect bounds cropped from (top, bottom, left, right) as fractions), or
+    None when there is no sv3d box. Read from the box itself: ffprobe 5.1 reports a mesh
+    file's older V1 XML ("equirectangular") instead."""
+    p = Path(path)
+    try:
+        moov = _moov(p)
+    except OSError:
+        return None
+    entry = _hevc_entry(moov, VIDEO_ENTRIES) if moov is not None else None
+    if entry is None:
+        return None
+    for typ, a, b in _boxes(moov, *entry):
+        if typ != b"sv3d":
+            continue
+        for ptyp, pa, pb in _boxes(moov, a, b):
+            if ptyp != b"proj":
+                continue
+            for jtyp, ja, jb in _boxes(moov, pa, pb):
+                kind = SV3D_PROJECTIONS.get(jtyp)
+                if kind is None:
+                    continue   # prhd: the pose, not the projection
+                bounds = (0.0, 0.0, 0.0, 0.0)
+                if jtyp == b"equi" and jb - ja >= 20:
+                    bounds = tuple(v / 2**32 for v in struct.unpack(">4I", moov[ja + 4:ja + 20]))
+                return kind, bounds   # type: ignore[return-value]
+    return None
 
 
 def focal_px(hfov_deg: float, width_px: float) -> float:

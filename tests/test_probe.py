@@ -486,8 +486,50 @@ def test_a_spherical_video_is_skipped_naming_its_projection(tmp_path) -> None:
     with pytest.raises(SphericalInput) as e:
         probe_film("congo", (str(CONGO),))
     assert isinstance(e.value, SkippedInput)
-    assert str(e.value).startswith("spherical video (equirectangular projection): ")
+    assert str(e.value).startswith("spherical video (equirectangular projection, spherical "
+                                   "side data): ")
     report = extract([str(CONGO)], tmp_path / "out", workers=1, progress=False)
     [got] = report.inputs
     assert (got["status"], got["reason"]) == ("skipped", str(e.value))
     assert report.exit_code == 0 and not report.records
+
+
+VR = SHARED / "vr_spherical"
+
+
+@needs_shared
+def test_the_projection_comes_from_the_sv3d_box_or_is_given_by_hand() -> None:
+    """sphericalv2.mp4 is a Spherical Video V2 *mesh* (its sv3d box), though ffprobe 5.1
+    reports its older XML's "equirectangular": skipped as a projection filmmine cannot
+    reproject. iceland0.ts carries no side data: mined as flat unless --projection says it is
+    equirectangular. --projection flat mines congo.mp4's panorama as a flat film."""
+    from filmmine.errors import SphericalInput
+    from filmmine.probe import film_projection
+
+    assert probe_stream(VR / "sphericalv2.mp4").spherical == "equirectangular"
+    with pytest.raises(SphericalInput, match=r"^spherical video \(mesh projection, sv3d box\): "
+                                             "filmmine cannot reproject this projection$"):
+        probe_film("s", (str(VR / "sphericalv2.mp4"),))
+    assert probe_film("i", (str(VR / "iceland0.ts"),)).layout == "tab"
+    with pytest.raises(SphericalInput, match=r"equirectangular projection, from --projection"):
+        probe_film("i", (str(VR / "iceland0.ts"),), projection="equirect")
+    assert probe_film("c", (str(CONGO),), projection="flat").layout.endswith("tab")
+    # pure: given wins; sv3d equirect bounds cropping half the width are VR180
+    assert film_projection("fisheye", "equirectangular", None) == ("fisheye", "from --projection")
+    assert film_projection("auto", "equirectangular", ("equirect", (0, 0, 0.25, 0.25)))[0] == \
+        "half-equirect"
+    assert film_projection("auto", "half_equirectangular", None)[0] == "half-equirect"
+    assert film_projection("auto", "rectilinear", None) == ("flat", "spherical side data")
+    assert film_projection("auto", None, None) == ("flat", "no spherical metadata")
+    with pytest.raises(InputError, match="unknown projection 'cubic'"):
+        film_projection("cubic", None, None)
+
+
+@needs_shared
+def test_extract_takes_the_projection_given_by_hand(tmp_path) -> None:
+    from filmmine.runner import extract
+
+    report = extract([str(VR / "iceland0.ts")], tmp_path / "out", workers=0, progress=False,
+                     projection="equirect")
+    [got] = report.inputs
+    assert got["status"] == "skipped" and "from --projection" in got["reason"]
