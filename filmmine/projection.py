@@ -119,3 +119,90 @@ def reproject(image: np.ndarray, view: PinholeView, projection: str,
         return cv2.remap(pad, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return cv2.remap(image, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                      borderValue=0)
+
+
+def source_to_directions(x: np.ndarray, y: np.ndarray, projection: str, size: tuple[int, int],
+                         fisheye_fov_deg: float = 180.0) -> np.ndarray:
+    """Source pixel coordinates -> unit directions [..., 3] (``directions_to_source``'s
+    inverse)."""
+    w, h = size
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if projection in ("equirect", "half-equirect"):
+        span = 2 * math.pi if projection == "equirect" else math.pi
+        lon = ((x + 0.5) / w - 0.5) * span
+        lat = math.pi / 2 - (y + 0.5) / h * math.pi
+        return np.stack([np.cos(lat) * np.sin(lon), -np.sin(lat), np.cos(lat) * np.cos(lon)],
+                        axis=-1)
+    if projection == "fisheye":
+        r_max = min(w, h) / 2.0
+        dx, dy = x - (w / 2.0 - 0.5), y - (h / 2.0 - 0.5)
+        theta = np.hypot(dx, dy) / r_max * math.radians(fisheye_fov_deg / 2.0)
+        phi = np.arctan2(dy, dx)
+        return np.stack([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi),
+                         np.cos(theta)], axis=-1)
+    raise ValueError(f"unknown projection {projection!r}; choose from {PROJECTIONS}")
+
+
+@dataclass(frozen=True)
+class EyeRotation:
+    """The right eye camera's rotation against the left's that rectification undoes: pitch
+    (about x) and roll (about z). Yaw is not measured: between two eyes it is the same
+    longitude shift as disparity."""
+
+    pitch_deg: float
+    roll_deg: float
+    matches: int
+    inliers: int
+    residual_deg: float      # robust spread of the matches' latitude residuals
+
+    def rotation(self) -> np.ndarray:
+        """The right eye's ``rotation`` for ``view_maps``: its rays of the left's world."""
+        w = np.array([math.radians(self.pitch_deg), 0.0, math.radians(self.roll_deg)])
+        return cv2.Rodrigues(w)[0]
+
+
+MAX_FIT_LATITUDE_DEG = 60.0   # towards the poles an equirectangular image stretches matching
+
+
+def eye_rotation(left: np.ndarray, right: np.ndarray, projection: str,
+                 fisheye_fov_deg: float = 180.0, iterations: int = 3) -> EyeRotation | None:
+    """The relative rotation of two spherical eyes (uint8 grey, same size) from confident
+    matches (``alignment.confident_matches``), None with fewer than 20.
+
+    A rotation of the right eye by a small vector w moves a direction d by w x d; its latitude
+    changes by (w_x d_z - w_z d_x) / cos(lat), whatever the depth, while parallax only moves
+    longitude (a stereo camera pair's baseline is horizontal). So pitch and roll are the
+    robust (Cauchy-weighted) least squares of the matches' latitude changes, refined on the
+    rotated rays."""
+    from .alignment import confident_matches
+
+    size = (left.shape[1], left.shape[0])
+    pl, pr = confident_matches(left, right, max_corners=600)
+    if len(pl) < 20:
+        return None
+    d = source_to_directions(pl[:, 0], pl[:, 1], projection, size, fisheye_fov_deg)
+    e = source_to_directions(pr[:, 0], pr[:, 1], projection, size, fisheye_fov_deg)
+    keep = np.abs(np.degrees(np.arcsin(np.clip(-d[:, 1], -1, 1)))) < MAX_FIT_LATITUDE_DEG
+    d, e = d[keep], e[keep]
+    if len(d) < 20:
+        return None
+    w = np.zeros(3)
+    weights = np.ones(len(d))
+    res = np.zeros(len(d))
+    for _ in range(max(1, iterations)):
+        # the right rays taken back by the rotation found so far: what is left to fit
+        back = e @ cv2.Rodrigues(w)[0]          # R^T e for each row
+        lat_d = np.arcsin(np.clip(-d[:, 1], -1, 1))
+        lat_e = np.arcsin(np.clip(-back[:, 1], -1, 1))
+        b = (lat_e - lat_d) * np.cos(lat_d)
+        a = np.stack([d[:, 2], -d[:, 0]], axis=-1)
+        for _irls in range(10):
+            sw = np.sqrt(weights)
+            sol = np.linalg.lstsq(a * sw[:, None], b * sw, rcond=None)[0]
+            res = b - a @ sol
+            scale = max(1.4826 * float(np.median(np.abs(res))), 1e-6)
+            weights = 1.0 / (1.0 + (res / (2.385 * scale)) ** 2)
+        w = w + np.array([sol[0], 0.0, sol[1]])
+    inliers = int((np.abs(res) < 3 * max(1.4826 * float(np.median(np.abs(res))), 1e-6)).sum())
+    return EyeRotation(math.degrees(w[0]), math.degrees(w[2]), len(d), inliers,
+                       math.degrees(1.4826 * float(np.median(np.abs(res)))))
