@@ -1,9 +1,9 @@
 """The extract run's progress: the share of the films' bytes mined so far.
 
-Counted in bytes of film files, whose total is known before any film is probed (a stat each):
-a total in frames grew as films were probed, and the bar fell back (100 % -> 67 %) each time.
-A film's bytes are spread evenly over the frames it mines once it is probed; a film that fails
-counts as done, so a run that ends is at 100 %. On a terminal a tqdm bar; otherwise (a batch
+Counted in bytes of film files, whose total is known before any film is probed (a stat each),
+so the share never falls as films are probed (their frames are known only then). A film's
+bytes are spread evenly over the frames it mines once it is probed; a film that fails counts
+as done, so a run that ends is at 100 %. On a terminal a tqdm bar; otherwise (a batch
 job's log) a plain line every ``interval_s``, as ``\\r`` updates are noise in a file.
 """
 

@@ -1252,8 +1252,8 @@ class _Run:
 @contextlib.contextmanager
 def ctrl_c_deferred():
     """Start the run's processes without handing them Ctrl-C. At a terminal Ctrl-C reaches
-    every process of the group: local workers caught in their imports printed some 100 lines
-    of tracebacks before the run's one line, and driver-side ffprobes died as unreadable films.
+    every process of the group: local workers interrupted in their imports print tracebacks of
+    their own, and driver-side ffprobes die, to be reported as unreadable films.
     SIGINT is ignored while they start (an ignored signal stays ignored across exec, and
     Python keeps it so: they leave Ctrl-C to the driver, which closes them). A Ctrl-C of that
     time is not lost: a ``sleep`` started before, in the same group and not ignoring it, dies
