@@ -110,7 +110,7 @@ class Progress:
         pct = 100.0 * self.count / self.total if self.total else 0.0
         rate = self.count / elapsed if elapsed > 0 else 0.0
         left = (f", {_hms((self.total - self.count) / rate)} left"
-                if rate > 0 and self.count < self.total else "")
+                if rate > 0 and pct < 99.5 else "")   # not at 100 %, whatever the rounding
         return (f"extract: {pct:.0f}% ({_gb(self.count)} of {_gb(self.total)} of film, "
                 f"{_hms(elapsed)} elapsed{left}){'; ' + self.text if self.text else ''}")
 
