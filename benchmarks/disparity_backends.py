@@ -19,14 +19,8 @@ import time
 import numpy as np
 import torch
 
-from filmmine.bench_disparity import (
-    DEFAULT_BACKENDS,
-    Row,
-    add_arguments,
-    format_table,
-    run,
-    synthetic_pairs,
-)
+from filmmine.bench_cli import DEFAULT_BACKENDS, add_arguments
+from filmmine.bench_disparity import Row, format_table, run, synthetic_pairs
 from filmmine.disparity import compute_disparity
 from filmmine.flow import backend_options, get_backend
 from filmmine.recipe import load_recipe

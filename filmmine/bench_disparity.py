@@ -32,7 +32,6 @@ import cv2
 import numpy as np
 import torch
 
-from .bench_cli import DEFAULT_BACKENDS, add_arguments  # noqa: F401  (re-exported)
 from .disparity import compute_disparity
 from .flow import FlowBackend, backend_options, get_backend
 from .recipe import load_recipe, validate_recipe
