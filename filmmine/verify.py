@@ -41,11 +41,10 @@ from .corpus import VERIFY_FAILED
 from .errors import FilmmineError
 from .inspect import human_bytes, read_manifest, read_table
 from .schema import FRAMES_SCHEMA, SAMPLES_SCHEMA
-from .shards import MEMBERS, OPTIONAL_MEMBERS
+from .shards import KEY_RE, MEMBERS, OPTIONAL_MEMBERS
 
 KNOWN_MEMBERS = MEMBERS + OPTIONAL_MEMBERS
 SHARD_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+-[0-9]{5}\.tar$")
-KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 # valid_fraction is stored rounded to 6 decimals: 1e-5 still catches a few changed pixels
 VALID_FRACTION_TOL = 1e-5
 MAX_PROBLEMS_PER_SHARD = 20
