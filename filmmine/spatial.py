@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 # boxes holding only boxes, on the way from the file to the video sample entry and in it
@@ -66,15 +67,24 @@ def _boxes(data: bytes, start: int = 0, end: int | None = None):
 
 
 def _moov(path: Path) -> bytes | None:
-    """The top-level ``moov`` box's payload (at the start of a file or after its media data)."""
-    with path.open("rb") as f:
-        pos, total = 0, path.stat().st_size
+    """The top-level ``moov`` box's payload (at the start of a file or after its media data);
+    read once for both readers below (a film's probe asks for each)."""
+    st = path.stat()
+    return _moov_of(str(path), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=2)
+def _moov_of(path_s: str, total: int, _mtime_ns: int) -> bytes | None:
+    with open(path_s, "rb") as f:
+        pos = 0
         while pos + 8 <= total:
             f.seek(pos)
             head = f.read(16)
             if len(head) < 8:
                 return None
             size, typ = struct.unpack(">I4s", head[:8])
+            if not all(32 <= c < 127 for c in typ):
+                return None   # no ISO media file (a box type is four printable characters)
             hl = 8
             if size == 1 and len(head) == 16:
                 size, hl = struct.unpack(">Q", head[8:16])[0], 16
@@ -91,7 +101,7 @@ def _moov(path: Path) -> bytes | None:
     return None
 
 
-def _hevc_entry(moov: bytes, kinds: set[bytes] = HEVC_ENTRIES) -> tuple[int, int] | None:
+def _video_entry(moov: bytes, kinds: set[bytes] = HEVC_ENTRIES) -> tuple[int, int] | None:
     """(start, end) of the boxes inside the first video sample entry of ``kinds``."""
     def find(start: int, end: int) -> tuple[int, int] | None:
         for typ, a, b in _boxes(moov, start, end):
@@ -122,7 +132,7 @@ def read_spatial(path: str | Path) -> SpatialInfo | None:
         return None
     if moov is None:
         return None
-    entry = _hevc_entry(moov)
+    entry = _video_entry(moov)
     if entry is None:
         return None
     found: dict[str, object] = {"multilayer": False}
@@ -160,7 +170,7 @@ def read_sv3d(path: str | Path) -> tuple[str, tuple[float, float, float, float]]
         moov = _moov(p)
     except OSError:
         return None
-    entry = _hevc_entry(moov, VIDEO_ENTRIES) if moov is not None else None
+    entry = _video_entry(moov, VIDEO_ENTRIES) if moov is not None else None
     if entry is None:
         return None
     for typ, a, b in _boxes(moov, *entry):
