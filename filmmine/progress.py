@@ -52,7 +52,7 @@ class Progress:
         self.text = ""
         self.t0 = self.last = time.monotonic()
         self.bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1000, desc="extract",
-                        disable=not (enabled and tty), smoothing=0.05, dynamic_ncols=True,
+                        smoothing=0.05, dynamic_ncols=True,
                         file=self.stream) if enabled and tty else None
 
     def add_film(self, name: str, paths: tuple[str, ...] | list[str]) -> None:
