@@ -19,10 +19,9 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from filmmine import flow_torch
-from filmmine.bench_disparity import synthetic_pairs
-from filmmine.flow import backend_options
+from filmmine.flow import backend_options, census_sgm
 from filmmine.recipe import load_recipe
+from filmmine.tools.bench_disparity import synthetic_pairs
 
 PHASES = ("census", "cost_volume", "shear_to_right", "guided_filter", "sgm", "winner",
           "lk_refine", "clipped_gradient", "shift_rows")
@@ -57,9 +56,9 @@ def instrument(device: str) -> tuple[dict[str, float], callable]:
         setattr(owner, name, timed)
 
     for name in PHASES:
-        wrap(flow_torch, name, name)
-    wrap(flow_torch.CensusSgmFlow, "_coarse", "coarse")
-    wrap(flow_torch.CensusSgmFlow, "_fine", "fine")
+        wrap(census_sgm, name, name)
+    wrap(census_sgm.CensusSgmFlow, "_coarse", "coarse")
+    wrap(census_sgm.CensusSgmFlow, "_fine", "fine")
 
     def undo():
         for (owner, name), fn in saved.items():
@@ -72,7 +71,7 @@ def disparity_stage(be, pairs, device: str) -> None:
     import cProfile
     import pstats
 
-    from filmmine import disparity
+    from filmmine.stages import disparity
 
     cfg = load_recipe("gpu")["disparity"]
     lefts, rights = [p.left for p in pairs], [p.right for p in pairs]
@@ -110,16 +109,16 @@ def main() -> int:
     ap.add_argument("--torch", action="store_true",
                     help="the torch code for the cost volume and SGM, not the Triton kernels")
     args = ap.parse_args()
-    flow_torch.USE_KERNELS = not args.torch
+    census_sgm.USE_KERNELS = not args.torch
     w, h = (int(x) for x in args.size.split("x"))
     opts = backend_options(load_recipe("gpu"))
     if args.fp32:
         opts["half_precision"] = False
-    be = flow_torch.CensusSgmFlow(device=args.device, **opts)
+    be = census_sgm.CensusSgmFlow(device=args.device, **opts)
     pairs = synthetic_pairs(max(args.batch), (w, h))
     left = torch.from_numpy(np.stack([p.left for p in pairs]))[:, None].to(args.device)
     right = torch.from_numpy(np.stack([p.right for p in pairs]))[:, None].to(args.device)
-    kernels = flow_torch._kernels(left)
+    kernels = census_sgm._kernels(left)
     print(f"device {args.device} size {w}x{h} dtype {be.dtype} "
           f"{'Triton kernels' if kernels else 'torch code'}", flush=True)
     be.stereo_tensors(left[:2], right[:2])                               # warm-up

@@ -19,11 +19,11 @@ import time
 import numpy as np
 import torch
 
-from filmmine.bench_cli import DEFAULT_BACKENDS, add_arguments
-from filmmine.bench_disparity import Row, format_table, run, synthetic_pairs
-from filmmine.disparity import compute_disparity
 from filmmine.flow import backend_options, get_backend
 from filmmine.recipe import load_recipe
+from filmmine.stages.disparity import compute_disparity
+from filmmine.tools.bench_commands import DEFAULT_BACKENDS, add_arguments
+from filmmine.tools.bench_disparity import Row, format_table, run, synthetic_pairs
 
 
 def speed_at(size: tuple[int, int], names: list[str], device: str, batch: int,

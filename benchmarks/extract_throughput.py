@@ -30,11 +30,12 @@ from pathlib import Path
 import cv2
 
 from filmmine import synth
-from filmmine.ffmpeg_bin import find_binary
-from filmmine.pipeline import mine_unit, plan_units, unit_context
-from filmmine.probe import probe_film
+from filmmine.media.ffmpeg_bin import find_binary
+from filmmine.media.probe import probe_film
 from filmmine.recipe import load_recipe
-from filmmine.runner import extract
+from filmmine.run.extract import extract
+from filmmine.run.plan import plan_units, unit_context
+from filmmine.run.unit import mine_unit
 
 
 def make_film(cache: Path, seconds: float, jobs: int = 1) -> Path:

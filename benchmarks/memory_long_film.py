@@ -39,8 +39,9 @@ def make_film(cache: Path, minutes: float) -> Path:
 CHILD = r"""
 import json, resource, sys, tempfile
 from pathlib import Path
-from filmmine.pipeline import mine_unit, plan_units
-from filmmine.probe import probe_film
+from filmmine.run.unit import mine_unit
+from filmmine.run.plan import plan_units
+from filmmine.media.probe import probe_film
 from filmmine.recipe import load_recipe
 film = sys.argv[1]
 recipe = load_recipe(sys.argv[2])

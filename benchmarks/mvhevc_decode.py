@@ -3,7 +3,7 @@
 The SBS file is made here from the MV-HEVC clip's own views (decoded, stacked side by side,
 encoded with libx265 at the first fixed quantiser that reaches the clip's size), so both hold
 the same pictures at about the same size. Each is decoded as extract decodes a work unit
-(``filmmine.decode.iter_frames``: the low-resolution pass over every frame, full-resolution
+(``filmmine.media.decode.iter_frames``: the low-resolution pass over every frame, full-resolution
 frames on the sampling grid), by the same FFmpeg (>= 7.1, one decoder thread as in an extract
 worker), the clip over and over, alternating; the decoders' CPU time is compared (the
 machine's load does not enter), at two grid steps: every frame, and the default recipe's at
@@ -29,7 +29,7 @@ BOTH_VIEWS = "[0:v:view:0][0:v:view:1]hstack=inputs=2[v]"
 
 def cpu_s(probe, grid_step: int, runs: int) -> float:
     """CPU seconds (user + system) of ``runs`` decodes of the whole clip by its ffmpegs."""
-    from filmmine.decode import iter_frames
+    from filmmine.media.decode import iter_frames
 
     before = os.times()
     for _ in range(runs):
@@ -42,7 +42,7 @@ def cpu_s(probe, grid_step: int, runs: int) -> float:
 
 def main() -> int:
     sys.path.insert(0, str(ROOT))
-    from filmmine.ffmpeg_bin import ffmpeg_version, multiview_ffmpeg
+    from filmmine.media.ffmpeg_bin import ffmpeg_version, multiview_ffmpeg
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=40, help="decodes of the 5-frame clip a sample")
@@ -54,7 +54,7 @@ def main() -> int:
         return 1
     os.environ["FILMMINE_FFMPEG"] = ffmpeg   # the SBS file by the same decoder
     os.environ["FILMMINE_DECODE_THREADS"] = "1"   # as in an extract worker on a CPU node
-    from filmmine.probe import probe_film
+    from filmmine.media.probe import probe_film
 
     with tempfile.TemporaryDirectory() as tmp:
         sbs = Path(tmp) / "sbs.mp4"

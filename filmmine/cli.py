@@ -11,8 +11,8 @@ from pathlib import Path
 
 from . import __version__
 from .errors import FilmmineError
-from .layout import PACKED_LAYOUTS
-from .probe import PROJECTION_CHOICES
+from .media.layout import PACKED_LAYOUTS
+from .media.probe import PROJECTION_CHOICES
 
 log = logging.getLogger("filmmine")
 
@@ -38,9 +38,9 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
 # Other commands live in their own modules: each registration function takes the subparsers
 # and registers its subcommands with ``set_defaults(handler=fn)``; ``fn(args) -> int``. Help
 # lists them in this order: the workflow's, then the helpers.
-COMMANDS: list[str] = ["filmmine.inspect_cli:add_probe", "extract",
-                       "filmmine.inspect_cli:add_parser", "trainer.cli:add_parser", "demo",
-                       "filmmine.bench_cli:add_parser"]
+COMMANDS: list[str] = ["filmmine.tools.commands:add_probe", "extract",
+                       "filmmine.tools.commands:add_parser", "trainer.cli:add_parser", "demo",
+                       "filmmine.tools.bench_commands:add_parser"]
 COMMAND_MODULES: list[str] = sorted({c.split(":")[0] for c in COMMANDS if ":" in c})
 
 DESCRIPTION = """\
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extract(inputs: list[str], args: argparse.Namespace, layout: str = "auto") -> int:
     from .recipe import parse_overrides
-    from .runner import extract
+    from .run.extract import extract
 
     overrides = parse_overrides(args.set)
     if getattr(args, "max_duration", None) is not None:

@@ -74,7 +74,7 @@ def truth_of(library: Path, film: str) -> dict:
 @pytest.fixture(scope="session")
 def corpus(library, tmp_path_factory) -> Path:
     """The library mined by a real LocalCluster with 2 worker processes."""
-    from filmmine.runner import extract
+    from filmmine.run.extract import extract
 
     out = tmp_path_factory.mktemp("corpus")
     report = extract([str(library / "library.json")], out, workers=2, progress=False)
@@ -89,7 +89,7 @@ def moto_half():
     import cv2
     import numpy as np
 
-    from filmmine.bench_disparity import load_motorcycle
+    from filmmine.tools.bench_disparity import load_motorcycle
 
     pair = load_motorcycle()
     if pair is None:

@@ -1,4 +1,4 @@
-"""filmmine.alignment: the vertical field of a pair, fitted on confident matches.
+"""filmmine.stages.alignment: the vertical field of a pair, fitted on confident matches.
 
 Truth: exact synthetic correspondences, and real rectified pairs (Middlebury 2001/2003, ETH3D)
 whose right view is moved by a known offset, roll or vertical scale: the fit of the moved pair
@@ -12,8 +12,14 @@ import numpy as np
 import pytest
 from conftest import SHARED
 
-from filmmine.alignment import GRID, NO_FIT, confident_matches, fit_vertical, measure_vertical
-from filmmine.bench_checks import rotate, shift_down, vscale
+from filmmine.stages.alignment import (
+    GRID,
+    NO_FIT,
+    confident_matches,
+    fit_vertical,
+    measure_vertical,
+)
+from filmmine.tools.bench_checks import rotate, shift_down, vscale
 
 TEDDY = SHARED / "middlebury2001_2003" / "teddy"
 ETH3D = SHARED / "eth3d_twoview" / "delivery_area_1l"

@@ -1,4 +1,4 @@
-"""filmmine.atomic: every output is synced, renamed into place, and its directory synced."""
+"""filmmine.corpus.atomic: every output is synced, renamed into place, and its directory synced."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from filmmine import atomic
-from filmmine.atomic import AtomicFile, atomic_open, write_bytes
-from filmmine.shards import StagingWriter
+from filmmine.corpus import atomic
+from filmmine.corpus.atomic import AtomicFile, atomic_open, write_bytes
+from filmmine.corpus.shards import StagingWriter
 from trainer import atomic as trainer_atomic
 
 

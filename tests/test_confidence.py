@@ -18,12 +18,12 @@ from conftest import truth_of
 from test_extract import FILMS, gt_for, samples_of
 from test_verify import DAMAGED, copy_corpus, rewrite_shard
 
-from filmmine.encode import decode_confidence, decode_disparity, encode_confidence
+from filmmine.corpus.encode import decode_confidence, decode_disparity, encode_confidence
+from filmmine.corpus.shards import read_samples
 from filmmine.recipe import load_recipe
-from filmmine.runner import extract
-from filmmine.shards import read_samples
+from filmmine.run.extract import extract
 from filmmine.synth import FilmSpec
-from filmmine.verify import is_known_member, member_problem, stores_confidence, verify_corpus
+from filmmine.tools.verify import is_known_member, member_problem, stores_confidence, verify_corpus
 from trainer.sources import CorpusSource, DatasetSpec
 
 
@@ -240,7 +240,7 @@ def test_preview_reads_a_lone_sample_of_a_shard(corpus):
     its JSON and was dropped)."""
     import pyarrow.parquet as pq
 
-    from filmmine.preview import read_samples as preview_samples
+    from filmmine.tools.preview import read_samples as preview_samples
 
     rows = pq.read_table(corpus / "samples.parquet").to_pylist()
     for row in (rows[3], rows[-1]):

@@ -1,4 +1,4 @@
-"""filmmine.crop: letterbox / pillarbox bars of known size are cut exactly (even sizes)."""
+"""filmmine.stages.crop: letterbox / pillarbox bars of known size are cut exactly (even sizes)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from filmmine import synth
-from filmmine.crop import detect_crop
-from filmmine.filters import luma
 from filmmine.recipe import load_recipe
+from filmmine.stages.crop import detect_crop
+from filmmine.stages.filters import luma
 from filmmine.synth import FilmSpec, ShotSpec
 
 W, H = 320, 180

@@ -1,4 +1,4 @@
-"""filmmine.decode: grid frames, ranges, layouts, truncated files and timeouts.
+"""filmmine.media.decode: grid frames, ranges, layouts, truncated files and timeouts.
 
 Truth: the synthetic films' rendered views, and a full decode of the same file.
 """
@@ -16,10 +16,10 @@ import pytest
 from conftest import SHARED
 
 from filmmine import synth
-from filmmine.decode import DecodeStats, Frame, iter_frames, lowres_size
 from filmmine.errors import DecodeError, DecoderDied, FilmmineError, NoFrameDecoded
-from filmmine.layout import views
-from filmmine.probe import ProbeResult, probe_film
+from filmmine.media.decode import DecodeStats, Frame, iter_frames, lowres_size
+from filmmine.media.layout import views
+from filmmine.media.probe import ProbeResult, probe_film
 from filmmine.synth import FilmSpec, ShotSpec
 
 SPEC = FilmSpec(shots=(ShotSpec("textured", 30, seed=1), ShotSpec("textured", 30, seed=2)),
@@ -361,7 +361,7 @@ def test_decoder_threads_from_the_environment_change_no_pixel(films, sbs_full: l
                                                               monkeypatch) -> None:
     """FILMMINE_DECODE_THREADS (set by a local extract for its workers) becomes ffmpeg's
     ``-threads`` before the input; single-threaded decoding gives the same frames."""
-    from filmmine.decode import DECODE_THREADS_ENV, build_command, decoder_threads
+    from filmmine.media.decode import DECODE_THREADS_ENV, build_command, decoder_threads
 
     p = probe_of(films, "sbs")
     monkeypatch.setenv(DECODE_THREADS_ENV, "1")

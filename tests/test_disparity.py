@@ -1,4 +1,4 @@
-"""filmmine.disparity: labels against real stereo ground truth, and the frame verdicts.
+"""filmmine.stages.disparity: labels against real stereo ground truth, and the frame verdicts.
 
 Measured with the default recipe (DIS medium, full-resolution refinement, speckle filter),
 2-core CPU (valid = % of all pixels):
@@ -19,18 +19,18 @@ import pytest
 import torch
 from conftest import SHARED
 
-from filmmine.disparity import (
+from filmmine.corpus.encode import confidence_to_uint8
+from filmmine.flow import FlowBackend
+from filmmine.recipe import load_recipe
+from filmmine.run.unit import backend_for
+from filmmine.stages.disparity import (
     DisparityResult,
     check_batch,
     check_flows,
     compute_disparity,
-    confidence_to_uint8,
     rescale_flow,
     work_size,
 )
-from filmmine.flow import FlowBackend
-from filmmine.pipeline import backend_for
-from filmmine.recipe import load_recipe
 
 IMPERFECT = SHARED / "middlebury2014_motorcycle_imperfect"
 CONES = SHARED / "middlebury2003_cones"
@@ -304,8 +304,8 @@ def test_disparity_is_scaled_exactly_to_the_output_size(cfg: dict) -> None:
 
 def test_half_sbs_synthetic_pair_restored(cfg: dict) -> None:
     """A real matcher on a squeezed view: labels at full aspect match the full-aspect truth."""
-    from filmmine.bench_disparity import synthetic_pairs
     from filmmine.flow import get_backend
+    from filmmine.tools.bench_disparity import synthetic_pairs
 
     p = synthetic_pairs(1, (320, 180), seed=4)[0]
     squeeze = [cv2.resize(v, (160, 180), interpolation=cv2.INTER_AREA) for v in (p.left, p.right)]
@@ -388,7 +388,7 @@ def test_batch_checks_match_single_checks(cfg: dict) -> None:
 
 def test_device_and_cpu_checks_agree(cfg: dict) -> None:
     """The torch implementation (used on CUDA) and the numpy one (CPU) give the same masks."""
-    from filmmine.disparity import _core_numpy, _core_torch
+    from filmmine.stages.disparity import _core_numpy, _core_torch
 
     rng = np.random.default_rng(3)
     d = cv2.GaussianBlur(rng.uniform(-10, 25, (H, W)).astype(np.float32), (0, 0), 4)
@@ -410,7 +410,7 @@ def test_device_and_cpu_checks_agree(cfg: dict) -> None:
 @pytest.mark.parametrize("case", ["normal", "ties", "sorted", "half_constant", "small"])
 def test_percentiles_are_numpys(case: str) -> None:
     """The windowed selection gives np.percentile's values (linear interpolation)."""
-    from filmmine.disparity import percentiles
+    from filmmine.stages.disparity import percentiles
 
     rng = np.random.default_rng(7)
     x = rng.normal(0, 10, 9_000 if case == "small" else 450_000).astype(np.float32)

@@ -1,4 +1,4 @@
-"""filmmine.encode: 16-bit disparity PNG and JPEG round trips, canonical JSON."""
+"""filmmine.corpus.encode: 16-bit disparity PNG and JPEG round trips, canonical JSON."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from filmmine import synth
-from filmmine.encode import (
+from filmmine.corpus.encode import (
     decode_confidence,
     decode_disparity,
     decode_jpeg,

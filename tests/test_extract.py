@@ -20,8 +20,8 @@ import webdataset as wds
 from conftest import truth_of
 
 from filmmine import synth
-from filmmine.encode import decode_disparity, decode_jpeg
-from filmmine.runner import extract
+from filmmine.corpus.encode import decode_disparity, decode_jpeg
+from filmmine.run.extract import extract
 from filmmine.synth import FilmSpec, ShotSpec
 
 FILMS = ["film_sbs", "film_half-sbs", "film_tab", "film_half-tab", "film_separate"]
@@ -283,7 +283,7 @@ def test_the_summary_of_a_large_library_lists_what_needs_a_look(tmp_path):
     """The end-of-run summary has a line for each input that failed, was skipped or was
     mined with a note; plain ok films get a line each in a small run and one line in all in
     a large one (a library of thousands), the totals last."""
-    from filmmine.runner import SUMMARY_OK_LINES, RunReport
+    from filmmine.run.report import SUMMARY_OK_LINES, RunReport
 
     def report(n_ok: int) -> RunReport:
         r = RunReport(tmp_path / "out")
@@ -612,7 +612,7 @@ def test_film_ids_are_distinct_when_a_suffixed_id_is_taken(tmp_path):
     """Later duplicates of an id get a numeric suffix; 'a.mkv' became 'a-2', the id of
     'a-2.mp4' beside it: two films with one id (shards and records overwrite each other, and
     extract crashed with KeyError 'probe-a-2-0-...' on the duplicate Dask key)."""
-    from filmmine.inputs import path_tag, resolve_inputs
+    from filmmine.media.inputs import path_tag, resolve_inputs
 
     lib = tmp_path / "lib"
     lib.mkdir()
@@ -636,7 +636,7 @@ def test_film_ids_do_not_depend_on_the_rest_of_the_command(tmp_path):
     """`a/film.mp4 b/film.mp4` made `film-2` of b, and a later `b/film.mp4` alone failed
     "already in ... from a/film.mp4". Ids now come from the corpus and the files: b's is the
     same in either order and alone, and the manifest keeps every input of earlier runs."""
-    from filmmine.inputs import path_tag, resolve_inputs
+    from filmmine.media.inputs import path_tag, resolve_inputs
 
     spec = FilmSpec(shots=(ShotSpec("textured", 24, seed=1),), view_width=320,
                     view_height=180, seed=1)
@@ -664,7 +664,9 @@ def test_a_rerun_on_a_smaller_cluster_keeps_the_staged_units(library, tmp_path, 
     """A run on two slots cuts a lone 14 s film into two units, stages both and dies before
     the assembly; the rerun on one slot would cut it into one unit, but keeps the first run's
     plan (``.work/FILM/plan.json``): it mines nothing again and gives a clean run's bytes."""
-    from filmmine import pipeline, runner
+    import filmmine.run.extract as run_extract
+    import filmmine.run.scheduler as scheduler
+    import filmmine.run.unit as run_unit
 
     lib = tmp_path / "lib"
     lib.mkdir()
@@ -675,19 +677,19 @@ def test_a_rerun_on_a_smaller_cluster_keeps_the_staged_units(library, tmp_path, 
         raise RuntimeError("the run died before the assembly")
 
     with monkeypatch.context() as m:
-        m.setattr(runner, "unit_slots", lambda client, device: 2)
-        m.setattr(runner, "assemble_film", no_assembly)
+        m.setattr(run_extract, "unit_slots", lambda client, device: 2)
+        m.setattr(scheduler, "assemble_film", no_assembly)
         first = extract([film], out, layout="sbs", workers=0, progress=False)
     assert first.exit_code == 1, first.summary()
     assert len(list((out / ".work" / "a").glob("unit-*.json"))) == 2
     mined = []
-    real_miner = pipeline.UnitMiner
+    real_miner = run_unit.UnitMiner
 
     def counting_miner(probe, unit, *args, **kwargs):
         mined.append(unit.index)
         return real_miner(probe, unit, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "UnitMiner", counting_miner)
+    monkeypatch.setattr(run_unit, "UnitMiner", counting_miner)
     again = extract([film], out, layout="sbs", workers=0, progress=False)   # one slot
     assert again.exit_code == 0, again.summary()
     assert again.records["a"]["units"] == 2 and mined == []
@@ -787,7 +789,7 @@ def test_damaged_or_redone_films_are_mined_again_in_place(corpus, library, tmp_p
     for byte. Before, a rerun reported "0 failed" and kept the damage. `--redo FILM` mines a
     sound film again; a name that is no film of the command stops before anything starts."""
     from filmmine.errors import UsageError
-    from filmmine.verify import verify_corpus
+    from filmmine.tools.verify import verify_corpus
 
     lib = [str(library / "library.json")]
     copy = tmp_path / "c"
@@ -876,7 +878,7 @@ def test_a_wrong_layout_is_named_in_the_summary(tmp_path):
 def test_parquet_columns_carry_their_descriptions(corpus):
     """Every column of the corpus tables and the films' own says what it is in the Parquet
     schema's field metadata, for a reader of the file alone (DuckDB, pandas)."""
-    from filmmine.schema import FRAMES_SCHEMA, SAMPLES_SCHEMA, describe
+    from filmmine.corpus.schema import FRAMES_SCHEMA, SAMPLES_SCHEMA, describe
 
     for name, schema in (("samples", SAMPLES_SCHEMA), ("frames", FRAMES_SCHEMA)):
         for path in (corpus / f"{name}.parquet", *(corpus / "films").glob(f"*.{name}.parquet")):

@@ -1,4 +1,4 @@
-"""filmmine.filters: decide() names the right reason for frames built to have one defect."""
+"""filmmine.stages.filters: decide() names the right reason for frames built to have one defect."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from filmmine import filters, synth
+from filmmine import synth
 from filmmine.recipe import load_recipe
+from filmmine.stages import filters
 from filmmine.synth import FilmSpec, ShotSpec
 
 W, H = 320, 180

@@ -1,4 +1,4 @@
-"""filmmine.flow baselines (``dis``, ``sgbm``) behind the backend interface, and the registry.
+"""filmmine.flow.opencv baselines (``dis``, ``sgbm``) behind the interface, and the registry.
 
 Measured with the default recipe on the inputs below (CPU):
 * dis: synthetic frames EPE 0.05-0.26 px, 87-91 % valid; motorcycle half size bad-2px 6.4 %,
@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 from conftest import SHARED
 
-from filmmine.bench_disparity import evaluate, synthetic_pairs
-from filmmine.disparity import compute_disparity
-from filmmine.flow import BACKENDS, DisSgbmFlow, SgbmFlow, backend_options, get_backend
+from filmmine.flow import BACKENDS, backend_options, get_backend
+from filmmine.flow.opencv import DisSgbmFlow, SgbmFlow
 from filmmine.recipe import load_recipe
+from filmmine.stages.disparity import compute_disparity
+from filmmine.tools.bench_disparity import evaluate, synthetic_pairs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -132,7 +133,7 @@ def test_smooth_vertical_fits_the_rig_and_keeps_a_real_local_deviation() -> None
     """A quadratic vertical field (offset, rotation, keystone) with 30 % of the consistent
     pixels wild: the robust fit recovers it to a few hundredths of a pixel; a +2 px patch
     (something local, larger than the dead band) survives, shrunk by the dead band."""
-    from filmmine.flow import _smooth_vertical
+    from filmmine.flow.opencv import _smooth_vertical
 
     h, w = 120, 200
     rng = np.random.default_rng(0)
@@ -156,7 +157,7 @@ def test_smooth_vertical_fits_the_rig_and_keeps_a_real_local_deviation() -> None
 def test_dis_sgbm_vertical_flow_against_vertical_ground_truth(cfg) -> None:
     """MiddEval3's imperfectly rectified Motorcycle has per-pixel vertical truth: measured
     vertical EPE 0.105 px with the quadratic model, 0.256 px with per-pixel coarse v."""
-    from filmmine.bench_disparity import default_data_dir, load_middlebury
+    from filmmine.tools.bench_disparity import default_data_dir, load_middlebury
 
     folder = default_data_dir() / "middlebury2014_motorcycle_imperfect"
     if not (folder / "disp0GTy.pfm").is_file():
@@ -228,7 +229,7 @@ def test_dis_sgbm_right_view_vertical_is_the_left_ones_at_the_match(moto_half, c
 def test_the_rank_transform_ignores_gain_offset_and_gamma() -> None:
     """A pixel's rank in its window: the same image under another gain, offset or gamma
     (any increasing map of its grey levels) gives the same ranks; a known 3x3 case exactly."""
-    from filmmine.flow import rank_transform
+    from filmmine.flow.opencv import rank_transform
 
     img = np.random.default_rng(0).integers(20, 160, (60, 80)).astype(np.uint8)
     x = np.arange(256) / 255.0
@@ -242,7 +243,7 @@ def test_the_rank_transform_ignores_gain_offset_and_gamma() -> None:
 
 
 def test_consistent_pixels_counts_matches_that_map_back() -> None:
-    from filmmine.flow import consistent_pixels
+    from filmmine.flow.opencv import consistent_pixels
 
     d = np.full((4, 20), 3.0, np.float32)
     assert consistent_pixels(d, d.copy()) == 4 * 17      # x - 3 < 0 leaves the view
@@ -259,7 +260,7 @@ def test_auto_cost_keeps_a_right_view_at_another_exposure(cfg) -> None:
     truth of Motorcycle): on grey levels SGBM labels a third of the frame; sgbm_cost auto
     sees the photometry differ, matches rank transforms too and keeps them (about 80 % at
     bad-2 near Motorcycle's own). A pair at one exposure is matched as on grey levels."""
-    from filmmine.bench_disparity import load_middlebury
+    from filmmine.tools.bench_disparity import load_middlebury
 
     e = load_middlebury(SHARED / "middeval3_trainingQ" / "MotorcycleE")
     got = {}

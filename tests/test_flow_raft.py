@@ -1,4 +1,4 @@
-"""filmmine.flow_raft: the RAFT backend loads a local state dict, or torchvision's published
+"""filmmine.flow.raft: the RAFT backend loads a local state dict, or torchvision's published
 weights through torchvision's download, and runs both directions.
 
 No weights can be downloaded here: the tests build an untrained ``raft_small``, save its state
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from filmmine.disparity import compute_disparity
 from filmmine.flow import backend_options, get_backend
 from filmmine.recipe import apply_overrides, load_recipe, parse_overrides
+from filmmine.stages.disparity import compute_disparity
 
 optical_flow = pytest.importorskip("torchvision.models.optical_flow")
 

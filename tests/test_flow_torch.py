@@ -1,4 +1,4 @@
-"""filmmine.flow_torch (``census_sgm``): building blocks, accuracy on real and synthetic pairs
+"""filmmine.flow.census_sgm (``census_sgm``): building blocks, accuracy on real and synthetic pairs
 with ground truth, both-direction consistency, determinism, batching, CPU vs CUDA.
 
 Measured with the default recipe, CPU (the CI inputs are small: the motorcycle pair at half
@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from filmmine import synth
-from filmmine.bench_disparity import evaluate, synthetic_pairs
-from filmmine.disparity import compute_disparity
 from filmmine.flow import backend_options, get_backend
-from filmmine.flow_torch import CensusSgmFlow, box_mean, census, popcount, shear_to_right
+from filmmine.flow.census_sgm import CensusSgmFlow, box_mean, census, popcount, shear_to_right
 from filmmine.recipe import load_recipe
+from filmmine.stages.disparity import compute_disparity
+from filmmine.tools.bench_disparity import evaluate, synthetic_pairs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -196,7 +196,7 @@ def test_cuda_chunks_split_the_gpu_between_its_workers(monkeypatch) -> None:
     """On a GPU the chunk budget is half its memory over ~12 bytes a pixel-label, divided
     among the worker processes sharing it (FILMMINE_GPU_SHARE), within [2^24, 2^31]. (The
     device's properties are faked: no CUDA needed.)"""
-    from filmmine import flow_torch
+    from filmmine.flow import census_sgm
 
     class Props:
         total_memory = 80 * 2**30
@@ -204,11 +204,11 @@ def test_cuda_chunks_split_the_gpu_between_its_workers(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
     dev = torch.device("cuda")
     monkeypatch.delenv("FILMMINE_GPU_SHARE", raising=False)
-    assert flow_torch._cuda_chunk_labels(dev) == 2**31                 # capped
+    assert census_sgm._cuda_chunk_labels(dev) == 2**31                 # capped
     monkeypatch.setenv("FILMMINE_GPU_SHARE", "8")
-    assert flow_torch._cuda_chunk_labels(dev) == int(40 * 2**30 / 12 / 8)
+    assert census_sgm._cuda_chunk_labels(dev) == int(40 * 2**30 / 12 / 8)
     monkeypatch.setenv("FILMMINE_GPU_SHARE", "100000")
-    assert flow_torch._cuda_chunk_labels(dev) == 2**24                 # floor
+    assert census_sgm._cuda_chunk_labels(dev) == 2**24                 # floor
 
 
 def test_a_batch_that_runs_out_of_memory_is_split(monkeypatch) -> None:
@@ -245,8 +245,8 @@ def test_a_batch_that_runs_out_of_memory_is_split(monkeypatch) -> None:
 def test_kernels_refuse_volumes_beyond_int32_offsets() -> None:
     """The Triton kernels address volumes with int32 offsets: a larger volume is refused with
     a reason instead of being read out of bounds (meta tensors: no memory needed)."""
-    from filmmine import flow_triton
+    from filmmine.flow import triton_kernels
 
-    flow_triton._fits(torch.empty(2**31 - 1, device="meta"))
+    triton_kernels._fits(torch.empty(2**31 - 1, device="meta"))
     with pytest.raises(ValueError, match="sgm_chunk_labels"):
-        flow_triton._fits(torch.empty(2**31, device="meta"))
+        triton_kernels._fits(torch.empty(2**31, device="meta"))

@@ -25,13 +25,14 @@ needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
 # absolute difference last
 CHECKS = textwrap.dedent("""
     import numpy as np, torch
-    from filmmine import flow_torch as ft, flow_triton
-    from filmmine.bench_disparity import synthetic_pairs
+    from filmmine.flow import census_sgm as ft
+    from filmmine.flow import triton_kernels
+    from filmmine.tools.bench_disparity import synthetic_pairs
     from filmmine.flow import backend_options
     from filmmine.recipe import load_recipe
     dev = DEVICE
     g = torch.Generator().manual_seed(0)
-    assert flow_triton.available(torch.zeros(1, device=dev))
+    assert triton_kernels.available(torch.zeros(1, device=dev))
     # SGM: label counts and line counts that are not block multiples, both P2 modes, fp16
     for (n, d, h, w), edge, dtype in [((2, 7, 9, 13), 20.0, torch.float32),
                                       ((3, 20, 16, 11), 0.0, torch.float32),
@@ -95,7 +96,7 @@ CHECKS = textwrap.dedent("""
                 return ft.guided_filter(cost, guide, r, eps)
             finally:
                 ft.USE_KERNELS = True
-        flow_triton.guided_filter = torch_filter
+        triton_kernels.guided_filter = torch_filter
     pairs = synthetic_pairs(2, (96, 54))
     opts = backend_options(load_recipe("gpu"))
     opts["half_precision"] = False

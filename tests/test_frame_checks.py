@@ -3,7 +3,7 @@
 Truth: real rectified stereo from ../shared/data (SouthKensington's indoor video, the cut clips
 in three layouts, Middlebury 2001/2003) and negatives made from it with a known defect (the
 right view moved down, rolled; a mono copy), the raw unrectified OAK-D video. Runs the stages
-as a work unit does (``filmmine.bench_checks.judge``: crop, filters, disparity checks).
+as a work unit does (``filmmine.tools.bench_checks.judge``: crop, filters, disparity checks).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REAL_CLIPS, SHARED
 
-from filmmine import bench_checks as bc
-from filmmine import filters
-from filmmine.pipeline import backend_for
 from filmmine.recipe import load_recipe
+from filmmine.run.unit import backend_for
+from filmmine.stages import filters
+from filmmine.tools import bench_checks as bc
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"no shared data at {SHARED}")
@@ -106,7 +106,7 @@ def test_a_figure_walking_through_a_static_shot_is_not_frozen(sk) -> None:
 @pytest.fixture(scope="module")
 def clips_corpus(tmp_path_factory):
     """The three cut clips (one scene, three layouts) mined with the default recipe."""
-    from filmmine.runner import extract
+    from filmmine.run.extract import extract
 
     files = [REAL_CLIPS / f for f in ("sbs_cut_clip.mp4", "sbs_cut_clip_half.mp4",
                                       "tb_cut_clip.mp4")]
@@ -152,7 +152,7 @@ def test_each_verdicts_evidence_is_in_frames_parquet(clips_corpus) -> None:
 def test_a_film_without_samples_says_why_in_the_summary(tmp_path) -> None:
     """The top-bottom clip mined as side-by-side (a wrong --layout): no sample, and the
     summary's line says what rejected its frames (unrelated halves: inconsistent)."""
-    from filmmine.runner import extract
+    from filmmine.run.extract import extract
 
     clip = REAL_CLIPS / "tb_cut_clip.mp4"
     if not clip.is_file():

@@ -13,7 +13,7 @@ from conftest import truth_of
 
 from filmmine import cli
 from filmmine.errors import FilmmineError
-from filmmine.inspect import load_corpus, summarize, text_table
+from filmmine.tools.summary import load_corpus, summarize, text_table
 
 FILMS = ["film_half-sbs", "film_half-tab", "film_sbs", "film_separate", "film_tab"]
 

@@ -1,4 +1,4 @@
-"""filmmine.layout: packing/unpacking stereo frames, checked against known views."""
+"""filmmine.media.layout: packing/unpacking stereo frames, checked against known views."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from filmmine import layout, synth
+from filmmine import synth
+from filmmine.media import layout
 from filmmine.synth import FilmSpec, ShotSpec
 
 VW, VH = 320, 180

@@ -1,4 +1,4 @@
-"""filmmine.png: greyscale PNGs that OpenCV and Pillow decode to the very samples written."""
+"""filmmine.corpus.png: greyscale PNGs that OpenCV and Pillow decode to the very samples written."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from filmmine import png
+from filmmine.corpus import png
 
 
 def _samples(dtype, shape, seed=0) -> np.ndarray:

@@ -17,8 +17,8 @@ import pytest
 from conftest import truth_of
 
 from filmmine import cli, synth
-from filmmine.encode import decode_disparity, decode_jpeg
-from filmmine.preview import INVALID_BGR, build_preview, contact_sheet
+from filmmine.corpus.encode import decode_disparity, decode_jpeg
+from filmmine.tools.preview import INVALID_BGR, build_preview, contact_sheet
 
 TURBO_BGR = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_TURBO)[:, 0]
 
@@ -171,11 +171,11 @@ def test_html_report_in_headless_chromium(corpus, tmp_path, capsys):
 def test_rejected_frame_of_a_vfr_film_is_the_frame_of_its_index(tmp_path):
     """A film record stores no timestamp index: the preview reads it again from the source,
     so after dropped frames it decodes the picture the index names."""
-    from filmmine.decode import iter_frames
-    from filmmine.layout import views
-    from filmmine.preview import decode_views
-    from filmmine.probe import probe_film
+    from filmmine.media.decode import iter_frames
+    from filmmine.media.layout import views
+    from filmmine.media.probe import probe_film
     from filmmine.synth import FilmSpec, ShotSpec
+    from filmmine.tools.preview import decode_views
 
     spec = FilmSpec(shots=(ShotSpec("textured", 30, seed=3),), view_width=160, view_height=96,
                     seed=4)
@@ -212,9 +212,9 @@ def test_a_sample_with_an_empty_image_member_is_left_out_not_a_crash(corpus, tmp
 def test_rejected_caption_operator_is_the_filters_own():
     """A score exactly at its threshold: the caption's comparison says what filters.decide
     did with it (frozen is "<=": a change equal to frozen_max_diff is still frozen)."""
-    from filmmine import filters
-    from filmmine.preview import REASON_SCORE, _score_text
     from filmmine.recipe import load_recipe
+    from filmmine.stages import filters
+    from filmmine.tools.preview import REASON_SCORE, _score_text
 
     recipe = load_recipe("default")
     cfg = recipe["filters"]

@@ -1,4 +1,4 @@
-"""filmmine.probe: stream facts and stereo layout of real and constructed inputs."""
+"""filmmine.media.probe: stream facts and stereo layout of real and constructed inputs."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from conftest import REAL_CLIPS, SHARED
 
 from filmmine.errors import FilmmineError, InputError, MonoInput
-from filmmine.ffmpeg_bin import find_binary
-from filmmine.probe import (
+from filmmine.media.ffmpeg_bin import find_binary
+from filmmine.media.probe import (
     PtsIndex,
     StreamInfo,
     decide_layout,
@@ -481,7 +481,7 @@ def test_a_spherical_video_is_skipped_naming_its_projection(tmp_path) -> None:
     """congo.mp4 (360 degree equirectangular, top-bottom): probe_film says it is a spherical
     video and which projection; extract skips it in one line (exit 0) and mines nothing."""
     from filmmine.errors import SkippedInput, SphericalInput
-    from filmmine.runner import extract
+    from filmmine.run.extract import extract
 
     with pytest.raises(SphericalInput) as e:
         probe_film("congo", (str(CONGO),))
@@ -504,7 +504,7 @@ def test_the_projection_comes_from_the_sv3d_box_or_is_given_by_hand() -> None:
     reproject. iceland0.ts carries no side data: mined as flat unless --projection says it is
     equirectangular. --projection flat mines congo.mp4's panorama as a flat film."""
     from filmmine.errors import SphericalInput
-    from filmmine.probe import film_projection
+    from filmmine.media.probe import film_projection
 
     assert probe_stream(VR / "sphericalv2.mp4").spherical == "equirectangular"
     with pytest.raises(SphericalInput, match=r"^spherical video \(mesh projection, sv3d box\): "
@@ -527,7 +527,7 @@ def test_the_projection_comes_from_the_sv3d_box_or_is_given_by_hand() -> None:
 
 @needs_shared
 def test_extract_takes_the_projection_given_by_hand(tmp_path) -> None:
-    from filmmine.runner import extract
+    from filmmine.run.extract import extract
 
     report = extract([str(VR / "iceland0.ts")], tmp_path / "out", workers=0, progress=False,
                      projection="equirect")

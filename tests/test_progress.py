@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 import re
 
-from filmmine import progress, synth
-from filmmine.progress import Progress
-from filmmine.runner import extract
+from filmmine import synth
+from filmmine.run import progress
+from filmmine.run.extract import extract
+from filmmine.run.progress import Progress
 from filmmine.synth import FilmSpec, ShotSpec
 
 

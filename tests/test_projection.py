@@ -1,4 +1,4 @@
-"""Spherical -> pinhole maps (filmmine.projection) against the camera model, with exact truth."""
+"""Spherical -> pinhole maps (filmmine.stages.projection) against the camera model, exactly."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from filmmine.projection import (
+from filmmine.stages.projection import (
     PinholeView,
     directions_to_source,
     reproject,
@@ -155,8 +155,8 @@ def test_a_known_eye_rotation_is_recovered_within_a_twentieth_of_a_degree():
     smooth, depth-like parallax of up to 1.2°: pitch and roll come back within 0.05°, and the
     right eye's views cut with the found rotation line up with the left's (no vertical
     offset), where without it they are a pixel and more off."""
-    from filmmine.alignment import confident_matches
-    from filmmine.projection import eye_rotation
+    from filmmine.stages.alignment import confident_matches
+    from filmmine.stages.projection import eye_rotation
 
     size = (1024, 512)
     true = rotation_matrix(0.0, 0.3, 0.5)

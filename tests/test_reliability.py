@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from test_extract import tree_digest
 
-from filmmine.runner import extract
-from filmmine.shards import read_samples
+from filmmine.corpus.shards import read_samples
+from filmmine.run.extract import extract
 
 DASK = Path(sys.executable).parent / "dask"
 
@@ -129,7 +129,7 @@ def test_remote_workers_reuse_frame_buffers(tmp_path):
     extract client has set it up: next to no page faults for 20 buffers, not hundreds each."""
     from distributed import Client
 
-    from filmmine.runner import _client
+    from filmmine.run.cluster import _client
 
     with _DaskCluster(tmp_path) as cluster:
         # the environment of a fresh node: a local cluster started in this process earlier
@@ -317,7 +317,7 @@ def test_gpu_units_are_placed_on_workers_with_the_gpu_resource():
     """Work units for a GPU device carry GPU=1 and run only where a worker offers it."""
     from distributed import Client, Scheduler, SpecCluster, Worker
 
-    from filmmine.runner import unit_resources
+    from filmmine.run.cluster import unit_resources
 
     assert unit_resources("cpu") is None
     assert unit_resources("cuda") == {"GPU": 1}
@@ -336,7 +336,7 @@ def test_gpu_units_are_placed_on_workers_with_the_gpu_resource():
 def test_gpu_workers_several_per_gpu():
     """--device cuda: as many worker processes as on the CPU (one per core, at most 8; at
     least one per GPU), or --workers in all, dealt round robin over the GPUs."""
-    from filmmine.runner import _gpu_worker_layout
+    from filmmine.run.cluster import _gpu_worker_layout
 
     assert _gpu_worker_layout(None, 16, 1) == [0] * 8
     assert _gpu_worker_layout(None, 16, 2) == [0, 1] * 4
@@ -359,15 +359,15 @@ def test_local_cuda_cluster_pins_each_worker_to_one_gpu(monkeypatch):
     on 2 GPUs each hold GPU=1 and see only their GPU, named as the driver's own
     CUDA_VISIBLE_DEVICES names it, and knows how many workers share that GPU (census_sgm
     sizes its chunks by it); with no GPU, a one-line error."""
-    from filmmine import runner
+    import filmmine.run.cluster as run_cluster
     from filmmine.errors import FilmmineError
 
-    monkeypatch.setattr(runner, "_gpu_count", lambda: 0)
+    monkeypatch.setattr(run_cluster, "_gpu_count", lambda: 0)
     with pytest.raises(FilmmineError, match="--device cuda: no CUDA device visible"):
-        runner._client(None, None, "cuda")
-    monkeypatch.setattr(runner, "_gpu_count", lambda: 2)
+        run_cluster._client(None, None, "cuda")
+    monkeypatch.setattr(run_cluster, "_gpu_count", lambda: 2)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
-    client, cluster = runner._client(3, None, "cuda")
+    client, cluster = run_cluster._client(3, None, "cuda")
     try:
         client.wait_for_workers(3)
         info = client.scheduler_info()["workers"]
@@ -435,7 +435,7 @@ def test_local_workers_reuse_frame_buffers_and_run_single_threaded(workers: int)
     frame buffer a fresh mmap: 30 s of system time on the 60 s benchmark film); local workers
     get a 32 MiB mmap threshold, one OpenCV and one torch thread each, their ffmpeg the cores
     per worker, and no statistical profiler sampling their task thread every 10 ms."""
-    from filmmine.runner import _client
+    from filmmine.run.cluster import _client
 
     client, cluster = _client(workers, None)
     try:
@@ -491,7 +491,7 @@ def _no_space(*_args, **_kwargs):
 def test_a_write_that_fails_on_commit_leaves_no_temp_file(tmp_path, monkeypatch):
     """Disk full at the last moment (the final flush or the fsync of a small file, as on a
     full tmpfs or over quota on NFS): the error propagates and no `.tmp-*` file is left."""
-    from filmmine.atomic import write_bytes
+    from filmmine.corpus.atomic import write_bytes
 
     monkeypatch.setattr(os, "fsync", _no_space)
     with pytest.raises(OSError, match="No space left"):
@@ -502,8 +502,9 @@ def test_a_write_that_fails_on_commit_leaves_no_temp_file(tmp_path, monkeypatch)
 def test_a_write_error_while_writing_shards_leaves_no_temp_file(tmp_path, monkeypatch):
     """Disk full while a film's shards are written: the run stops with the one-line output
     error, and the shard being written does not stay behind as a temp file."""
-    from filmmine import shards, synth
-    from filmmine.runner import OutputError
+    from filmmine import synth
+    from filmmine.corpus import shards
+    from filmmine.run.tasks import OutputError
     from filmmine.synth import FilmSpec, ShotSpec
 
     spec = FilmSpec(shots=(ShotSpec("textured", 30, seed=2),), view_width=320,
@@ -562,9 +563,10 @@ def test_staged_units_of_other_inputs_are_mined_again(library, tmp_path):
     units were made from other views, so they are mined again, never mixed into the film
     (the corpus equals a clean run's); and a finished film asked for in another layout is
     refused with a reason, not silently kept."""
-    from filmmine.pipeline import mine_unit, plan_units, unit_context
-    from filmmine.probe import probe_film
+    from filmmine.media.probe import probe_film
     from filmmine.recipe import load_recipe
+    from filmmine.run.plan import plan_units, unit_context
+    from filmmine.run.unit import mine_unit
 
     film = str(library / "film_sbs.mp4")
     recipe = tmp_path / "r.toml"
@@ -594,7 +596,8 @@ def test_films_probed_in_the_driver_or_in_tasks_get_the_same_outcome(tmp_path, m
     film probed in the driver and once with none, on good, empty, random and mono files."""
     import numpy as np
 
-    from filmmine import runner, synth
+    import filmmine.run.extract as run_extract
+    from filmmine import synth
 
     lib = tmp_path / "lib"
     lib.mkdir()
@@ -606,14 +609,14 @@ def test_films_probed_in_the_driver_or_in_tasks_get_the_same_outcome(tmp_path, m
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i",
                     "testsrc2=size=320x180:rate=24:duration=2", "-pix_fmt", "yuv420p",
                     str(lib / "mono.mp4")], check=True)
-    real = runner.early_probes
+    real = run_extract.early_probes
     asked: dict[str, list[str]] = {}
     outcome = {}
     for name, n in (("driver", 99), ("tasks", 0)):
         def early(films, _n, name=name, n=n):
             asked[name] = [f.name for f in films[:n]]
             return real(films, n)
-        monkeypatch.setattr(runner, "early_probes", early)
+        monkeypatch.setattr(run_extract, "early_probes", early)
         out = tmp_path / name
         report = extract([str(lib)], out, workers=0, progress=False)
         outcome[name] = ([(i["film"], i["status"], i["reason"]) for i in report.inputs],
@@ -797,9 +800,9 @@ def _gate_unit_0(flag: Path, log: Path):
 
     class GateUnit0(WorkerPlugin):   # defined in a function: pickled by value for workers
         def setup(self, worker):
-            import filmmine.runner as runner
+            import filmmine.run.tasks as tasks
 
-            mine = runner.mine_unit
+            mine = tasks.mine_unit
 
             def gated(probe, unit, *args, **kwargs):
                 if unit.index == 0:
@@ -813,7 +816,7 @@ def _gate_unit_0(flag: Path, log: Path):
                     flag.touch()
                 return mine(probe, unit, *args, **kwargs)
 
-            runner.mine_unit = gated
+            tasks.mine_unit = gated
 
     return GateUnit0()
 
@@ -864,14 +867,14 @@ def _other_opencv_on_worker(name):
         def setup(self, worker):
             if worker.name != name:
                 return
-            import filmmine.runner as runner
+            import filmmine.run.tasks as tasks
 
-            real = runner.software_stack
+            real = tasks.software_stack
 
             def other(torch=False):
                 return tuple(sorted({**dict(real(torch)), "opencv": "0.0.0"}.items()))
 
-            runner.software_stack = other
+            tasks.software_stack = other
 
     return OtherOpenCV()
 
@@ -902,7 +905,7 @@ def test_a_worker_with_other_versions_stops_the_run(library, tmp_path):
 
 
 def test_the_software_stack_names_what_differs():
-    from filmmine.runner import software_stack, stack_mismatch
+    from filmmine.run.tasks import software_stack, stack_mismatch
 
     mine = software_stack()
     keys = dict(mine)
@@ -922,12 +925,12 @@ def test_a_cluster_without_workers_is_said_to_be_waited_for(library, tmp_path, m
     import logging
     import threading
 
-    import filmmine.runner as runner
+    import filmmine.run.scheduler as scheduler
 
-    monkeypatch.setattr(runner, "NO_SLOTS_WARN_S", 1.0)
-    monkeypatch.setattr(runner, "SLOTS_REFRESH_S", 0.2)
+    monkeypatch.setattr(scheduler, "NO_SLOTS_WARN_S", 1.0)
+    monkeypatch.setattr(scheduler, "SLOTS_REFRESH_S", 0.2)
     out, result = tmp_path / "out", {}
-    caplog.set_level(logging.WARNING, logger="filmmine.runner")
+    caplog.set_level(logging.WARNING, logger="filmmine.run.scheduler")
     with _DaskCluster(tmp_path) as cluster:
         def run() -> None:
             result["report"] = extract([str(library / "film_sbs.mp4")], out, layout="sbs",
@@ -948,7 +951,7 @@ def test_a_cluster_without_workers_is_said_to_be_waited_for(library, tmp_path, m
 
 
 def test_a_gpu_run_without_gpu_workers_says_how_to_start_them():
-    from filmmine.runner import no_slots_warning
+    from filmmine.run.cluster import no_slots_warning
 
     gpu = no_slots_warning("cuda", "tcp://h:1", 31.2)
     assert "offers the GPU resource a --device cuda unit needs, for 31 s" in gpu
@@ -1030,15 +1033,15 @@ def _delete_on_first_unit(victim: Path):
 
     class DeleteOnFirstUnit(WorkerPlugin):   # defined in a function: pickled by value
         def setup(self, worker):
-            import filmmine.runner as runner
+            import filmmine.run.tasks as tasks
 
-            mine = runner.mine_unit
+            mine = tasks.mine_unit
 
             def deleting(probe, unit, *args, **kwargs):
                 victim.unlink(missing_ok=True)
                 return mine(probe, unit, *args, **kwargs)
 
-            runner.mine_unit = deleting
+            tasks.mine_unit = deleting
 
     return DeleteOnFirstUnit()
 
@@ -1138,7 +1141,7 @@ def test_a_killed_decoder_is_mined_again_never_recorded_as_finished(library, cor
     fake = tmp_path / "ffmpeg"
     fake.write_text(KILLING_FFMPEG.format(python=sys.executable, real=sh.which("ffmpeg")))
     fake.chmod(0o755)
-    from filmmine.ffmpeg_bin import find_binary
+    from filmmine.media.ffmpeg_bin import find_binary
 
     monkeypatch.setenv("FILMMINE_FFMPEG", str(fake))
     monkeypatch.setenv("KILL_EVERY", "film_tab.")

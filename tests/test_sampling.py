@@ -1,12 +1,12 @@
-"""filmmine.sampling: the candidate grid plan and the reason each candidate is dropped."""
+"""filmmine.stages.sampling: the candidate grid plan and the reason each candidate is dropped."""
 
 from __future__ import annotations
 
 import pytest
 
 from filmmine.recipe import load_recipe
-from filmmine.sampling import SamplingPlan, sampling_reason
-from filmmine.shots import ShotBoundaries
+from filmmine.stages.sampling import SamplingPlan, sampling_reason
+from filmmine.stages.shots import ShotBoundaries
 
 # grid 6, margin 6, min shot 24 (the default recipe at 24 fps), no cap
 PLAN = SamplingPlan(grid_step=6, margin=6, min_shot=24, max_per_shot=0, lookahead=31)

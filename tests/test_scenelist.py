@@ -10,8 +10,8 @@ import pytest
 
 from filmmine import synth
 from filmmine.errors import InputError
-from filmmine.runner import extract
-from filmmine.scenelist import parse_csv, parse_edl, read_scene_list
+from filmmine.media.scenelist import parse_csv, parse_edl, read_scene_list
+from filmmine.run.extract import extract
 from filmmine.synth import FilmSpec, ShotSpec
 
 EDL = """TITLE: film

@@ -1,4 +1,4 @@
-"""filmmine.shards: the tar writer against webdataset's, and a torch-free extraction."""
+"""filmmine.corpus.shards: the tar writer against webdataset's, and a torch-free extraction."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from filmmine.shards import StagingWriter, TarSampleWriter, read_samples
+from filmmine.corpus.shards import StagingWriter, TarSampleWriter, read_samples
 
 SAMPLES = [
     {"__key__": "film_00000006", "jpg": b"\xff\xd8jpeg", "disp.png": b"\x89PNG" * 300,
@@ -59,7 +59,7 @@ def test_extraction_with_an_opencv_backend_never_imports_torch(library: Path,
     whole extraction with the default (OpenCV) backend runs without it."""
     code = (
         "import sys\n"
-        "from filmmine.runner import extract\n"
+        "from filmmine.run.extract import extract\n"
         f"r = extract([{str(library / 'film_sbs.mp4')!r}], {str(tmp_path / 'c')!r}, "
         "layout='sbs', workers=0, progress=False)\n"
         "assert r.exit_code == 0, r.summary()\n"

@@ -1,4 +1,4 @@
-"""filmmine.shots: cuts and dissolves found at the frames the truth says.
+"""filmmine.stages.shots: cuts and dissolves found at the frames the truth says.
 
 Truth: real_cut_clips/cuts.json (hard cuts at 40 and 80, a fast turn at 101 that is no cut) and
 the synthetic film's sidecar (exact cut frames and dissolve range).
@@ -17,10 +17,10 @@ import pytest
 from conftest import REAL_CLIPS
 
 from filmmine import synth
-from filmmine.decode import iter_frames
-from filmmine.probe import ProbeResult, probe_film
+from filmmine.media.decode import iter_frames
+from filmmine.media.probe import ProbeResult, probe_film
 from filmmine.recipe import load_recipe
-from filmmine.shots import ShotBoundaries, ShotTracker, dissolve_score
+from filmmine.stages.shots import ShotBoundaries, ShotTracker, dissolve_score
 
 CLIPS = ["sbs_cut_clip.mp4", "sbs_cut_clip_half.mp4", "tb_cut_clip.mp4"]
 

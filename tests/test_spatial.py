@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from conftest import SHARED
 
-from filmmine import ffmpeg_bin
 from filmmine.errors import InputError
-from filmmine.probe import mvc_stream, probe_film
-from filmmine.spatial import focal_px, read_spatial
+from filmmine.media import ffmpeg_bin
+from filmmine.media.probe import mvc_stream, probe_film
+from filmmine.media.spatial import focal_px, read_spatial
 
 SPATIAL = SHARED / "spatial_mvhevc"
 WATER = SPATIAL / "water_180_mvhevc_5frames.mov"
@@ -43,7 +43,7 @@ def test_both_views_decode_and_view_0_is_the_left_eye():
     """Probed as mv-hevc (both views side by side, 5 frames); every frame decodes at its
     index; the left half (view 0) is the left eye: its features lie right of view 1's
     (x_left - x_right = d > 0, about 21 px at 1934 px), at the same height."""
-    from filmmine.decode import iter_frames
+    from filmmine.media.decode import iter_frames
 
     p = probe_film("w", (str(WATER),))
     assert p.layout == "mv-hevc" and p.frame_size == (3868, 2160) and p.n_frames == 5
@@ -60,8 +60,8 @@ def test_both_views_decode_and_view_0_is_the_left_eye():
     dy = np.array([k0[m.queryIdx].pt[1] - k1[m.trainIdx].pt[1] for m in good])
     assert len(good) > 50
     assert 18 < np.median(dx) < 25 and abs(np.median(dy)) < 0.5
-    from filmmine.probe_report import format_probe, probe_inputs
     from filmmine.recipe import load_recipe
+    from filmmine.tools.probe_report import format_probe, probe_inputs
 
     text = format_probe(probe_inputs([str(WATER)], load_recipe("default"), "auto", 0)[0])
     assert "spatial video: baseline 19.24 mm, horizontal field of view 64.0 deg" in text
@@ -78,7 +78,7 @@ def test_a_spatial_clip_is_mined_with_its_metric_metadata(tmp_path):
     filter, so the test lowers that); every sample's JSON and the film record carry baseline,
     field of view and the stored image's focal length, and depth = f B / d comes out in
     metres for a positive disparity that matches the views' feature matches."""
-    from filmmine.runner import extract
+    from filmmine.run.extract import extract
 
     report = extract([str(WATER)], tmp_path / "c", recipe="short", workers=0, progress=False,
                      overrides={"filters": {"lowtex_min_grad": 0.3}})
@@ -103,7 +103,7 @@ def test_a_spatial_clip_is_mined_with_its_metric_metadata(tmp_path):
 
 @needs_files
 def test_without_an_ffmpeg_that_decodes_both_views_the_film_fails_in_one_line(monkeypatch):
-    from filmmine import probe
+    from filmmine.media import probe
 
     monkeypatch.setattr(probe, "multiview_ffmpeg", lambda: None)
     with pytest.raises(InputError, match=r"MV-HEVC stereo .* needs FFmpeg >= 7\.1 .* "
@@ -151,7 +151,7 @@ def test_the_multiview_ffmpeg_is_chosen_by_version(monkeypatch, tmp_path):
 def test_a_range_of_a_spatial_clip_decodes_the_same_frames_as_the_whole():
     """Work units cut films into ranges: frames [3, 7) of the 10-frame clip decoded alone are
     the whole decode's, index for index and pixel for pixel (seek, trim, both views)."""
-    from filmmine.decode import iter_frames
+    from filmmine.media.decode import iter_frames
 
     p = probe_film("s", (str(SMALL),))
     whole = {f.index: f.full for f in iter_frames(p, grid_step=1, lowres_width=80)}

@@ -101,7 +101,7 @@ def all_keys(source) -> list[str]:
 # ----------------------------------------------------------------------------- adapters
 
 def test_corpus_source_decodes_the_documented_format(corpus):
-    from filmmine.encode import decode_disparity, decode_jpeg  # reference decoder
+    from filmmine.corpus.encode import decode_disparity, decode_jpeg  # reference decoder
 
     src = CorpusSource(DatasetSpec(path=str(corpus)))
     unit = src.units()[0]

@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from filmmine.pipeline import WorkUnit, film_chunk_s, plan_units, unit_context
-from filmmine.probe import ProbeResult, PtsIndex, probe_film
+from filmmine.corpus.staging import WorkUnit
+from filmmine.media.probe import ProbeResult, PtsIndex, probe_film
 from filmmine.recipe import load_recipe
+from filmmine.run.plan import film_chunk_s, plan_units, unit_context
 
 FPS = 24.0
 N = 1440  # 60 s
@@ -140,7 +141,7 @@ def test_unit_slots_count_threads_or_gpus():
     CPU and 2 on the GPUs (a unit holds a GPU)."""
     from distributed import Client, LocalCluster
 
-    from filmmine.runner import unit_slots
+    from filmmine.run.cluster import unit_slots
 
     with LocalCluster(n_workers=2, threads_per_worker=2, processes=False,
                       resources={"GPU": 1}, dashboard_address=":0") as cluster, \
@@ -155,7 +156,7 @@ def test_a_unit_builds_its_backend_while_decoding_and_still_fails_on_a_bad_one(t
     without weights) still fails the unit, even on a film where no candidate reaches the
     disparity stage (all dark), as when the backend was built before decoding."""
     from filmmine import synth
-    from filmmine.pipeline import backend_for, backend_soon, mine_unit
+    from filmmine.run.unit import backend_for, backend_soon, mine_unit
 
     rec = load_recipe("default")
     built = backend_for(rec, "cpu")

@@ -1,0 +1,8 @@
+"""Optical flow: one interface (``base``), the backends by name (``registry``), OpenCV's
+(``opencv``), the torch census SGM with its Triton kernels (``census_sgm``) and RAFT."""
+
+from .base import GPU_SHARE_ENV, Batch, FlowBackend, StereoFlows, check_device
+from .registry import BACKENDS, TORCH_BACKENDS, backend_options, get_backend
+
+__all__ = ["BACKENDS", "GPU_SHARE_ENV", "TORCH_BACKENDS", "Batch", "FlowBackend", "StereoFlows",
+           "backend_options", "check_device", "get_backend"]

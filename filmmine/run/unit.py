@@ -1,0 +1,434 @@
+"""One work unit of extraction: a frame range of one film, streamed through every stage.
+
+decode (one ffmpeg pass) -> shots (every low-res frame) -> sampling (grid candidates, decided
+once the boundaries around them are final) -> views and crop -> filters -> disparity ->
+encoded samples in a staging tar. The unit ends with a JSON marker naming its outcome; the
+film is assembled into shards from the staged units afterwards (see ``assemble``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .. import flow
+from ..corpus.atomic import write_bytes
+from ..corpus.encode import dumps, encode_confidence, encode_disparity, encode_jpeg
+from ..corpus.shards import StagingWriter
+from ..corpus.staging import WorkUnit, unit_paths
+from ..errors import NoFrameDecoded
+from ..flow import FlowBackend, get_backend
+from ..media.decode import DecodeStats, Frame, iter_frames
+from ..media.layout import views
+from ..media.probe import ProbeResult
+from ..media.spatial import stereo_record
+from ..recipe import recipe_digest
+from ..stages import filters
+from ..stages.crop import detect_crop
+from ..stages.disparity import compute_disparity
+from ..stages.sampling import SamplingPlan, sampling_reason
+from ..stages.shots import GivenShots, ShotTracker
+from .plan import unit_context
+
+log = logging.getLogger(__name__)
+
+
+def stored_size(crop_w: int, crop_h: int, max_width: int) -> tuple[int, int]:
+    if crop_w <= max_width:
+        return crop_w, crop_h
+    s = max_width / crop_w
+    return max_width // 2 * 2, max(2, round(crop_h * s / 2) * 2)
+
+
+def sample_key(film: str, frame_index: int) -> str:
+    return f"{film}_{frame_index:08d}"
+
+
+def prepare_views(full_rgb: np.ndarray, layout: str, recipe: dict):
+    """Packed frame -> (left, right) cropped and resized for storage, crop box, view size."""
+    left, right = views(full_rgb, layout)
+    c = recipe["crop"]
+    crop = detect_crop(left, max_luma=c["letterbox_max_luma"],
+                       max_std=c["letterbox_max_std"], min_content_frac=c["min_content_frac"],
+                       side_frac=c["side_frac"])
+    x, y, w, h = crop
+    size = stored_size(w, h, recipe["output"]["max_width"])
+    out = []
+    for v in (left, right):
+        v = v[y : y + h, x : x + w]
+        if (w, h) != size:
+            v = cv2.resize(v, size, interpolation=cv2.INTER_AREA)
+        out.append(np.ascontiguousarray(v))
+    return out[0], out[1], crop, (left.shape[1], left.shape[0])
+
+
+# the disparity stage's statistics a frame row keeps: the verdict's evidence
+ALIGNMENT_EVIDENCE = ("vertical_matches", "vertical_inliers", "vertical_offset_px",
+                      "vertical_rotation_deg", "vertical_scale_pct", "vertical_keystone_px",
+                      "vertical_residual_px", "vertical_field_exceed_fraction",
+                      "vertical_field_abs_p95_px")
+
+
+VERDICT_EVIDENCE = ("valid_fraction", "vertical_fail_fraction", "range_px",
+                    "matchable_fraction", "consistency_rate", *ALIGNMENT_EVIDENCE)
+
+
+@dataclass
+class UnitResult:
+    unit: WorkUnit
+    frames: list[dict] = field(default_factory=list)   # a row per candidate (no shot_index yet)
+    cuts: list[int] = field(default_factory=list)
+    transitions: list[list[int]] = field(default_factory=list)
+    decoded: int = 0
+    stopped_early: str | None = None
+    stop_reason: str | None = None       # why it stopped early (``DecodeStats.stop_reason``)
+    samples: int = 0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (profiling)
+
+    def to_json(self) -> dict:
+        return {"unit": self.unit.__dict__, "frames": self.frames, "cuts": self.cuts,
+                "transitions": self.transitions, "decoded": self.decoded,
+                "stopped_early": self.stopped_early, "stop_reason": self.stop_reason,
+                "samples": self.samples,
+                "timings": {k: round(v, 4) for k, v in sorted(self.timings.items())}}
+
+
+@dataclass
+class _Waiting:
+    """A candidate that passed the filters, waiting for the batched disparity stage."""
+
+    frame_index: int
+    row: dict
+    left: np.ndarray            # stored-size RGB left view
+    grey_left: np.ndarray
+    grey_right: np.ndarray
+    crop: tuple
+    view_wh: tuple[int, int]
+
+
+class UnitMiner:
+    """Holds the per-unit state of the streaming stages."""
+
+    def __init__(self, probe: ProbeResult, unit: WorkUnit, recipe: dict,
+                 backend: FlowBackend | Future[FlowBackend], staging: StagingWriter,
+                 batch: int = 1) -> None:
+        self.probe, self.unit, self.recipe = probe, unit, recipe
+        self._backend = backend     # a Future while it is being built (``backend_soon``)
+        self.staging = staging
+        # candidates that passed the filters, waiting for one batched disparity call
+        self.batch = max(1, int(batch))
+        self.waiting: list[_Waiting] = []
+        sh = recipe["shots"]
+        self.tracker: ShotTracker | GivenShots = ShotTracker(
+            probe.fps, content_threshold=sh["content_threshold"],
+            fade_threshold=sh["fade_threshold"], dissolve_window_s=sh["dissolve_window_s"],
+            dissolve_threshold=sh["dissolve_threshold"],
+        ) if probe.given_cuts is None else GivenShots(probe.given_cuts)
+        self.plan = SamplingPlan.from_recipe(probe.fps, recipe)
+        # frames decoded on either side of the unit: enough for every decision near its seams
+        # (lookahead + 2 * tracker.window + 1), and one grid step more before it: the grid
+        # frames in [shadow_from, start) are decided again without a row ("shadow"), so the
+        # first candidate's frozen test compares with the shot's previous candidate as in a
+        # whole-film pass (the previous unit owns their rows). Frames before shadow_from lack
+        # the shot detector's full history.
+        self.context_before, self.context = unit_context(probe.fps, recipe)
+        self.shadow_from = unit.start - self.plan.lookahead - self.plan.grid_step
+        self.pending: deque[Frame] = deque()
+        self.taken: dict[int, int] = {}           # shot start -> samples taken from it
+        self.prev_grey: dict[int, np.ndarray] = {}  # shot start -> last candidate's grey view
+        self.result = UnitResult(unit)
+
+    @property
+    def backend(self) -> FlowBackend:
+        """The flow backend; the first use waits for it when it is still being built (the
+        wait is timed as ``backend_wait``)."""
+        if isinstance(self._backend, Future):
+            t0 = time.perf_counter()
+            self._backend = self._backend.result()
+            self._tick("backend_wait", t0)
+        return self._backend
+
+    def _tick(self, stage: str, t0: float) -> float:
+        now = time.perf_counter()
+        self.result.timings[stage] = self.result.timings.get(stage, 0.0) + now - t0
+        return now
+
+    def push(self, frame: Frame) -> None:
+        t0 = time.perf_counter()
+        self.tracker.push(frame.index, frame.lowres)
+        self._tick("shots", t0)
+        if frame.full is not None and self.shadow_from <= frame.index < self.unit.end:
+            self.pending.append(frame)
+        while self.pending and (
+            self.pending[0].index + self.plan.lookahead <= self.tracker.known_until
+        ):
+            self._decide(self.pending.popleft())
+
+    def finish(self, last_index: int) -> UnitResult:
+        self.tracker.finish(last_index)
+        while self.pending:
+            self._decide(self.pending.popleft())
+        self._flush()
+        b = self.tracker.boundaries
+        u = self.unit
+        self.result.cuts = [c for c in b.cuts if u.start <= c < u.end]
+        self.result.transitions = [[s, e] for s, e in b.transitions if u.start <= s < u.end]
+        return self.result
+
+    def _pts_s(self, frame: int) -> float:
+        """When the frame is shown, in seconds from the container's start: its time in the
+        film's timestamp index (exact on variable frame rates and after dropped frames), else
+        the nominal ``frame / fps``."""
+        index = self.probe.pts
+        if index is None or not 0 <= frame < index.n:
+            return round(frame / self.probe.fps, 6)
+        return round(index.time_us(frame) / 1e6, 6)
+
+    def _row(self, frame: int, stage: str, reason: str | None, **scores) -> dict:
+        row = {"frame_index": frame, "pts_s": self._pts_s(frame), "accepted": reason is None,
+               "stage": stage, "reason": reason, "key": None}
+        # NaN scores (e.g. no previous frame) are stored as nulls
+        row.update({k: (v if v == v else None) for k, v in scores.items()})
+        self.result.frames.append(row)
+        return row
+
+    def _decide(self, frame: Frame) -> None:
+        b = self.tracker.boundaries
+        start = max(b.shot_begin(frame.index, 0), 0)   # the shot's key: its first frame
+        reason = sampling_reason(frame.index, b, self.plan, film_start=0,
+                                 film_end=self.probe.n_frames,
+                                 taken_in_shot=self.taken.get(start, 0))
+        shadow = frame.index < self.unit.start
+        if reason is not None:
+            if not shadow:
+                self._row(frame.index, "sampling", reason)
+            return
+        if not shadow:
+            self.taken[start] = self.taken.get(start, 0) + 1
+        assert frame.full is not None
+        t0 = time.perf_counter()
+        left, right, crop, view_wh = prepare_views(frame.full, self.probe.layout, self.recipe)
+        t0 = self._tick("views", t0)
+        gl, gr = filters.luma(left), filters.luma(right)
+        prev = self.prev_grey.get(start)
+        self.prev_grey = {start: gl}
+        if shadow:
+            return
+        scores = filters.score_frame(left, right, prev, (gl, gr))
+        reason = filters.decide(scores, self.recipe["filters"])
+        t0 = self._tick("filters", t0)
+        if reason is not None:
+            self._row(frame.index, "filter", reason, **scores)
+            return
+        # the row keeps its place in frame order; the disparity stage fills it in
+        row = self._row(frame.index, "disparity", None, **scores)
+        self.waiting.append(_Waiting(frame.index, row, left, gl, gr, crop, view_wh))
+        if len(self.waiting) >= self.batch:
+            self._flush()
+
+    def _flush(self) -> None:
+        """One disparity call for the waiting candidates (both directions of every pair),
+        then their verdicts and samples in frame order."""
+        if not self.waiting:
+            return
+        batch, self.waiting = self.waiting, []
+        t0 = time.perf_counter()
+        results = compute_disparity([w.grey_left for w in batch], [w.grey_right for w in batch],
+                                    self.backend, self.recipe["disparity"])
+        t0 = self._tick("disparity", t0)
+        for w, res in zip(batch, results, strict=True):
+            # NaN (e.g. no fit: too few matches) is stored as null
+            w.row.update({k: (v if v == v else None) for k, v in res.stats.items()
+                          if k in VERDICT_EVIDENCE})
+            if res.reason is not None:
+                w.row.update(accepted=False, reason=res.reason)
+                continue
+            key = sample_key(self.probe.name, w.frame_index)
+            w.row.update(stage="accepted", key=key)
+            self._stage_sample(key, w.frame_index, w.left, res, w.crop, w.view_wh)
+        self._tick("encode_write", t0)
+
+    def _stage_sample(self, key, frame_index, left, res, crop, view_wh) -> None:
+        out = self.recipe["output"]
+        png, scale, offset = encode_disparity(res.disparity, out["disp_step_px"])
+        h, w = left.shape[:2]
+        meta = {
+            "film": self.probe.name,
+            "key": key,
+            "frame_index": frame_index,
+            "pts_s": self._pts_s(frame_index),
+            "layout": self.probe.layout,
+            "view_size": list(view_wh),
+            "crop": list(crop),
+            "size": [w, h],
+            "disp_scale": scale,
+            "disp_offset": offset,
+            "disparity": "d = x_left - x_right in px of the stored image, up to scale and shift",
+            "backend": self.backend.name,
+            "valid_fraction": round(res.stats["valid_fraction"], 6),
+            "lr_pass_fraction": round(res.stats["lr_pass_fraction"], 6),
+            "vertical": {
+                "fail_fraction": round(res.stats["vertical_fail_fraction"], 6),
+                "median_px": round(res.stats["vertical_median_px"], 4),
+                "abs_p95_px": round(res.stats["vertical_abs_p95_px"], 4),
+            },
+            "disp_percentiles_px": {
+                "p1": round(res.stats["disp_p1_px"], 4),
+                "p50": round(res.stats["disp_p50_px"], 4),
+                "p99": round(res.stats["disp_p99_px"], 4),
+            },
+            "range_px": round(res.stats["range_px"], 4),
+            "matchable_fraction": round(res.stats["matchable_fraction"], 6),
+            "consistency_rate": round(res.stats["consistency_rate"], 6),
+        }
+        fit = {k.removeprefix("vertical_"): (v if v == v else None)
+               for k, v in res.stats.items() if k in ALIGNMENT_EVIDENCE}
+        if fit:
+            meta["alignment"] = fit
+        if self.probe.stereo is not None:
+            meta["stereo"] = stereo_record(self.probe.stereo, view_wh, crop, (w, h))
+        sample = {"__key__": key, "jpg": encode_jpeg(left, out["jpeg_quality"]),
+                  "disp.png": png, "json": dumps(meta)}
+        if out["confidence"]:
+            if res.confidence is None:
+                raise ValueError(f"{key}: the disparity stage gave no confidence map")
+            sample["conf.png"] = encode_confidence(res.confidence, np.isfinite(res.disparity))
+        self.staging.write(sample)
+        self.result.samples += 1
+
+
+_BACKENDS: dict[str, FlowBackend] = {}
+
+
+def _backend_key(recipe: dict, device: str) -> str:
+    return json.dumps([recipe["disparity"]["backend"], device, backend_options(recipe)],
+                      sort_keys=True)   # lists are not hashable
+
+
+def backend_for(recipe: dict, device: str) -> FlowBackend:
+    """One flow backend per worker process and configuration (models are built once)."""
+    key = _backend_key(recipe, device)
+    if key not in _BACKENDS:
+        _BACKENDS[key] = get_backend(recipe["disparity"]["backend"], device=device,
+                                     **backend_options(recipe))
+    return _BACKENDS[key]
+
+
+# one thread builds backends (``backend_soon``): never two builds of one model at once
+_BUILDER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="filmmine-backend")
+
+
+def backend_soon(recipe: dict, device: str) -> Future[FlowBackend]:
+    """``backend_for`` while the caller goes on: a worker's first unit builds its model while
+    its ffmpeg starts, not before (census_sgm: importing torch and building it took 2.45 s in a
+    fresh process on the 2-core VM; a CUDA context more on a GPU; the first disparity call
+    comes after a batch of candidates is decoded). Built already: a finished Future."""
+    built = _BACKENDS.get(_backend_key(recipe, device))
+    if built is not None:
+        done: Future[FlowBackend] = Future()
+        done.set_result(built)
+        return done
+    return _BUILDER.submit(backend_for, recipe, device)
+
+
+def disparity_batch(recipe: dict, device: str) -> int:
+    """Stereo pairs per disparity call: ``[disparity] batch``, 0 = auto (16 on CUDA, where a
+    batch fills the GPU; 1 on the CPU, where the backends loop over pairs anyway)."""
+    n = int(recipe["disparity"].get("batch", 0))
+    if n > 0:
+        return n
+    return 16 if str(device).startswith("cuda") else 1
+
+
+def backend_options(recipe: dict) -> dict:
+    """Keyword options of the recipe's flow backend (every backend ignores others' keys)."""
+    return flow.backend_options(recipe["disparity"])
+
+
+PROGRESS_EVERY = 48  # frames between progress reports
+
+
+def mine_unit(probe: ProbeResult, unit: WorkUnit, recipe: dict, work_dir: Path,
+              device: str = "cpu", progress: Callable[[int], None] | None = None) -> dict:
+    """Run one work unit; writes its staging tar, then its JSON marker. Returns the marker.
+
+    ``progress(n)`` is called now and then with the number of the unit's own frames decoded
+    since the last call.
+    """
+    tar_path, marker = unit_paths(work_dir, unit)
+    made_from = unit_fingerprint(probe, unit, recipe)
+    if marker.is_file():
+        done = json.loads(marker.read_text())
+        if done.get("made_from") == made_from:
+            return done
+        # staged by a run that saw another film, layout, frame range or recipe (a rerun
+        # after a crash with other arguments): never mixed into this film, mined again
+        log.warning("%s %s: staged from other inputs, mined again", probe.name, unit.stem)
+        marker.unlink()
+    backend = backend_soon(recipe, device)
+    staging = StagingWriter(tar_path)
+    miner = UnitMiner(probe, unit, recipe, backend, staging, disparity_batch(recipe, device))
+    # context before the unit lets the shot detector see cuts that shape its first samples
+    start = max(0, unit.start - miner.context_before)
+    stop = min(probe.n_frames, unit.end + miner.context)
+    stats = DecodeStats()
+    last = start - 1
+    t_wait = time.perf_counter()
+    reported = 0
+    try:
+        try:
+            for frame in iter_frames(probe, start_frame=start, n_frames=stop - start,
+                                     grid_step=miner.plan.grid_step,
+                                     lowres_width=recipe["decode"]["lowres_width"],
+                                     timeout_s=recipe["decode"]["timeout_s"], stats=stats):
+                miner._tick("decode_wait", t_wait)
+                miner.push(frame)
+                last = frame.index
+                done = max(0, min(last + 1, unit.end) - unit.start)
+                if progress is not None and done - reported >= PROGRESS_EVERY:
+                    progress(done - reported)
+                    reported = done
+                t_wait = time.perf_counter()
+        except NoFrameDecoded as e:
+            if start == 0 or not e.ended_cleanly:
+                # nothing of the film decodes (it fails, as in a single-unit run), or the
+                # decoder failed rather than reaching the file's end
+                raise
+            # the range lies past where a truncated file ends: the unit stopped early with
+            # nothing decoded (a single-unit run stops before it), not a failed film
+            stats.stop_reason = e.why
+            stats.stopped_early = f"decoded 0 of {stop - start} frames ({e.why})"
+        result = miner.finish(last)
+        # a backend that cannot be built fails the unit even when no candidate needed it,
+        # as when it was built before decoding
+        miner.backend  # noqa: B018
+    except BaseException:
+        staging.abort()
+        raise
+    staging.close()
+    result.decoded = max(0, min(last + 1, unit.end) - unit.start)
+    if last + 1 < unit.end:
+        result.stopped_early, result.stop_reason = stats.stopped_early, stats.stop_reason
+    data = result.to_json()
+    data["made_from"] = made_from
+    write_bytes(marker, dumps(data))
+    return data
+
+
+def unit_fingerprint(probe: ProbeResult, unit: WorkUnit, recipe: dict) -> str:
+    """What a staged unit was computed from: the film's files, layout, size, frame count and
+    rate, the unit's frame range and the recipe. A resumed run reuses a staged unit only when
+    they are the same."""
+    what = [list(probe.paths), probe.layout, list(probe.frame_size), probe.n_frames,
+            probe.fps, unit.start, unit.end, recipe_digest(recipe)]
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]

@@ -1,0 +1,582 @@
+"""Check a corpus against its manifest: every shard hashed, read and decoded, counts agreed.
+
+Each shard is read once, as a stream: the bytes go through sha256 while ``tarfile`` parses them
+(``r|`` mode), so a shard is never held in memory and never read twice. Shards are checked in
+parallel worker processes. Per sample: safe member names, the three members, JSON that parses
+and names the right key and film, a JPEG that decodes, a uint16 disparity PNG whose valid
+fraction is the JSON's ``valid_fraction``, both of the JSON's ``size``; the optional
+``KEY.conf.png`` (in every sample when the manifest's recipe has ``output.confidence = true``,
+in none when false): a uint8 PNG of the disparity's size, 0 exactly where the disparity is
+invalid. Then the counts: per shard (manifest, ``samples.parquet``'s ``shard`` column, the
+tar), and in total (accepted rows of ``frames.parquet``).
+
+A member of a name verify does not know (``KEY.extra.bin``) is no error: CORPUS.md tells readers
+to ignore members they do not know, so that the format can grow. Its name must still be safe
+and belong to a sample; it is counted, reported as a note, and neither read nor decoded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+import sys
+import tarfile
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..corpus.assemble import VERIFY_FAILED
+from ..corpus.atomic import write_bytes
+from ..corpus.schema import FRAMES_SCHEMA, SAMPLES_SCHEMA
+from ..corpus.shards import KEY_RE, MEMBERS, OPTIONAL_MEMBERS
+from ..errors import FilmmineError
+from .summary import human_bytes, read_manifest, read_table
+
+KNOWN_MEMBERS = MEMBERS + OPTIONAL_MEMBERS
+SHARD_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+-[0-9]{5}\.tar$")
+# valid_fraction is stored rounded to 6 decimals: 1e-5 still catches a few changed pixels
+VALID_FRACTION_TOL = 1e-5
+MAX_PROBLEMS_PER_SHARD = 20
+READ_BLOCK = 1 << 20
+PARALLEL_MIN_BYTES = 64 << 20
+# a shard entry's fields besides its name (manifest.schema.json: all required)
+SHARD_FIELDS = {"film": str, "samples": int, "bytes": int, "sha256": str}
+
+
+@dataclass(frozen=True)
+class Problem:
+    where: str      # shard name, or a corpus file (manifest.json, samples.parquet...)
+    kind: str       # missing | corrupt | mismatch | unlisted | table; note: not a problem
+    message: str
+
+    def line(self) -> str:
+        return f"{self.kind.upper():9s}{self.where}: {self.message}"
+
+
+@dataclass
+class ShardCheck:
+    """What one shard turned out to hold (filled in by :func:`check_shard`)."""
+
+    name: str
+    exists: bool = True
+    bytes: int = 0
+    sha256: str | None = None
+    keys: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)   # messages about this shard
+    kinds: set[str] = field(default_factory=set)
+    unknown: Counter[str] = field(default_factory=Counter)  # members verify does not know, by ext
+
+    def add(self, kind: str, message: str) -> None:
+        self.kinds.add(kind)
+        self.problems.append(message)
+
+
+@dataclass
+class VerifyReport:
+    corpus: str
+    shards: int = 0
+    samples: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    decoded: bool = True
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[Problem] = field(default_factory=list)  # findings that are no problem
+    unknown_members: int = 0  # members of names verify does not know, ignored (CORPUS.md)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def bad_shards(self) -> list[str]:
+        return sorted({p.where for p in self.problems if p.where.endswith(".tar")})
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+    def summary(self) -> str:
+        what = "hashed, read and decoded" if self.decoded else "hashed and read (--quick)"
+        head = (f"{self.shards} shard(s), {self.samples} samples, {human_bytes(self.bytes)} "
+                f"{what} in {self.seconds:.1f} s")
+        if self.unknown_members:
+            head += f"; {self.unknown_members} unknown member(s) ignored"
+        if self.ok:
+            return f"verify OK: {head}"
+        bad = self.bad_shards
+        kinds = Counter(p.kind for p in self.problems)
+        return (f"verify FAILED: {len(self.problems)} problem(s) "
+                f"({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}); "
+                f"{len(bad)} bad shard(s){': ' + ', '.join(bad) if bad else ''}; {head}"
+                + ("; the extract command that made the corpus, run again, mines their films "
+                   "again" if bad else ""))
+
+    def to_json(self) -> dict:
+        return {"corpus": self.corpus, "ok": self.ok, "shards": self.shards,
+                "samples": self.samples, "bytes": self.bytes, "decoded": self.decoded,
+                "seconds": round(self.seconds, 3), "bad_shards": self.bad_shards,
+                "problems": [p.__dict__ for p in self.problems],
+                "unknown_members": self.unknown_members,
+                "notes": [p.__dict__ for p in self.notes]}
+
+
+class _HashingReader:
+    """A file wrapper that hashes and counts every byte read through it."""
+
+    def __init__(self, f) -> None:
+        self.f = f
+        self.h = hashlib.sha256()
+        self.n = 0
+
+    def read(self, size: int = -1) -> bytes:
+        b = self.f.read(size)
+        self.h.update(b)
+        self.n += len(b)
+        return b
+
+    def drain(self) -> None:
+        while self.read(READ_BLOCK):
+            pass
+
+
+class _DecoderMessages:
+    """Captures what libjpeg / libpng write to fd 2 while decoding (a corrupt-data warning).
+
+    So a damaged image is reported against its sample instead of as stray lines on stderr.
+    Redirects this process's fd 2 for the duration of one decode call.
+    """
+
+    text = ""
+
+    def __enter__(self) -> _DecoderMessages:
+        sys.stderr.flush()
+        self._tmp = tempfile.TemporaryFile()
+        self._saved = os.dup(2)
+        os.dup2(self._tmp.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._tmp.seek(0)
+        self.text = self._tmp.read().decode(errors="replace").strip()
+        self._tmp.close()
+
+
+def member_problem(name: str) -> str | None:
+    """Why a tar member name is unsafe or malformed (None when it is a sample member ``KEY.EXT``,
+    known or not: readers ignore members they do not know, see :func:`is_known_member`)."""
+    if name.startswith("/") or "\\" in name:
+        return "absolute or Windows path"
+    if ".." in name.split("/") or name.startswith(".."):
+        return "'..' in path"
+    if "/" in name:
+        return "member in a subdirectory"
+    key, _, ext = name.partition(".")
+    if not KEY_RE.match(key):
+        return "key is not [A-Za-z0-9_-]+"
+    if not ext:
+        return "no extension"
+    return None
+
+
+def is_known_member(name: str) -> bool:
+    """Whether a (safe) member name is one of the format's: ``KEY.jpg``, ``KEY.disp.png``..."""
+    return name.partition(".")[2] in KNOWN_MEMBERS
+
+
+def _iter_samples(tf: tarfile.TarFile, check: ShardCheck) -> Iterator[tuple[str, dict]]:
+    """(key, {ext: bytes}) per sample, from a streaming tar; member problems go to ``check``.
+    A member of an unknown name is counted in ``check.unknown`` and kept unread (``b""``)."""
+    current: dict[str, bytes] = {}
+    key = None
+    seen: set[str] = set()
+    for m in tf:
+        why = member_problem(m.name)
+        if why is None and not m.isfile():
+            why = "not a regular file"
+        if why is not None:
+            check.add("corrupt", f"member {m.name!r}: {why}")
+            continue
+        k, _, ext = m.name.partition(".")
+        if k != key:
+            if key is not None:
+                yield key, current
+            if k in seen:
+                check.add("corrupt", f"sample {k}: members not contiguous")
+            seen.add(k)
+            key, current = k, {}
+        if ext in current:
+            check.add("corrupt", f"sample {k}: duplicate member .{ext}")
+        if not is_known_member(m.name):
+            check.unknown[ext] += 1
+            current[ext] = b""  # not read: the stream skips it (and hashes it)
+            continue
+        f = tf.extractfile(m)
+        current[ext] = f.read() if f is not None else b""
+    if key is not None:
+        yield key, current
+
+
+def _imdecode(data: bytes, flags: int) -> np.ndarray | None:
+    """cv2.imdecode, None also where OpenCV raises instead (an empty member, a header past
+    its pixel limit): the sample is then reported as not decoding."""
+    if not data:
+        return None
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error:
+        return None
+
+
+def check_sample(key: str, members: dict[str, bytes], film: str | None,
+                 decode: bool = True, confidence: bool | None = None) -> list[str]:
+    """Problems of one sample (empty when it is sound). ``confidence``: whether the corpus's
+    recipe stores ``KEY.conf.png`` (None: unknown, the member is optional)."""
+    missing = [e for e in MEMBERS if e not in members]
+    if confidence and "conf.png" not in members:
+        missing.append("conf.png")
+    if missing:
+        dotted = sorted(e for e in members if e not in KNOWN_MEMBERS
+                        and any(e.endswith("." + m) for m in KNOWN_MEMBERS))
+        hint = (f" (members {_some_exts(dotted)}: a dot in the key? WebDataset splits member "
+                "names at the first dot)") if dotted else ""
+        return [f"sample {key}: missing member(s) {', '.join('.' + e for e in missing)}{hint}"]
+    try:
+        meta = json.loads(members["json"])
+    except ValueError as e:
+        return [f"sample {key}: JSON does not parse ({e})"]
+    if not isinstance(meta, dict):
+        return [f"sample {key}: JSON is not an object"]
+    out = []
+    if confidence is False and "conf.png" in members:
+        out.append(f"sample {key}: has a .conf.png member, but the recipe says "
+                   "output.confidence = false")
+    if meta.get("key") != key:
+        out.append(f"sample {key}: JSON key is {meta.get('key')!r}")
+    if film is not None and meta.get("film") != film:
+        out.append(f"sample {key}: JSON film is {meta.get('film')!r}, shard is {film!r}")
+    if not decode:
+        return out
+    size = meta.get("size")
+    want = (size[1], size[0]) if isinstance(size, list) and len(size) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size) else None
+    if want is None:  # the images cannot be checked against it
+        out.append(f"sample {key}: JSON size is {size!r}, not [w, h]")
+    with _DecoderMessages() as jpeg_msgs:
+        img = _imdecode(members["jpg"], cv2.IMREAD_COLOR)
+    with _DecoderMessages() as png_msgs:
+        q = _imdecode(members["disp.png"], cv2.IMREAD_UNCHANGED)
+    decoded_members = [("JPEG", jpeg_msgs, img), ("disparity PNG", png_msgs, q)]
+    conf = None
+    if "conf.png" in members:
+        with _DecoderMessages() as conf_msgs:
+            conf = _imdecode(members["conf.png"], cv2.IMREAD_UNCHANGED)
+        decoded_members.append(("confidence PNG", conf_msgs, conf))
+    for what, msgs, decoded in decoded_members:
+        said = f": {msgs.text.splitlines()[0]}" if msgs.text else ""
+        if decoded is None:
+            out.append(f"sample {key}: {what} does not decode{said}")
+        elif said:
+            out.append(f"sample {key}: {what} decoder{said}")
+    if img is not None and want is not None and img.shape[:2] != want:
+        out.append(f"sample {key}: JPEG is {img.shape[1]}x{img.shape[0]}, JSON size {size}")
+    if q is None:
+        return out
+    if q.dtype != np.uint16 or q.ndim != 2:
+        out.append(f"sample {key}: disparity PNG is {q.dtype} with {q.ndim} dims, not uint16 "
+                   "single-channel")
+        return out
+    if want is not None and q.shape != want:
+        out.append(f"sample {key}: disparity is {q.shape[1]}x{q.shape[0]}, JSON size {size}")
+    vf = float(np.count_nonzero(q)) / q.size
+    stored = meta.get("valid_fraction")
+    if not isinstance(stored, (int, float)) or not abs(vf - stored) <= VALID_FRACTION_TOL:
+        out.append(f"sample {key}: disparity PNG valid fraction {vf:.6f}, JSON says {stored}")
+    if conf is not None:
+        out.extend(_confidence_problems(key, conf, q))
+    return out
+
+
+def _some_exts(exts: list[str], k: int = 3) -> str:
+    more = f" (+{len(exts) - k})" if len(exts) > k else ""
+    return ", ".join("." + e for e in exts[:k]) + more
+
+
+def _confidence_problems(key: str, conf: np.ndarray, q: np.ndarray) -> list[str]:
+    """``KEY.conf.png`` (decoded) against the disparity's values ``q`` (0 = invalid)."""
+    if conf.dtype != np.uint8 or conf.ndim != 2:
+        return [f"sample {key}: confidence PNG is {conf.dtype} with {conf.ndim} dims, not uint8 "
+                "single-channel"]
+    if conf.shape != q.shape:
+        return [f"sample {key}: confidence map is {conf.shape[1]}x{conf.shape[0]}, disparity "
+                f"{q.shape[1]}x{q.shape[0]}"]
+    out = []
+    invalid = q == 0
+    n_bad = int(np.count_nonzero(conf[invalid]))
+    if n_bad:
+        out.append(f"sample {key}: confidence is nonzero at {n_bad} pixel(s) where the "
+                   "disparity is invalid")
+    n_zero = int(np.count_nonzero(conf[~invalid] == 0))
+    if n_zero:
+        out.append(f"sample {key}: confidence is 0 at {n_zero} pixel(s) where the disparity "
+                   "is valid")
+    return out
+
+
+def check_shard(path: str, expected_sha256: str | None, expected_bytes: int | None,
+                film: str | None, decode: bool = True,
+                confidence: bool | None = None) -> ShardCheck:
+    """Hash, stream-read and (optionally) decode one shard. Runs in a worker process.
+    ``confidence``: see :func:`check_sample`."""
+    p = Path(path)
+    check = ShardCheck(p.name)
+    try:
+        f = p.open("rb")
+    except FileNotFoundError:
+        check.exists = False
+        check.add("missing", "shard file not found")
+        return check
+    except OSError as e:
+        check.add("corrupt", f"unreadable: {e.strerror}")
+        return check
+    with f:
+        reader = _HashingReader(f)
+        try:
+            with tarfile.open(fileobj=reader, mode="r|", bufsize=READ_BLOCK) as tf:
+                for key, members in _iter_samples(tf, check):
+                    check.keys.append(key)
+                    for msg in check_sample(key, members, film, decode, confidence):
+                        check.add("corrupt", msg)
+        except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+            after = f" after sample {check.keys[-1]}" if check.keys else ""
+            check.add("corrupt", f"tar unreadable{after}: {e}")
+        reader.drain()
+    check.bytes, check.sha256 = reader.n, reader.h.hexdigest()
+    if expected_bytes is not None and check.bytes != expected_bytes:
+        what = "truncated" if check.bytes < expected_bytes else "size differs"
+        check.problems.insert(0, f"{what}: {check.bytes} bytes, manifest says {expected_bytes}")
+        check.kinds.add("corrupt")
+    if expected_sha256 is not None and check.sha256 != expected_sha256:
+        check.problems.insert(0, f"sha256 {check.sha256[:16]}... differs from the manifest's "
+                                 f"{expected_sha256[:16]}...")
+        check.kinds.add("corrupt")
+    return check
+
+
+def _worker_init() -> None:
+    cv2.setNumThreads(1)  # one worker process per core already
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    # forkserver: safe from a parent that runs threads (fork would copy their locks)
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else None
+    return ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
+                               mp_context=multiprocessing.get_context(method))
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def stores_confidence(man: dict) -> bool | None:
+    """The manifest recipe's ``output.confidence``: whether every sample has ``KEY.conf.png``
+    (None: a corpus that predates the key, or a manifest without it; the member is optional)."""
+    recipe = man.get("recipe")
+    output = recipe.get("output") if isinstance(recipe, dict) else None
+    value = output.get("confidence") if isinstance(output, dict) else None
+    return value if isinstance(value, bool) else None
+
+
+def verify_corpus(corpus: str | Path, *, workers: int | None = None,
+                  decode: bool = True) -> VerifyReport:
+    """Every check above; problems come back as data, one per finding, naming the shard."""
+    t0 = time.monotonic()
+    root = Path(corpus)
+    man = read_manifest(root)
+    report = VerifyReport(str(root), decoded=decode)
+    problems = report.problems
+    listed = []
+    entries = _manifest_field(man, "shards", list, [], problems)
+    for s in entries:
+        if isinstance(s, dict) and SHARD_NAME_RE.match(str(s.get("name", ""))):
+            listed.append(_shard_entry(s, problems))
+        else:  # never open a path a manifest made up (../../x)
+            name = s.get("name") if isinstance(s, dict) else s
+            problems.append(Problem("manifest.json", "mismatch",
+                                    f"shard entry {name!r} is not a shard name"))
+    tables = {}
+    for name, schema in (("samples", SAMPLES_SCHEMA), ("frames", FRAMES_SCHEMA)):
+        try:
+            tables[name] = read_table(root / f"{name}.parquet", schema)
+        except FilmmineError as e:
+            problems.append(Problem(f"{name}.parquet", "table", str(e)))
+    keys_by_shard: dict[str, list[str]] = {}
+    if "samples" in tables:
+        cols = tables["samples"].select(["key", "shard"]).to_pydict()
+        for k, s in zip(cols["key"], cols["shard"], strict=True):
+            keys_by_shard.setdefault(s, []).append(k)
+
+    if workers is None:
+        # worker processes take about a second to start: not worth it for a small corpus
+        total = sum(s.get("bytes") or 0 for s in listed)
+        workers = default_workers() if total >= PARALLEL_MIN_BYTES else 1
+    n = max(1, min(workers, len(listed) or 1))
+    confidence = stores_confidence(man)
+    jobs = {s["name"]: (str(root / "shards" / s["name"]), s.get("sha256"), s.get("bytes"),
+                        s.get("film"), decode, confidence) for s in listed}
+    if n == 1:
+        checks = {name: check_shard(*job) for name, job in jobs.items()}
+    else:
+        with _pool(n) as pool:
+            futures = {name: pool.submit(check_shard, *job) for name, job in jobs.items()}
+            checks = {name: fut.result() for name, fut in futures.items()}
+
+    for s in listed:
+        c = checks[s["name"]]
+        kind = "missing" if not c.exists else "corrupt"
+        shown = c.problems[:MAX_PROBLEMS_PER_SHARD]
+        for msg in shown:
+            problems.append(Problem(s["name"], kind, msg))
+        if len(c.problems) > len(shown):
+            problems.append(Problem(s["name"], kind,
+                                    f"... and {len(c.problems) - len(shown)} more problem(s)"))
+        if not c.exists:
+            continue
+        if c.unknown:
+            n_unknown = sum(c.unknown.values())
+            report.unknown_members += n_unknown
+            counts = sorted(c.unknown.items())
+            exts = ", ".join(f".{e} ({n})" for e, n in counts[:5])
+            exts += f" and {len(counts) - 5} other name(s)" if len(counts) > 5 else ""
+            report.notes.append(Problem(s["name"], "note", f"{n_unknown} member(s) of unknown "
+                                        f"name ignored: {exts}; readers ignore members they do "
+                                        "not know (CORPUS.md)"))
+        report.bytes += c.bytes
+        report.samples += len(c.keys)
+        if len(c.keys) != s.get("samples"):
+            problems.append(Problem(s["name"], "mismatch", f"holds {len(c.keys)} samples, "
+                                    f"manifest says {s.get('samples')}"))
+        if "samples" in tables:
+            want = keys_by_shard.get(s["name"], [])
+            if sorted(want) != sorted(c.keys):
+                extra = sorted(set(c.keys) - set(want))
+                lost = sorted(set(want) - set(c.keys))
+                problems.append(Problem(s["name"], "mismatch",
+                                        f"samples.parquet lists {len(want)} samples, the shard "
+                                        f"holds {len(c.keys)}" + _some(" not in the table", extra)
+                                        + _some(" not in the shard", lost)))
+    report.shards = len(listed)
+    _check_totals(root, man, listed, tables, keys_by_shard, problems)
+    _leave_bad_shards(root, report.bad_shards)
+    report.seconds = time.monotonic() - t0
+    return report
+
+
+def _leave_bad_shards(root: Path, bad: list[str]) -> None:
+    """Name the bad shards in ``VERIFY_FAILED`` for the next ``extract`` (it mines their films
+    again); none: remove it. A corpus verify may not write to (read-only) is still verified."""
+    with contextlib.suppress(OSError):
+        if bad:
+            write_bytes(root / VERIFY_FAILED, json.dumps({"bad_shards": bad}).encode())
+        else:
+            (root / VERIFY_FAILED).unlink(missing_ok=True)
+
+
+def _manifest_field(man: dict, key: str, typ: type, default, problems: list[Problem]):
+    """``man[key]`` when it has the type the schema gives it, else ``default`` (reported)."""
+    value = man.get(key, default)
+    if not isinstance(value, typ):
+        problems.append(Problem("manifest.json", "mismatch", f"{key} is {value!r}, not a "
+                                f"{typ.__name__}"))
+        return default
+    return value
+
+
+def _shard_entry(s: dict, problems: list[Problem]) -> dict:
+    """The entry with every field of the wrong type (or missing) reported and set to None, so
+    the checks below treat it as unknown: a manifest's damage is a finding, not a crash."""
+    out = dict(s)
+    for key, typ in SHARD_FIELDS.items():
+        v = s.get(key)
+        if not isinstance(v, typ) or isinstance(v, bool):
+            problems.append(Problem("manifest.json", "mismatch",
+                                    f"shard entry {s['name']}: {key} is "
+                                    f"{'missing' if key not in s else repr(v)}"))
+            out[key] = None
+    return out
+
+
+def _some(label: str, keys: list[str], k: int = 3) -> str:
+    if not keys:
+        return ""
+    more = f" (+{len(keys) - k})" if len(keys) > k else ""
+    return f";{label}: {', '.join(keys[:k])}{more}"
+
+
+def _check_totals(root: Path, man: dict, listed: list[dict], tables: dict,
+                  keys_by_shard: dict[str, list[str]], problems: list[Problem]) -> None:
+    names = [s["name"] for s in listed]
+    for name, n in Counter(names).items():
+        if n > 1:
+            problems.append(Problem(name, "mismatch", f"listed {n} times in the manifest"))
+    shard_dir = root / "shards"
+    on_disk = {p.name for p in shard_dir.glob("*.tar")} if shard_dir.is_dir() else set()
+    for name in sorted(on_disk - set(names)):
+        problems.append(Problem(name, "unlisted", "shard file not in the manifest"))
+    total = sum(s["samples"] or 0 for s in listed)
+    declared = _manifest_field(man, "totals", dict, {}, problems).get("samples")
+    if declared is not None and declared != total:
+        problems.append(Problem("manifest.json", "mismatch",
+                                f"totals.samples is {declared}, its shards hold {total}"))
+    if "samples" in tables:
+        n_rows = tables["samples"].num_rows
+        if n_rows != total:
+            problems.append(Problem("samples.parquet", "mismatch",
+                                    f"{n_rows} rows, manifest shards hold {total} samples"))
+        for shard in sorted(set(keys_by_shard) - set(names)):
+            problems.append(Problem("samples.parquet", "mismatch",
+                                    f"{len(keys_by_shard[shard])} rows name shard {shard}, "
+                                    "which the manifest does not list"))
+    if "frames" in tables:
+        accepted = tables["frames"].filter(tables["frames"]["accepted"])
+        if accepted.num_rows != total:
+            problems.append(Problem("frames.parquet", "mismatch",
+                                    f"{accepted.num_rows} accepted rows, manifest shards hold "
+                                    f"{total} samples"))
+        if "samples" in tables:
+            a = set(accepted["key"].to_pylist())
+            b = set(tables["samples"]["key"].to_pylist())
+            if a != b:
+                problems.append(Problem("frames.parquet", "mismatch",
+                                        f"accepted keys differ from samples.parquet: "
+                                        f"{len(a - b)} only in frames, {len(b - a)} only in "
+                                        "samples"))
+    for film, info in _manifest_field(man, "films", dict, {}, problems).items():
+        if not isinstance(info, dict):
+            problems.append(Problem("manifest.json", "mismatch", f"films.{film} is {info!r}"))
+            info = {}
+        if not (root / "films" / f"{film}.json").is_file():
+            problems.append(Problem(f"films/{film}.json", "missing", "film record not found"))
+        counts = info.get("counts")
+        acc = counts.get("accepted") if isinstance(counts, dict) else None
+        have = sum(s["samples"] or 0 for s in listed if s["film"] == film)
+        if acc is not None and acc != have:
+            problems.append(Problem("manifest.json", "mismatch",
+                                    f"film {film}: {acc} accepted, its shards hold {have}"))
+
+
+def format_report(report: VerifyReport) -> str:
+    return "\n".join([*(p.line() for p in report.problems), *(p.line() for p in report.notes),
+                      report.summary()])
