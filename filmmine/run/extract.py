@@ -40,7 +40,7 @@ from ..recipe import apply_overrides, dump_toml, load_recipe, recipe_digest
 from .cluster import _client, _default_workers, ctrl_c_deferred, unit_slots
 from .lock import CorpusLock
 from .report import EventLog, RunReport
-from .scheduler import _Run
+from .scheduler import ExtractRun
 from .tasks import PROGRESS_TOPIC, OutputError, _probe_task, versions
 from .unit import (
     backend_options,
@@ -313,7 +313,7 @@ def _run_tasks(films, out, rec, digest, device, workers, scheduler, progress, de
         raise
     if progress and client.dashboard_link:
         print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr)
-    run = _Run(out, rec, digest, device, statuses, report, events, progress, debug)
+    run = ExtractRun(out, rec, digest, device, statuses, report, events, progress, debug)
     run.slots = unit_slots(client, device)
     run.films_total = max(1, films_total or len(films))
     client.subscribe_topic(PROGRESS_TOPIC, run.on_progress)

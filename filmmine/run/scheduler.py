@@ -38,8 +38,9 @@ from .progress import Progress
 from .report import EventLog, RunReport
 from .tasks import (
     RUN_FILE,
+    FailureKind,
     OutputError,
-    TaskError,
+    TaskFailure,
     WorkerCheck,
     _checked_task,
     _describe,
@@ -110,7 +111,7 @@ def _address(client: Client) -> str:
     return getattr(client.scheduler, "address", None) or "?"
 
 
-class _Run:
+class ExtractRun:
     """Submits and follows the tasks of one extract run (driver side)."""
 
     def __init__(self, out: Path, rec: dict, digest: str, device: str, statuses: dict,
@@ -316,16 +317,16 @@ class _Run:
                 raise OutputError(f"cannot write to {self.out}: {exc.strerror}") from exc
             self.fail(name, "failed", _describe(exc, kind, unit))
             return
-        if isinstance(result, TaskError) and result.status == "unseen":
+        if isinstance(result, TaskFailure) and result.kind is FailureKind.UNSEEN:
             result = self.on_unseen(result)
-        if isinstance(result, TaskError) and result.status == "cluster":
+        if isinstance(result, TaskFailure) and result.kind is FailureKind.CLUSTER:
             raise ClusterError(result.reason)
-        if isinstance(result, TaskError) and result.status == "retry":
+        if isinstance(result, TaskFailure) and result.kind is FailureKind.RETRY:
             if self.retry_unit(client, name, unit, result.reason):
                 return
-            result = TaskError("failed", result.reason)
-        if isinstance(result, TaskError):
-            self.fail(name, result.status, result.reason)
+            result = TaskFailure(FailureKind.FAILED, result.reason)
+        if isinstance(result, TaskFailure):
+            self.fail(name, result.kind, result.reason)
         elif self.pending_units.get(name) == -1:
             pass  # another unit of this film failed already
         elif kind == "probe":
@@ -391,13 +392,14 @@ class _Run:
         return True
 
     @staticmethod
-    def on_unseen(err: TaskError) -> TaskError:
+    def on_unseen(err: TaskFailure) -> TaskFailure:
         """A worker did not see a film file the driver saw at the run's start. Gone for the
         driver too (deleted or moved during a run of days): that film's failure, the rest
         mined. Still there: a node without the library's mount, which stops the run."""
         if os.path.exists(err.path):
-            return TaskError("cluster", err.reason)
-        return TaskError("failed", f"missing file: {err.path} (gone since the run started)")
+            return TaskFailure(FailureKind.CLUSTER, err.reason)
+        return TaskFailure(FailureKind.FAILED,
+                           f"missing file: {err.path} (gone since the run started)")
 
     def on_probe(self, client: Client, probe: ProbeResult) -> None:
         name = probe.name

@@ -1,5 +1,5 @@
 """The tasks a run sends to its workers (probe, work unit) and the checks around them: the
-worker's software against the driver's, expected failures returned as ``TaskError``, and
+worker's software against the driver's, expected failures returned as ``TaskFailure``, and
 one-line reasons for the unexpected ones."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from importlib import metadata
 from pathlib import Path
 
@@ -137,40 +138,49 @@ def _this_worker() -> str:
 
 def _checked_task(check: WorkerCheck, reads: tuple[str, ...], fn, *args):
     """A task: ``fn(*args)`` once ``check`` passes on this worker and it sees the film files
-    the task ``reads`` (the driver saw them at the run's start), else a TaskError that says
-    why: "cluster" (stops the run) or "unseen" (the driver looks again: ``_Run.on_unseen``)."""
+    the task ``reads`` (the driver saw them at the run's start), else a TaskFailure that says
+    why: CLUSTER (stops the run) or UNSEEN (the driver looks again)."""
     why = check.problem()
     if why:
-        return TaskError("cluster", why)
+        return TaskFailure(FailureKind.CLUSTER, why)
     unseen = next((p for p in reads if not os.path.exists(p)), None)
     if unseen is not None:
-        return TaskError("unseen", (f"{_this_worker()} does not see {unseen}, which the driver "
-                                    "does: every worker must see --out and the library at the "
-                                    "same paths, e.g. on a shared file system"), unseen)
+        return TaskFailure(FailureKind.UNSEEN,
+                           f"{_this_worker()} does not see {unseen}, which the driver does: "
+                           "every worker must see --out and the library at the same paths, "
+                           "e.g. on a shared file system", unseen)
     return fn(*args)
 
 
-@dataclass(frozen=True)
-class TaskError:
-    """An expected failure, returned as data (the worker does not log it as a crash).
-    ``status``: "failed" | "skipped" | "cluster" (the worker's set-up: stops the run) |
-    "unseen" (the worker does not see the film file ``path``: ``_Run.on_unseen``) |
-    "retry" (a unit whose decoder was killed: ``_Run.retry_unit``)."""
+class FailureKind(StrEnum):
+    """What the driver does with a task's expected failure."""
 
-    status: str
+    FAILED = "failed"     # the film fails with the reason
+    SKIPPED = "skipped"   # the film is skipped with the reason (not a stereo film, say)
+    CLUSTER = "cluster"   # the worker's set-up: the run stops
+    UNSEEN = "unseen"     # the worker does not see the film file: ``ExtractRun.on_unseen``
+    RETRY = "retry"       # a unit whose decoder was killed: ``ExtractRun.retry_unit``
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """An expected failure, returned as a task's result rather than raised (the worker does
+    not log it as a crash, and it pickles as plain data)."""
+
+    kind: FailureKind
     reason: str
-    path: str = ""
+    path: str = ""   # UNSEEN: the file the worker does not see
 
 
 def _as_data(fn, *args):
     try:
         return fn(*args)
     except SkippedInput as e:
-        return TaskError("skipped", str(e))
+        return TaskFailure(FailureKind.SKIPPED, str(e))
     except DecoderDied as e:
-        return TaskError("retry" if e.retry else "failed", str(e))
+        return TaskFailure(FailureKind.RETRY if e.retry else FailureKind.FAILED, str(e))
     except FilmmineError as e:
-        return TaskError("failed", str(e))
+        return TaskFailure(FailureKind.FAILED, str(e))
 
 
 def probe_input(film: FilmInput) -> ProbeResult:
@@ -183,14 +193,14 @@ def probe_input(film: FilmInput) -> ProbeResult:
                                                            probe.n_frames)))
 
 
-def _probe_task(film: FilmInput) -> ProbeResult | TaskError:
+def _probe_task(film: FilmInput) -> ProbeResult | TaskFailure:
     return _as_data(probe_input, film)
 
 
 PROGRESS_TOPIC = "filmmine-progress"
 
 
-def _unit_task(probe, unit, recipe, work_dir, device) -> dict | TaskError:
+def _unit_task(probe, unit, recipe, work_dir, device) -> dict | TaskFailure:
     try:
         from distributed import get_worker
 
