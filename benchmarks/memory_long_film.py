@@ -51,8 +51,8 @@ probe = probe_film("mem", (film,), "sbs")
 with tempfile.TemporaryDirectory() as d:
     marker = mine_unit(probe, unit, recipe, Path(d))
 rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"frames": probe.n_frames, "samples": marker["samples"],
-                  "candidates": len(marker["frames"]), "peak_rss_mib": rss_kib / 1024}))
+print(json.dumps({"frames": probe.n_frames, "samples": marker.samples,
+                  "candidates": len(marker.frames), "peak_rss_mib": rss_kib / 1024}))
 """
 
 

@@ -235,9 +235,9 @@ def test_bad_inputs_get_one_line_reasons_and_the_rest_is_mined(library, tmp_path
     out = tmp_path / "out"
     report = extract([str(lib), str(manifest), str(tmp_path / "nope.mp4")], out, workers=0,
                      progress=False)
-    by_src = {Path(i["source"].split("#")[0]).name + ("#" + i["source"].split("#")[1]
-              if "#" in i["source"] else ""): i for i in report.inputs}
-    assert by_src["good film.mp4"]["status"] == "ok"
+    by_src = {Path(i.source.split("#")[0]).name + ("#" + i.source.split("#")[1]
+              if "#" in i.source else ""): i for i in report.inputs}
+    assert by_src["good film.mp4"].status == "ok"
     assert report.records["good_film"]["counts"]["accepted"] > 0
     expect = {
         "empty.mp4": ("failed", "empty file"),
@@ -250,8 +250,8 @@ def test_bad_inputs_get_one_line_reasons_and_the_rest_is_mined(library, tmp_path
     }
     for src, (status, text) in expect.items():
         got = by_src[src]
-        assert got["status"] == status, (src, got)
-        assert text in got["reason"] and "\n" not in got["reason"], (src, got)
+        assert got.status == status, (src, got)
+        assert text in got.reason and "\n" not in got.reason, (src, got)
     assert report.exit_code == 1
     man = json.loads((out / "manifest.json").read_text())
     assert len(man["inputs"]) == len(report.inputs)
@@ -271,7 +271,7 @@ def test_a_truncated_mp4_fails_with_a_reason_naming_the_missing_index(tmp_path):
     report = extract([str(half)], tmp_path / "out", workers=0, progress=False)
     want = "not a readable video: truncated or unfinished MP4: no index (moov atom not found)"
     [got] = report.inputs
-    assert (got["status"], got["reason"]) == ("failed", want)
+    assert (got.status, got.reason) == ("failed", want)
     assert report.exit_code == 1
     man = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert [i["reason"] for i in man["inputs"]] == [want]
@@ -283,20 +283,18 @@ def test_the_summary_of_a_large_library_lists_what_needs_a_look(tmp_path):
     """The end-of-run summary has a line for each input that failed, was skipped or was
     mined with a note; plain ok films get a line each in a small run and one line in all in
     a large one (a library of thousands), the totals last."""
-    from filmmine.run.report import SUMMARY_OK_LINES, RunReport
+    from filmmine.run.report import SUMMARY_OK_LINES, InputState, InputStatus, RunReport
 
     def report(n_ok: int) -> RunReport:
         r = RunReport(tmp_path / "out")
         counts = {"accepted": 3, "candidates": 4, "shots": 2}
         for k in range(n_ok):
-            r.inputs.append({"source": f"/lib/f{k:02d}.mp4", "film": f"f{k:02d}",
-                             "status": "ok", "reason": None})
+            r.inputs.append(InputStatus(f"/lib/f{k:02d}.mp4", f"f{k:02d}", [], InputState.OK))
             r.records[f"f{k:02d}"] = {"counts": counts, "shards": ["x"]}
-        r.inputs[0]["reason"] = "truncated: 2 s of 9 s decoded"
-        r.inputs += [{"source": "/lib/bad.mp4", "film": "bad", "status": "failed",
-                      "reason": "not a readable video"},
-                     {"source": "/lib/mono.mp4", "film": "mono", "status": "skipped",
-                      "reason": "2D"}]
+        r.inputs[0].reason = "truncated: 2 s of 9 s decoded"
+        r.inputs += [InputStatus("/lib/bad.mp4", "bad", [], InputState.FAILED,
+                                 "not a readable video"),
+                     InputStatus("/lib/mono.mp4", "mono", [], InputState.SKIPPED, "2D")]
         return r
 
     small = report(SUMMARY_OK_LINES - 2).summary().splitlines()
@@ -652,7 +650,7 @@ def test_film_ids_do_not_depend_on_the_rest_of_the_command(tmp_path):
     assert first.exit_code == 0, first.summary()
     again = extract([b], out, layout="sbs", workers=0, progress=False)
     assert again.exit_code == 0, again.summary()
-    assert [(i["film"], i["status"]) for i in again.inputs] == [(f"film-{tag}", "ok")]
+    assert [(i.film, i.status) for i in again.inputs] == [(f"film-{tag}", "ok")]
     man = json.loads((out / "manifest.json").read_text())
     assert sorted((i["source"], i["film"], i["status"]) for i in man["inputs"]) == \
         sorted([(a, "film", "ok"), (b, f"film-{tag}", "ok")])

@@ -490,7 +490,7 @@ def test_a_spherical_video_is_skipped_naming_its_projection(tmp_path) -> None:
                                    "side data): ")
     report = extract([str(CONGO)], tmp_path / "out", workers=1, progress=False)
     [got] = report.inputs
-    assert (got["status"], got["reason"]) == ("skipped", str(e.value))
+    assert (got.status, got.reason) == ("skipped", str(e.value))
     assert report.exit_code == 0 and not report.records
 
 
@@ -532,4 +532,4 @@ def test_extract_takes_the_projection_given_by_hand(tmp_path) -> None:
     report = extract([str(VR / "iceland0.ts")], tmp_path / "out", workers=0, progress=False,
                      projection="equirect")
     [got] = report.inputs
-    assert got["status"] == "skipped" and "from --projection" in got["reason"]
+    assert got.status == "skipped" and "from --projection" in got.reason

@@ -293,16 +293,16 @@ def test_awkward_but_valid_films_are_mined(library, tmp_path):
     (lib / "cut.mkv").write_bytes(data[: int(len(data) * 0.6)])
     out = tmp_path / "out"
     report = extract([str(lib)], out, layout="sbs", workers=0, progress=False)
-    by_film = {i["film"]: i for i in report.inputs}
-    assert {f: i["status"] for f, i in by_film.items()} == {"odd": "ok", "vfr": "ok", "cut": "ok",
+    by_film = {i.film: i for i in report.inputs}
+    assert {f: i.status for f, i in by_film.items()} == {"odd": "ok", "vfr": "ok", "cut": "ok",
                                                              "vfrmkv": "ok"}
     for film in ("odd", "vfr", "cut", "vfrmkv"):
         assert report.records[film]["counts"]["accepted"] >= 5, film
     vfrmkv = report.records["vfrmkv"]["counts"]
-    assert vfrmkv["frames"] == vfrmkv["decoded"] == 333 and by_film["vfrmkv"]["reason"] is None
+    assert vfrmkv["frames"] == vfrmkv["decoded"] == 333 and by_film["vfrmkv"].reason is None
     cut = report.records["cut"]
     assert cut["counts"]["decoded"] < cut["counts"]["frames"]
-    assert by_film["cut"]["reason"].startswith(f"decoded {cut['counts']['decoded']} of ")
+    assert by_film["cut"].reason.startswith(f"decoded {cut['counts']['decoded']} of ")
     odd = report.records["odd"]["probe"]
     assert odd["frame_size"] == [640, 181] and odd["layout"] == "sbs"
 
@@ -586,8 +586,8 @@ def test_staged_units_of_other_inputs_are_mined_again(library, tmp_path):
     for name in ("shards/film_sbs-00000.tar", "films/film_sbs.frames.parquet"):
         assert (out / name).read_bytes() == (clean / name).read_bytes(), name
     again = extract([film], out, layout="sbs", recipe=recipe, workers=0, progress=False)
-    (entry,) = [i for i in again.inputs if i["film"] == "film_sbs"]
-    assert entry["status"] == "failed" and "as half-sbs, not sbs" in entry["reason"]
+    (entry,) = [i for i in again.inputs if i.film == "film_sbs"]
+    assert entry.status == "failed" and "as half-sbs, not sbs" in entry.reason
 
 
 def test_films_probed_in_the_driver_or_in_tasks_get_the_same_outcome(tmp_path, monkeypatch):
@@ -619,7 +619,7 @@ def test_films_probed_in_the_driver_or_in_tasks_get_the_same_outcome(tmp_path, m
         monkeypatch.setattr(run_extract, "early_probes", early)
         out = tmp_path / name
         report = extract([str(lib)], out, workers=0, progress=False)
-        outcome[name] = ([(i["film"], i["status"], i["reason"]) for i in report.inputs],
+        outcome[name] = ([(i.film, i.status, i.reason) for i in report.inputs],
                          tree_digest(out / "shards"))
     assert sorted(asked["driver"]) == ["empty", "good", "mono", "noise"] and asked["tasks"] == []
     assert outcome["driver"] == outcome["tasks"]
@@ -724,9 +724,9 @@ def test_a_film_whose_unit_kills_every_worker_fails_alone(library, corpus, tmp_p
         report = extract([str(library / "library.json")], out,
                          scheduler=cluster.scheduler_address, progress=False)
     assert report.exit_code == 1, report.summary()
-    by_film = {i["film"]: i for i in report.inputs}
-    assert by_film[victim]["status"] == "failed"
-    reason = by_film[victim]["reason"]
+    by_film = {i.film: i for i in report.inputs}
+    assert by_film[victim].status == "failed"
+    reason = by_film[victim].reason
     assert "\n" not in reason and "internal error" not in reason, reason
     assert "worker" in reason and "died" in reason and "memory" in reason, reason
     assert not (out / "films" / f"{victim}.json").exists()
@@ -757,7 +757,7 @@ def test_a_film_given_up_stops_killing_workers(library, tmp_path):
         report = extract([str(library / "film_tab.mp4")], out, layout="tab", recipe=recipe,
                          scheduler=cluster.scheduler_address, progress=False)
     (entry,) = report.inputs
-    assert entry["status"] == "failed" and "died on each of 4 tries" in entry["reason"]
+    assert entry.status == "failed" and "died on each of 4 tries" in entry.reason
     assert [i["status"] for i in json.loads((out / "manifest.json").read_text())["inputs"]] \
         == ["failed"]
     keys = deaths.read_text().split()
@@ -1067,7 +1067,7 @@ def test_a_film_deleted_during_the_run_fails_alone(library, tmp_path):
     assert report.exit_code == 1, report.summary()
     assert report.records["a"]["counts"]["accepted"] > 0, report.records
     why = f"missing file: {lib / 'b.mp4'} (gone since the run started)"
-    assert [(i["film"], i["reason"]) for i in report.failed] == [("b", why)], report.failed
+    assert [(i.film, i.reason) for i in report.failed] == [("b", why)], report.failed
     man = json.loads((out / "manifest.json").read_text())
     assert {i["film"]: i["status"] for i in man["inputs"]} == {"a": "ok", "b": "failed"}
     assert list(man["films"]) == ["a"]
@@ -1155,10 +1155,10 @@ def test_a_killed_decoder_is_mined_again_never_recorded_as_finished(library, cor
         monkeypatch.delenv("FILMMINE_FFMPEG")
         find_binary.cache_clear()
     assert (tmp_path / "killed-once").exists()
-    by_film = {i["film"]: i for i in report.inputs}
-    assert by_film["film_tab"]["status"] == "failed", report.summary()
-    assert by_film["film_tab"]["reason"].startswith("decoder killed by SIGKILL after ")
-    assert {f: i["status"] for f, i in by_film.items() if f != "film_tab"} == \
+    by_film = {i.film: i for i in report.inputs}
+    assert by_film["film_tab"].status == "failed", report.summary()
+    assert by_film["film_tab"].reason.startswith("decoder killed by SIGKILL after ")
+    assert {f: i.status for f, i in by_film.items() if f != "film_tab"} == \
         dict.fromkeys(("film_sbs", "film_half-sbs", "film_half-tab", "film_separate"), "ok")
     assert not (out / "films" / "film_tab.json").exists()
     retries = [json.loads(line) for line in log.read_text().splitlines()

@@ -65,8 +65,8 @@ def test_a_scene_list_beside_the_film_decides_its_shots(tmp_path):
     (lib / "f-Scenes.csv").write_text(scenedetect_csv([0, 24, 60], 96, spec.fps))
     report = extract([str(lib)], tmp_path / "csv", layout="sbs", workers=0, progress=False)
     assert report.exit_code == 0, report.summary()
-    assert [(i["film"], i["status"]) for i in report.inputs if i["film"] or
-            i["source"].endswith(".csv")] == [("f", "ok")], report.summary()
+    assert [(i.film, i.status) for i in report.inputs if i.film or
+            i.source.endswith(".csv")] == [("f", "ok")], report.summary()
     rec = report.records["f"]
     assert rec["cuts"] == [24, 60] and rec["probe"]["given_cuts"] == [24, 60]
     assert rec["source"]["scenes"] == str(lib / "f-Scenes.csv")
@@ -91,7 +91,7 @@ def test_a_scene_list_beside_the_film_decides_its_shots(tmp_path):
     bad = extract([str(lib / "f.mp4")], tmp_path / "bad", layout="sbs", workers=0,
                   progress=False)
     assert bad.exit_code == 1
-    assert bad.inputs[0]["reason"] == (f"scene list {lib / 'f.edl'}: a shot starts at frame "
+    assert bad.inputs[0].reason == (f"scene list {lib / 'f.edl'}: a shot starts at frame "
                                        "216, after the film's last (95): a list of another "
                                        "film?")
     with pytest.raises(InputError, match=r"(?i)no such file"):

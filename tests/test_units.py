@@ -170,9 +170,9 @@ def test_a_unit_builds_its_backend_while_decoding_and_still_fails_on_a_bad_one(t
     probe = probe_film("dark", (str(film),), "sbs")
     (unit,) = plan_units(probe, 0.0)
     marker = mine_unit(probe, unit, rec, tmp_path / "ok")
-    rows = marker["frames"]
+    rows = marker.frames
     assert rows and all(r["stage"] == "filter" and r["reason"] == "dark" for r in rows)
-    assert "disparity" not in marker["timings"]          # no candidate needed the backend
+    assert "disparity" not in marker.timings          # no candidate needed the backend
 
     bad = tmp_path / "raft.toml"
     bad.write_text('base = "default"\n[disparity]\nbackend = "raft"\nraft_weights = ""\n')

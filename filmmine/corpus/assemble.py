@@ -20,6 +20,7 @@ import json
 import re
 import shutil
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -28,9 +29,9 @@ from .. import __version__
 from ..media.probe import ProbeResult
 from .atomic import write_bytes
 from .encode import dumps
-from .schema import FRAMES_SCHEMA, SAMPLES_SCHEMA, parquet_bytes, table
+from .schema import FRAMES_SCHEMA, SAMPLES_SCHEMA, SampleMeta, parquet_bytes, table
 from .shards import ShardSink, read_samples, sha256_file
-from .staging import WorkUnit, unit_paths
+from .staging import UnitMarker, WorkUnit, unit_paths
 
 FORMAT = "filmmine-corpus/1"
 VERIFY_FAILED = ".verify-failed.json"   # the bad shards of the last verify that failed
@@ -59,14 +60,14 @@ def assemble_film(out: Path, probe: ProbeResult, units: list[WorkUnit], recipe: 
     if record_path.is_file():
         return json.loads(record_path.read_text())
     work = out / ".work" / probe.name
-    markers = [json.loads(unit_paths(work, u)[1].read_text()) for u in units]
-    cuts = sorted({c for m in markers for c in m["cuts"]})
-    transitions = sorted(t for m in markers for t in m["transitions"])
+    markers = [UnitMarker.read(unit_paths(work, u)[1]) for u in units]
+    cuts = sorted({c for m in markers for c in m.cuts})
+    transitions = sorted(t for m in markers for t in m.transitions)
     shot_of, n_shots = shot_indexer(cuts, transitions)
 
     frame_rows = []
     for m in markers:
-        for r in m["frames"]:
+        for r in m.frames:
             frame_rows.append({"film": probe.name, "shot_index": shot_of(r["frame_index"]), **r})
     frame_rows.sort(key=lambda r: r["frame_index"])
     frame_rows, over_quota = apply_shot_quota(frame_rows, int(recipe["sampling"]["max_per_shot"]))
@@ -77,12 +78,12 @@ def assemble_film(out: Path, probe: ProbeResult, units: list[WorkUnit], recipe: 
     try:
         for u in units:
             for s in read_samples(unit_paths(work, u)[0]):
-                meta = json.loads(s["json"])
-                if meta["key"] in over_quota:
+                meta = SampleMeta.from_json(json.loads(s["json"]))
+                if meta.key in over_quota:
                     continue
-                meta["shot_index"] = shot_of(meta["frame_index"])
-                s["json"] = dumps(meta)
-                sample_rows.append(_sample_row(meta, sink.write(s)))
+                meta = replace(meta, shot_index=shot_of(meta.frame_index))
+                s["json"] = dumps(meta.to_json())
+                sample_rows.append(meta.row(sink.write(s)))
         shards = sink.close()
     except BaseException:
         sink.abort()  # e.g. a full disk: no half-written shard left as a temp file
@@ -96,10 +97,10 @@ def assemble_film(out: Path, probe: ProbeResult, units: list[WorkUnit], recipe: 
 
     counts = Counter(r["reason"] or "accepted" for r in frame_rows)
     by_stage = Counter(r["stage"] for r in frame_rows)
-    decoded = sum(m["decoded"] for m in markers)
+    decoded = sum(m.decoded for m in markers)
     # a unit's "decoded a of b frames" counts its own range: the film's counts the whole film,
     # as a single-unit run says it, with the first stopped unit's cause
-    stopped = [m["stop_reason"] for m in markers if m["stopped_early"]]
+    stopped = [m.stop_reason for m in markers if m.stopped_early]
     reason = f"decoded {decoded} of {probe.n_frames} frames ({stopped[0]})" if stopped else None
     if "trial" in source:   # decode.max_duration_s cut the film short
         cut = (f"mined its first {probe.duration_s:.1f} s of {source['trial']['film_s']:.1f} s "
@@ -207,32 +208,6 @@ def apply_shot_quota(rows: list[dict], cap: int) -> tuple[list[dict], set[str]]:
                      "stage": "sampling", "reason": "shot_quota", "key": None}
         out.append(r)
     return out, dropped
-
-
-def _sample_row(meta: dict, shard: str) -> dict:
-    x, y, w, h = meta["crop"]
-    return {
-        "film": meta["film"], "key": meta["key"], "shard": shard,
-        "frame_index": meta["frame_index"], "pts_s": meta["pts_s"],
-        "shot_index": meta["shot_index"], "layout": meta["layout"],
-        "view_w": meta["view_size"][0], "view_h": meta["view_size"][1],
-        "crop_x": x, "crop_y": y, "crop_w": w, "crop_h": h,
-        "width": meta["size"][0], "height": meta["size"][1],
-        "disp_scale": meta["disp_scale"], "disp_offset": meta["disp_offset"],
-        "backend": meta["backend"], "valid_fraction": meta["valid_fraction"],
-        "lr_pass_fraction": meta["lr_pass_fraction"],
-        "vertical_fail_fraction": meta["vertical"]["fail_fraction"],
-        "vertical_median_px": meta["vertical"]["median_px"],
-        "vertical_abs_p95_px": meta["vertical"]["abs_p95_px"],
-        "disp_p1_px": meta["disp_percentiles_px"]["p1"],
-        "disp_p50_px": meta["disp_percentiles_px"]["p50"],
-        "disp_p99_px": meta["disp_percentiles_px"]["p99"],
-        "range_px": meta["range_px"],
-        "matchable_fraction": meta.get("matchable_fraction"),
-        "consistency_rate": meta.get("consistency_rate"),
-        "vertical_offset_px": meta.get("alignment", {}).get("offset_px"),
-        "vertical_rotation_deg": meta.get("alignment", {}).get("rotation_deg"),
-    }
 
 
 def write_corpus_tables(out: Path, films: list[str]) -> None:

@@ -39,7 +39,7 @@ from ..media.inputs import FilmInput, InputIssue, resolve_inputs
 from ..recipe import apply_overrides, dump_toml, load_recipe, recipe_digest
 from .cluster import _client, _default_workers, ctrl_c_deferred, unit_slots
 from .lock import CorpusLock
-from .report import EventLog, RunReport
+from .report import EventLog, InputState, InputStatus, RunReport
 from .scheduler import ExtractRun
 from .tasks import PROGRESS_TOPIC, OutputError, _probe_task, versions
 from .unit import (
@@ -125,12 +125,12 @@ def extract(inputs: list[str], out: str | Path, *, layout: str = "auto",
     if not films:
         # nothing to mine (an empty directory, a typo in a path): the reasons, no corpus
         report = RunReport(out)
-        report.inputs = [{"source": i.source, "film": None, "paths": [i.source],
-                          "status": i.status, "reason": i.reason} for i in issues]
-        if not any(i["status"] == "failed" for i in report.inputs):
-            report.inputs.append({"source": ", ".join(inputs) or "(no input)", "film": None,
-                                  "paths": list(inputs), "status": "failed",
-                                  "reason": "no videos found"})
+        report.inputs = [InputStatus(i.source, None, [i.source], InputState(i.status),
+                                     i.reason) for i in issues]
+        if not report.failed:
+            report.inputs.append(InputStatus(", ".join(inputs) or "(no input)", None,
+                                             list(inputs), InputState.FAILED,
+                                             "no videos found"))
         return report
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -206,13 +206,10 @@ def _extract_locked(films: list, issues: list, inputs: list[str], out: Path, lay
            workers=workers, scheduler=scheduler, device=device)
     for i in issues:
         events("input", source=i.source, status=i.status, reason=i.reason)
-    statuses: dict[str, dict] = {}
-    for f in films:
-        statuses[f.name] = {"source": f.source, "film": f.name, "paths": list(f.paths),
-                            "status": "pending", "reason": None}
+    statuses = {f.name: InputStatus(f.source, f.name, list(f.paths)) for f in films}
     for i in issues:
-        report.inputs.append({"source": i.source, "film": None, "paths": [i.source],
-                              "status": i.status, "reason": i.reason})
+        report.inputs.append(InputStatus(i.source, None, [i.source], InputState(i.status),
+                                         i.reason))
 
     todo = []
     suspects = verify_suspects(out)
@@ -236,7 +233,8 @@ def _extract_locked(films: list, issues: list, inputs: list[str], out: Path, lay
             redo = "--redo" if f.name in again else shard_damage(out, record, suspects)
             if redo is None:
                 report.records[f.name] = record  # mined by an earlier run
-                statuses[f.name].update(status="ok", reason=record.get("reason"))
+                statuses[f.name].status = InputState.OK
+                statuses[f.name].reason = record.get("reason")
                 shutil.rmtree(out / ".work" / f.name, ignore_errors=True)
                 continue
             try:
@@ -247,7 +245,7 @@ def _extract_locked(films: list, issues: list, inputs: list[str], out: Path, lay
             events("remine", film=f.name, why=redo)
             todo.append(f)
             continue
-        statuses[f.name].update(status="failed", reason=why)
+        statuses[f.name].status, statuses[f.name].reason = InputState.FAILED, why
 
     try:
         if todo:
@@ -259,7 +257,7 @@ def _extract_locked(films: list, issues: list, inputs: list[str], out: Path, lay
 
     for f in films:
         report.inputs.append(statuses[f.name])
-    report.inputs.sort(key=lambda i: (i["source"], i["film"] or ""))
+    report.inputs.sort(key=lambda i: (i.source, i.film or ""))
     # every record in the corpus is part of it, including films mined by earlier runs
     for rp in sorted((out / "films").glob("*.json")):
         name = rp.name.removesuffix(".json")
@@ -269,8 +267,8 @@ def _extract_locked(films: list, issues: list, inputs: list[str], out: Path, lay
     if work.is_dir() and not any(work.iterdir()):
         work.rmdir()
     names = sorted(report.records)
-    man = manifest(rec, digest, merged_inputs(out, report.inputs, report.records),
-                   report.records, versions())
+    listed = merged_inputs(out, [i.to_json() for i in report.inputs], report.records)
+    man = manifest(rec, digest, listed, report.records, versions())
     try:
         write_corpus_tables(out, names)
         write_bytes(out / "manifest.json", json.dumps(man, indent=1, sort_keys=True).encode())

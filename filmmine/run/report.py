@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from ..media.probe import DOUBT
@@ -14,16 +15,38 @@ from ..media.probe import DOUBT
 SUMMARY_OK_LINES = 20   # inputs up to which the end-of-run summary lists every ok film
 
 
+class InputState(StrEnum):
+    PENDING = "pending"   # not finished yet (a run that stopped early leaves it so)
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"   # not a film filmmine mines (mono, a projection it cannot reproject)
+
+
+@dataclass
+class InputStatus:
+    """What became of one input: a film (``film`` its id) or a source that gave none."""
+
+    source: str
+    film: str | None
+    paths: list[str]
+    status: InputState = InputState.PENDING
+    reason: str | None = None
+
+    def to_json(self) -> dict:
+        return {"source": self.source, "film": self.film, "paths": list(self.paths),
+                "status": str(self.status), "reason": self.reason}
+
+
 @dataclass
 class RunReport:
     out: Path
-    inputs: list[dict] = field(default_factory=list)
+    inputs: list[InputStatus] = field(default_factory=list)
     records: dict[str, dict] = field(default_factory=dict)
     remined: dict[str, str] = field(default_factory=dict)  # film -> why it was mined again
 
     @property
-    def failed(self) -> list[dict]:
-        return [i for i in self.inputs if i["status"] == "failed"]
+    def failed(self) -> list[InputStatus]:
+        return [i for i in self.inputs if i.status == InputState.FAILED]
 
     @property
     def exit_code(self) -> int:
@@ -35,26 +58,26 @@ class RunReport:
         gets one line for those: the manifest and `filmmine inspect` have them); then the
         totals."""
         lines = []
-        notes = {i.get("film"): " - ".join(n for n in (self.layout_note(i.get("film")),
-                                                       self.no_samples_note(i.get("film"))) if n)
+        notes = {i.film: " - ".join(n for n in (self.layout_note(i.film),
+                                                       self.no_samples_note(i.film)) if n)
                  for i in self.inputs}
-        quiet_ok = [i for i in self.inputs if i["status"] == "ok" and not i.get("reason")
-                    and not notes[i.get("film")] and i.get("film") not in self.remined]
+        quiet_ok = [i for i in self.inputs if i.status == "ok" and not i.reason
+                    and not notes[i.film] and i.film not in self.remined]
         hide_ok = len(self.inputs) > listed_ok
         for i in self.inputs:
             if hide_ok and i in quiet_ok:
                 continue
             extra = ""
-            rec = self.records.get(i.get("film") or "")
+            rec = self.records.get(i.film or "")
             if rec:
                 c = rec["counts"]
                 extra = (f"{c['accepted']} samples from {c['candidates']} candidates, "
                          f"{c['shots']} shots")
-            again = self.remined.get(i.get("film") or "")
+            again = self.remined.get(i.film or "")
             again = again and f"mined again ({again})"
-            text = " - ".join(t for t in (extra, again, i.get("reason"), notes[i.get("film")])
+            text = " - ".join(t for t in (extra, again, i.reason, notes[i.film])
                               if t)
-            lines.append(f"  {i['status']:7s} {i['source']}: {text}")
+            lines.append(f"  {i.status:7s} {i.source}: {text}")
         if hide_ok and quiet_ok:
             lines.append(f"  {'ok':7s} {len(quiet_ok)} film(s) without a note: per film in "
                          f"{self.out / 'manifest.json'} and `filmmine inspect {self.out}`")

@@ -26,6 +26,7 @@ from ..corpus.assemble import (
     assemble_film,
 )
 from ..corpus.atomic import write_bytes
+from ..corpus.staging import UnitMarker
 from ..errors import (
     ClusterError,
 )
@@ -35,7 +36,7 @@ from ..media.probe import DOUBT, ProbeResult
 from .cluster import _slots_now, no_slots_warning, unit_resources
 from .plan import film_chunk_s, plan_units, trial_span, unit_context
 from .progress import Progress
-from .report import EventLog, RunReport
+from .report import EventLog, InputState, RunReport
 from .tasks import (
     RUN_FILE,
     FailureKind,
@@ -251,7 +252,7 @@ class ExtractRun:
             (self.out_abs / RUN_FILE).unlink()
 
     def fail(self, name: str, status: str, reason: str) -> None:
-        self.statuses[name].update(status=status, reason=reason)
+        self.statuses[name].status, self.statuses[name].reason = InputState(status), reason
         self.pending_units[name] = -1
         self.bar.film_done(name)
         self.events("film", film=name, status=status, reason=reason)
@@ -335,7 +336,8 @@ class ExtractRun:
             self.on_unit(client, by_name[name], unit, result)
         else:
             self.report.records[name] = result
-            self.statuses[name].update(status="ok", reason=result.get("reason"))
+            self.statuses[name].status = InputState.OK
+            self.statuses[name].reason = result.get("reason")
             self.bar.film_done(name)
             self.events("film", film=name, status="ok", reason=result.get("reason"),
                         counts=result["counts"])
@@ -424,15 +426,15 @@ class ExtractRun:
             self.submit(client, "unit", name, u, _unit_task, probe, u, self.rec, work_dir,
                         self.device)
 
-    def on_unit(self, client: Client, film: FilmInput, unit, marker: dict) -> None:
+    def on_unit(self, client: Client, film: FilmInput, unit, marker: UnitMarker) -> None:
         name = film.name
         with self.lock:  # the rest of the unit's frames, whatever progress events said
             rest = (unit.end - unit.start) - self.reported.pop((name, unit.index), 0)
         self.bar.frames(name, max(0, rest))
-        self.shots += len(marker["cuts"]) + len(marker["transitions"])
-        self.samples += marker["samples"]
+        self.shots += len(marker.cuts) + len(marker.transitions)
+        self.samples += marker.samples
         self.events("unit", film=name, unit=unit.index, start=unit.start, end=unit.end,
-                    samples=marker["samples"], stopped_early=marker["stopped_early"])
+                    samples=marker.samples, stopped_early=marker.stopped_early)
         self.pending_units[name] -= 1
         if self.pending_units[name] == 0:
             source = {"input": film.source, "paths": list(film.paths)}

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -24,8 +24,15 @@ import numpy as np
 from .. import flow
 from ..corpus.atomic import write_bytes
 from ..corpus.encode import dumps, encode_confidence, encode_disparity, encode_jpeg
+from ..corpus.schema import (
+    Alignment,
+    DisparityPercentiles,
+    SampleMeta,
+    StereoRig,
+    VerticalStats,
+)
 from ..corpus.shards import StagingWriter
-from ..corpus.staging import WorkUnit, unit_paths
+from ..corpus.staging import UnitMarker, WorkUnit, unit_paths
 from ..errors import NoFrameDecoded
 from ..flow import FlowBackend, get_backend
 from ..media.decode import DecodeStats, Frame, iter_frames
@@ -84,26 +91,6 @@ VERDICT_EVIDENCE = ("valid_fraction", "vertical_fail_fraction", "range_px",
 
 
 @dataclass
-class UnitResult:
-    unit: WorkUnit
-    frames: list[dict] = field(default_factory=list)   # a row per candidate (no shot_index yet)
-    cuts: list[int] = field(default_factory=list)
-    transitions: list[list[int]] = field(default_factory=list)
-    decoded: int = 0
-    stopped_early: str | None = None
-    stop_reason: str | None = None       # why it stopped early (``DecodeStats.stop_reason``)
-    samples: int = 0
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (profiling)
-
-    def to_json(self) -> dict:
-        return {"unit": self.unit.__dict__, "frames": self.frames, "cuts": self.cuts,
-                "transitions": self.transitions, "decoded": self.decoded,
-                "stopped_early": self.stopped_early, "stop_reason": self.stop_reason,
-                "samples": self.samples,
-                "timings": {k: round(v, 4) for k, v in sorted(self.timings.items())}}
-
-
-@dataclass
 class _Waiting:
     """A candidate that passed the filters, waiting for the batched disparity stage."""
 
@@ -146,7 +133,7 @@ class UnitMiner:
         self.pending: deque[Frame] = deque()
         self.taken: dict[int, int] = {}           # shot start -> samples taken from it
         self.prev_grey: dict[int, np.ndarray] = {}  # shot start -> last candidate's grey view
-        self.result = UnitResult(unit)
+        self.result = UnitMarker(unit)
 
     @property
     def backend(self) -> FlowBackend:
@@ -174,7 +161,7 @@ class UnitMiner:
         ):
             self._decide(self.pending.popleft())
 
-    def finish(self, last_index: int) -> UnitResult:
+    def finish(self, last_index: int) -> UnitMarker:
         self.tracker.finish(last_index)
         while self.pending:
             self._decide(self.pending.popleft())
@@ -262,43 +249,30 @@ class UnitMiner:
         out = self.recipe["output"]
         png, scale, offset = encode_disparity(res.disparity, out["disp_step_px"])
         h, w = left.shape[:2]
-        meta = {
-            "film": self.probe.name,
-            "key": key,
-            "frame_index": frame_index,
-            "pts_s": self._pts_s(frame_index),
-            "layout": self.probe.layout,
-            "view_size": list(view_wh),
-            "crop": list(crop),
-            "size": [w, h],
-            "disp_scale": scale,
-            "disp_offset": offset,
-            "disparity": "d = x_left - x_right in px of the stored image, up to scale and shift",
-            "backend": self.backend.name,
-            "valid_fraction": round(res.stats["valid_fraction"], 6),
-            "lr_pass_fraction": round(res.stats["lr_pass_fraction"], 6),
-            "vertical": {
-                "fail_fraction": round(res.stats["vertical_fail_fraction"], 6),
-                "median_px": round(res.stats["vertical_median_px"], 4),
-                "abs_p95_px": round(res.stats["vertical_abs_p95_px"], 4),
-            },
-            "disp_percentiles_px": {
-                "p1": round(res.stats["disp_p1_px"], 4),
-                "p50": round(res.stats["disp_p50_px"], 4),
-                "p99": round(res.stats["disp_p99_px"], 4),
-            },
-            "range_px": round(res.stats["range_px"], 4),
-            "matchable_fraction": round(res.stats["matchable_fraction"], 6),
-            "consistency_rate": round(res.stats["consistency_rate"], 6),
-        }
+        st = res.stats
         fit = {k.removeprefix("vertical_"): (v if v == v else None)
-               for k, v in res.stats.items() if k in ALIGNMENT_EVIDENCE}
-        if fit:
-            meta["alignment"] = fit
-        if self.probe.stereo is not None:
-            meta["stereo"] = stereo_record(self.probe.stereo, view_wh, crop, (w, h))
+               for k, v in st.items() if k in ALIGNMENT_EVIDENCE}
+        meta = SampleMeta(
+            film=self.probe.name, key=key, frame_index=frame_index,
+            pts_s=self._pts_s(frame_index), layout=self.probe.layout,
+            view_size=tuple(view_wh), crop=tuple(crop), size=(w, h),
+            disp_scale=scale, disp_offset=offset, backend=self.backend.name,
+            valid_fraction=round(st["valid_fraction"], 6),
+            lr_pass_fraction=round(st["lr_pass_fraction"], 6),
+            vertical=VerticalStats(fail_fraction=round(st["vertical_fail_fraction"], 6),
+                                   median_px=round(st["vertical_median_px"], 4),
+                                   abs_p95_px=round(st["vertical_abs_p95_px"], 4)),
+            disp_percentiles_px=DisparityPercentiles(p1=round(st["disp_p1_px"], 4),
+                                                     p50=round(st["disp_p50_px"], 4),
+                                                     p99=round(st["disp_p99_px"], 4)),
+            range_px=round(st["range_px"], 4),
+            matchable_fraction=round(st["matchable_fraction"], 6),
+            consistency_rate=round(st["consistency_rate"], 6),
+            alignment=Alignment(**fit) if fit else None,
+            stereo=(StereoRig(**stereo_record(self.probe.stereo, view_wh, crop, (w, h)))
+                    if self.probe.stereo is not None else None))
         sample = {"__key__": key, "jpg": encode_jpeg(left, out["jpeg_quality"]),
-                  "disp.png": png, "json": dumps(meta)}
+                  "disp.png": png, "json": dumps(meta.to_json())}
         if out["confidence"]:
             if res.confidence is None:
                 raise ValueError(f"{key}: the disparity stage gave no confidence map")
@@ -359,7 +333,8 @@ PROGRESS_EVERY = 48  # frames between progress reports
 
 
 def mine_unit(probe: ProbeResult, unit: WorkUnit, recipe: dict, work_dir: Path,
-              device: str = "cpu", progress: Callable[[int], None] | None = None) -> dict:
+              device: str = "cpu", progress: Callable[[int], None] | None = None
+              ) -> UnitMarker:
     """Run one work unit; writes its staging tar, then its JSON marker. Returns the marker.
 
     ``progress(n)`` is called now and then with the number of the unit's own frames decoded
@@ -368,8 +343,8 @@ def mine_unit(probe: ProbeResult, unit: WorkUnit, recipe: dict, work_dir: Path,
     tar_path, marker = unit_paths(work_dir, unit)
     made_from = unit_fingerprint(probe, unit, recipe)
     if marker.is_file():
-        done = json.loads(marker.read_text())
-        if done.get("made_from") == made_from:
+        done = UnitMarker.read(marker)
+        if done.made_from == made_from:
             return done
         # staged by a run that saw another film, layout, frame range or recipe (a rerun
         # after a crash with other arguments): never mixed into this film, mined again
@@ -419,10 +394,9 @@ def mine_unit(probe: ProbeResult, unit: WorkUnit, recipe: dict, work_dir: Path,
     result.decoded = max(0, min(last + 1, unit.end) - unit.start)
     if last + 1 < unit.end:
         result.stopped_early, result.stop_reason = stats.stopped_early, stats.stop_reason
-    data = result.to_json()
-    data["made_from"] = made_from
-    write_bytes(marker, dumps(data))
-    return data
+    result.made_from = made_from
+    write_bytes(marker, dumps(result.to_json()))
+    return result
 
 
 def unit_fingerprint(probe: ProbeResult, unit: WorkUnit, recipe: dict) -> str:
