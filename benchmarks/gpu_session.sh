@@ -17,7 +17,7 @@
 #   FILM_SECONDS=30  the extraction steps' film (rendering 60 s took ~50 s on a 16-core node)
 #   KERNELS_ANYWAY=1 keep the kernels after a failed kernel check
 # The device tool returns at most 8 files from $OUT: machine.txt and up to 7 steps per call.
-# Measured with it on 2026-11-25 (H100): README, "census_sgm on a GPU" and "Tests and benchmarks".
+# Measured with it on 2026-11-25 (H100): benchmarks/RESULTS.md, "GPU".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/filmmine-gpu-out}

@@ -6,7 +6,7 @@ Measured with the default recipe (DIS medium, full-resolution refinement, speckl
 * MiddEval3 Motorcycle (imperfect rectification): bad-2px 6.4 %, valid 83.0 %,
   median vertical flow -0.32 px vs GT dy median -0.24 px.
 * Middlebury 2003 Cones (quarter size): bad-2px 3.9 %, valid 82.8 %.
-Every backend on these pairs: ``filmmine bench-disparity`` (README, "Disparity backends").
+Every backend on these pairs: ``filmmine bench-disparity`` (docs/backends.md).
 """
 
 from __future__ import annotations
