@@ -32,10 +32,9 @@ def _worker_setup() -> None:
     import cv2
 
     # one Dask worker per core: OpenCV's and torch's own threads would only contend (and the
-    # result of a single-threaded DIS is the same on every machine). Measured on the 60 s
-    # benchmark film (2 cores): torch's default threads cost ~30 s of system time spinning.
-    # torch is imported only by the backends that use it (470 MiB, 1.5 s a process):
-    # OMP_NUM_THREADS gives it one thread when it is; a worker that has it already is set.
+    # result of a single-threaded DIS is the same on every machine). torch is imported only
+    # by the backends that use it: OMP_NUM_THREADS gives it one thread when it is; a worker
+    # that has it already is set.
     cv2.setNumThreads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
     torch = sys.modules.get("torch")
@@ -52,10 +51,9 @@ def tune_malloc() -> bool:
     """In this process, glibc malloc as ``_worker_environ`` sets it for local workers: buffers
     up to 32 MiB from the heap, kept (trimmed past 128 MiB). Done again at run time because
     workers started by `dask worker` (a remote cluster: its nanny sets Dask's
-    ``MALLOC_TRIM_THRESHOLD_=64 KiB``) never see the local cluster's environment: each frame
-    buffer was a fresh mmap, faulted in and unmapped again (two such workers mining the 60 s
-    benchmark film: 16.5 s of system time; tuned, 1.9 s). False where the C library is not
-    glibc."""
+    ``MALLOC_TRIM_THRESHOLD_=64 KiB``) never see the local cluster's environment, where each
+    frame buffer would be a fresh mmap, faulted in and unmapped again. False where the C
+    library is not glibc."""
     import ctypes
     import ctypes.util
 
@@ -114,11 +112,10 @@ def _gpu_count() -> int:
         return 0
 
 
-# A local cluster's housekeeping, which its workers inherit. Sampled with py-spy on a worker
-# mining the benchmark film, Dask's periodic callbacks took 5.6 % of its busy time: the
-# statistical profiler walking the task thread's stack every 10 ms (the dashboard's profile
-# page), psutil's system monitor every 500 ms, the event-loop tick every 20 ms and the memory
-# monitor every 100 ms. A unit runs for tens of seconds: coarser housekeeping loses nothing.
+# A local cluster's housekeeping, which its workers inherit: Dask's periodic callbacks (the
+# profiler walking the task thread's stack, the system and memory monitors, the event-loop
+# tick) take a share of a busy worker; a unit runs for tens of seconds, so coarser
+# housekeeping loses nothing.
 LOCAL_DASK_CONFIG = {
     "distributed.worker.profile.enabled": False,
     "distributed.admin.system-monitor.interval": "2s",
@@ -149,9 +146,9 @@ def _worker_environ() -> dict:
     """Dask's worker environment with glibc malloc tuned for frame-sized buffers.
 
     Dask sets ``MALLOC_TRIM_THRESHOLD_=64 KiB``, which also freezes glibc's mmap threshold at
-    128 KiB: every decoded frame (12 MB at 3840x1080) was then a fresh mmap, page-faulted in
-    and unmapped again. Measured on the 60 s benchmark film: 30 s of system time of 125 s.
-    Buffers up to 32 MiB now come from the heap and are reused."""
+    128 KiB, so that every decoded frame (12 MB at 3840x1080) would be a fresh mmap,
+    page-faulted in and unmapped again: buffers up to 32 MiB come from the heap and are
+    reused instead."""
     env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
     env["MALLOC_MMAP_THRESHOLD_"] = 32 * 2**20
     env["MALLOC_TRIM_THRESHOLD_"] = 128 * 2**20
@@ -169,7 +166,7 @@ def _gpu_worker_layout(workers: int | None, cpu_count: int | None, gpus: int) ->
     ``workers`` processes in all when given, else as many as on the CPU (one per core, at most
     8) but at least one per GPU; dealt round robin over the GPUs. A work unit runs all its
     stages (decode, shot detection, filters, flow, encoding) in one worker, so one worker per
-    GPU left the other cores idle: 8.0x ffmpeg's decode-only wall on a 16-core H100 node.
+    GPU would leave the other cores idle.
     """
     if gpus < 1:
         raise ValueError("no GPU to lay workers out on")

@@ -19,13 +19,12 @@ log = logging.getLogger(__name__)
 class CorpusLock:
     """One ``extract`` at a time per corpus: an exclusive ``flock`` on ``out/.extract.lock``.
 
-    Two runs on one corpus (a job submitted twice) deleted each other's temp files at their
-    start, removed each other's staging after assembling a film (the other's assembly then
-    failed), and the run that ended last wrote the manifest. The second run now stops at
+    Two runs on one corpus (a job submitted twice) would delete each other's temp files and
+    staging, and the run that ended last would write the manifest: the second run stops at
     once with a one-line reason. The kernel drops the lock with its process, so after
     ``kill -9`` the next run takes it (the file stays until a run ends). A file system
     without ``flock`` (some network mounts) raises ENOLCK/EOPNOTSUPP: the run goes on
-    unlocked, as before."""
+    unlocked."""
 
     NAME = ".extract.lock"
 

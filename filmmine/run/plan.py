@@ -37,8 +37,8 @@ def film_chunk_s(duration_s: float, chunk_s: float, min_chunk_s: float, units: i
     """The unit length for a film that should give at least ``units`` work units.
 
     A library with fewer films than workers leaves workers idle when every film is cut into
-    the recipe's ``chunk_s`` units (one 60 s film, 30 s units: two busy workers of eight on a
-    16-core node). Such a film's units are shortened to ``duration_s / units``, never below
+    the recipe's ``chunk_s`` units (one 60 s film in 30 s units keeps two workers busy). Such a
+    film's units are shortened to ``duration_s / units``, never below
     ``min_chunk_s`` (each unit decodes ~3.4 s of context at 24 fps: shorter units decode more
     context than film), never above ``chunk_s``; 0 = one unit stays one unit. The split
     changes no output byte: units decode context around their seams (``unit_context``)."""
@@ -50,16 +50,15 @@ def film_chunk_s(duration_s: float, chunk_s: float, min_chunk_s: float, units: i
 def plan_units(probe: ProbeResult, chunk_s: float, lead: int | None = None) -> list[WorkUnit]:
     """The film's work units: as few ranges as keep each within ``chunk_s`` seconds, of equal
     length (0: one unit). Equal lengths: a 95 s film in 30 s units is four of 23.75 s, where
-    30 + 30 + 30 + 5 spent a unit's whole context and ffmpeg start on 5 s, and workers ended
-    apart.
+    30 + 30 + 30 + 5 would spend a unit's whole context and ffmpeg start on 5 s, and workers
+    would end apart.
 
     ``lead``: frames a unit decodes before its first one (``unit_context``). With it, and
     when the film's keyframes are known, each seam moves to the nearest frame whose decode
     starts exactly on a keyframe (within a quarter of a unit): a seek lands on the keyframe at
     or before the first frame decoded, and every frame from there to it is decoded for
-    nothing. Films encoded with 10 s GOPs lost up to 10 s a unit; the 60 s benchmark film
-    (keyframes at its cuts and every 2 s) 28 frames at its one seam. Seams never change what
-    is mined (units decode context around them): only where a unit's decode starts.
+    nothing (up to a GOP a unit). Seams never change what is mined (units decode context
+    around them): only where a unit's decode starts.
     """
     n = probe.n_frames
     if n <= 0:

@@ -77,9 +77,8 @@ RESUME = "films finished and work units staged so far are kept: rerun the same c
 def _wait_for_one(ac: as_completed, timeout_s: float) -> None:
     """Until a task of ``ac`` finishes or ``timeout_s`` passes. as_completed notifies its
     ``thread_condition`` after queueing each finished future: checked and waited on under
-    the condition, a finish is never missed. (A first version polled every 20 ms: driver
-    CPU 1.73 and 1.82 s on the 20 s benchmark film vs 1.43 and 1.59 s before, two runs
-    each, within this VM's noise but for nothing.) Without that attribute (another
+    the condition, a finish is never missed, and the driver does not poll. Without that
+    attribute (another
     distributed), a plain poll."""
     cond = getattr(ac, "thread_condition", None)
     if cond is None:

@@ -304,9 +304,9 @@ _BUILDER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="filmmine-backen
 
 def backend_soon(recipe: dict, device: str) -> Future[FlowBackend]:
     """``backend_for`` while the caller goes on: a worker's first unit builds its model while
-    its ffmpeg starts, not before (census_sgm: importing torch and building it took 2.45 s in a
-    fresh process on the 2-core VM; a CUDA context more on a GPU; the first disparity call
-    comes after a batch of candidates is decoded). Built already: a finished Future."""
+    its ffmpeg starts, not before (importing torch and building a model takes seconds; the
+    first disparity call comes after a batch of candidates is decoded). Built already: a
+    finished Future."""
     built = _BACKENDS.get(_backend_key(recipe, device))
     if built is not None:
         done: Future[FlowBackend] = Future()
