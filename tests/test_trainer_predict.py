@@ -12,10 +12,10 @@ import torch
 from test_trainer_evaluate import tiny_checkpoint
 
 from filmmine.cli import main as filmmine_main
+from trainer.checkpoint import load_checkpoint, model_from_checkpoint
 from trainer.evaluate import predict_disparity
 from trainer.predict import colorize, normalised, output_names
 from trainer.sources import read_pfm
-from trainer.train import load_checkpoint, model_from_checkpoint
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CLIP = SHARED / "real_cut_clips" / "sbs_cut_clip.mp4"

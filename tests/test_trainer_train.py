@@ -17,12 +17,13 @@ import torch.multiprocessing as mp
 
 from filmmine.cli import main as filmmine_main
 from trainer import TrainerError
+from trainer.checkpoint import load_checkpoint
 from trainer.config import TrainConfig, load_config
 from trainer.losses import MidasLoss
 from trainer.mixing import min_norm_weights
 from trainer.model import build_model
 from trainer.sources import DatasetSpec, iter_tar
-from trainer.train import DistEnv, load_checkpoint, pareto_backward, train
+from trainer.train import DistEnv, pareto_backward, train
 
 
 def make_few_corpus(corpus: Path, dst: Path, n: int) -> Path:

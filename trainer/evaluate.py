@@ -178,7 +178,7 @@ def evaluate_model(model: torch.nn.Module, spec: DatasetSpec, size: int = 384,
 
 def evaluate_checkpoint(checkpoint: str | Path, spec: DatasetSpec, size: int | None = None,
                         device: str = "auto") -> dict[str, Any]:
-    from .train import load_checkpoint, model_from_checkpoint
+    from .checkpoint import load_checkpoint, model_from_checkpoint
 
     ck = load_checkpoint(checkpoint)
     model, cfg = model_from_checkpoint(ck)

@@ -222,7 +222,7 @@ def predict_files(inputs: Sequence[str], checkpoint: str | Path, out: str | Path
     """Predict every image and kept video frame of ``inputs`` into ``out`` (see the module's
     text). TrainerError, with ``out`` left as it was, when the checkpoint does not load or no
     input could be read."""
-    from .train import load_checkpoint, model_from_checkpoint
+    from .checkpoint import load_checkpoint, model_from_checkpoint
 
     bad = [r for r in raw if r not in RAW_FORMATS]
     if bad:

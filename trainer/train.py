@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +36,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import TrainerError, atomic
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    checkpoint_dir,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .config import TrainConfig, load_config, resume_conflicts, resumed_config
 from .data import (
     LoaderState,
@@ -54,7 +59,6 @@ from .sources import DatasetSpec
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "filmmine-trainer/1"
 HEARTBEAT_S = 60.0  # a progress line at least this often, between log steps too
 SLOW_CPU_STEP_S = 1.0  # a CPU step slower than this: point at the CPU-sized configs
 CPU_CONFIGS = (("tiny", "a smoke-test model"), ("small", "ResNet-50"))  # smallest first
@@ -140,46 +144,6 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-
-def checkpoint_dir(out: Path) -> Path:
-    return out / "checkpoints"
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Durably: a kill or a failure midway leaves the previous checkpoint whole under ``path``
-    (and no temp file); a power loss after this returns loses neither the bytes nor the name."""
-    with atomic.atomic_open(path) as f:
-        torch.save(state, f)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A trainer checkpoint, read with ``weights_only=True`` (never unpickles code)."""
-    p = Path(path)
-    if not p.is_file():
-        raise TrainerError(f"checkpoint not found: {p}")
-    try:
-        with warnings.catch_warnings():   # its pickle-protocol notes: not the user's concern
-            warnings.simplefilter("ignore")
-            ck = torch.load(p, map_location="cpu", weights_only=True)
-    except OSError as e:
-        raise TrainerError(f"cannot read checkpoint {p}: {e.strerror or e}") from None
-    except Exception as e:
-        # torch's own text advises weights_only=False, i.e. running the file's code: never
-        raise TrainerError(f"{p} is not a {CHECKPOINT_FORMAT} checkpoint (torch.load: "
-                           f"{type(e).__name__})") from None
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise TrainerError(f"{p} is not a {CHECKPOINT_FORMAT} checkpoint")
-    return ck
-
-
-def model_from_checkpoint(ck: dict[str, Any]) -> tuple[MidasNet, TrainConfig]:
-    cfg = TrainConfig.from_dict(ck["config"])
-    cfg.model.weights, cfg.model.pretrained = "", False  # the checkpoint holds every weight
-    model = build_model(cfg.model)
-    model.load_state_dict(ck["model"])
-    model.eval()
-    return model, cfg
-
 
 def _rng_state() -> dict[str, Any]:
     st: dict[str, Any] = {"torch": torch.get_rng_state()}
