@@ -153,7 +153,7 @@ def _fits(value: Any, like: Any) -> bool:
 def validate_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     """``recipe`` when every key has the default's type, every ranged key its range and
     every key with choices one of them; else RecipeError naming the key (before any work
-    starts: a text ``fps`` failed with a TypeError once the cluster ran). Returns it."""
+    starts, not as a TypeError once the cluster runs). Returns it."""
     default = _read(_resolve_path("default"))
     for table, keys in default.items():
         if not isinstance(keys, dict):

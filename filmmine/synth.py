@@ -443,7 +443,7 @@ class _Credits:
 
 
 def _planes(rgb: np.ndarray) -> tuple[np.ndarray, ...]:
-    # OpenCV's cubic warp is ~7x faster on single-channel float images than on 3-channel ones.
+    # OpenCV's cubic warp is much faster on single-channel float images than on 3-channel ones.
     return tuple(np.ascontiguousarray(rgb[..., c]) for c in range(3))
 
 

@@ -38,7 +38,7 @@ class DisFlow(FlowBackend):
         self._dis = cv2.DISOpticalFlow_create(self.PRESETS[preset])
         if finest_scale >= 0:
             # the presets stop at half resolution (scale 1); 0 refines at full resolution:
-            # on the Middlebury motorcycle pair bad-2px 10.9 % -> 6.9 %, about 3x the time
+            # fewer bad labels, for several times the time
             self._dis.setFinestScale(finest_scale)
         # 0 / -1 keep the preset's value
         if patch_size > 0:
@@ -143,9 +143,8 @@ class SgbmFlow(FlowBackend):
                   ) -> tuple[np.ndarray, np.ndarray]:
         """(the left view's disparity, the right view's) over [lo, hi), on what ``sgbm_cost``
         says to match. auto: the grey views; where their photometry differs, also their rank
-        transforms, and the pair with more left-right consistent pixels (on a terrain
-        ETH3D pair 5 % darker in one view the rank transform kept 20 % of the frame, the
-        grey levels 50 %; on MiddEval3's MotorcycleE, 79 % against 34 %)."""
+        transforms, and the pair with more left-right consistent pixels (neither wins on every
+        such pair)."""
         def run(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             d_l = self.disparity_range(a, b, lo, hi)
             # the right view's disparity: mirror both views, the right one becomes the left
@@ -163,7 +162,7 @@ class SgbmFlow(FlowBackend):
         grey = run(left, right)
         if self.cost == "grey" or not photometry_differs(left, right):
             return grey
-        rank = ranked()   # the transforms only here: 10 ms a 940 x 540 pair
+        rank = ranked()   # the transforms only here: they cost time on every pair
         return rank if consistent_pixels(*rank) > consistent_pixels(*grey) else grey
 
     def stereo(self, left: Sequence[np.ndarray], right: Sequence[np.ndarray]) -> StereoFlows:
@@ -181,12 +180,13 @@ class DisSgbmFlow(SgbmFlow):
 
     Films have small depth budgets: searching ``±max_disparity_frac`` of the width for every
     pixel wastes most of SGBM's time (its cost grows with the number of disparities). A DIS
-    flow on the views downscaled (a few ms) gives each frame's range
+    flow on the views downscaled (cheap) gives each frame's range
     (percentiles ``range_percentiles`` of its horizontal flow, widened by ``margin_px`` px and
     ``margin_frac`` of the span, capped at ``±max_disparity_frac``) and a smooth vertical flow
     ``v`` of both directions, so the vertical checks work, unlike plain ``sgbm`` (v = 0).
     The coarse pass is an integer downscale leaving at least ``coarse_width`` px (960 -> 240;
-    a 320 px view is not downscaled: at 80 px DIS saw vertical motion that was not there).
+    a 320 px view is not downscaled: on views much narrower DIS sees vertical motion that is
+    not there).
     Horizontal disparity comes from SGBM over that range, in both directions (mirrored views).
     """
 
@@ -279,10 +279,9 @@ class DisSgbmFlow(SgbmFlow):
         ``d_left`` (elsewhere, in occlusions and where content leaves the frame, DIS returns
         arbitrary v); with fewer than 5 % such pixels, on all of them (the fit is robust).
         The right view's v is the left's at the matching pixel, negated:
-        ``v_rl(x) = -v_lr(x + d_right(x))``, looked up on the coarse grid (v is smooth: at
-        full size the lookup took 3 ms a pair at 940x540). One coarse DIS pass instead of two
-        (the consistency test of ``v_model = "none"`` needs both): 20 ms a pair less at 940 px.
-        On MiddEval3's imperfect Motorcycle the vertical EPE is 0.09 px (``none``: 0.26)."""
+        ``v_rl(x) = -v_lr(x + d_right(x))``, looked up on the coarse grid (v is smooth, and a
+        full-size lookup costs more). One coarse DIS pass instead of the two that the
+        consistency test of ``v_model = "none"`` needs, and a smaller vertical error."""
         w, h = size
         ch, cw = f.shape[:2]
         sx, sy = w / cw, h / ch                          # coarse px -> output px
@@ -363,8 +362,8 @@ def rank_transform(grey: np.ndarray, radius: int = 3) -> np.ndarray:
     """Each pixel's rank in its (2 radius + 1)^2 window: how many neighbours are darker,
     scaled to 0-255 (uint8). It keeps only the order of grey levels, which a gain, an offset
     or a gamma between the views does not change (Zabih & Woodfill's rank transform): SGBM
-    on it kept 79 % of MiddEval3's MotorcycleE (right view at another exposure), 34 % on the
-    grey levels. OpenCV compare and masked add: 5 ms a 940 x 540 view on one core."""
+    on it matches views at different exposures that it fails to match on the grey levels.
+    OpenCV compare and masked add, fast on one core."""
     h, w = grey.shape[:2]
     r = int(radius)
     pad = cv2.copyMakeBorder(grey, r, r, r, r, cv2.BORDER_REPLICATE)
@@ -411,8 +410,8 @@ def _smooth_vertical(v: np.ndarray, ok: np.ndarray, sigma: float,
     coef = np.zeros(a.shape[1])
     ridge = 1e-9 * np.eye(a.shape[1])
     for _ in range(5):  # IRLS with Cauchy weights at twice the residuals' robust spread
-        # normal equations by einsum: a BLAS call here woke OpenBLAS's threads, which then
-        # spun against OpenCV's (+25 ms a pair on 2 cores)
+        # normal equations by einsum: a BLAS call here wakes OpenBLAS's threads, which then
+        # spin against OpenCV's
         aw = a * (wgt * wgt)[:, None]
         coef = np.linalg.solve(np.einsum("ni,nj->ij", aw, a) + ridge, np.einsum("ni,n->i", aw, t))
         r = t - np.einsum("ni,i->n", a, coef)

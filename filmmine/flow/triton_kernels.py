@@ -1,10 +1,8 @@
 """Triton kernels for census_sgm on CUDA: SGM paths, the cost volume and the guided filter.
 
-Measured on an H100 (benchmarks/census_sgm_profile.py, 960x540, batch of 32 pairs): the
-torch SGM of census_sgm.py issued ~12 small kernels per scan step, 3000 steps per batch,
-and spent 750 ms launching them (96k launches per batch, the GPU mostly idle); the cost
-volume looped over labels (177 ms) and the guided filter made ~40 passes over fp32 copies of
-the volume (192 ms). Here:
+The torch code of census_sgm.py spends its GPU time launching small kernels (several per SGM
+scan step, the GPU mostly idle), looping over labels for the cost volume, and passing many
+times over fp32 copies of the volume in the guided filter. Here:
 - SGM: one program owns a block of scan lines of one image and walks a whole path, the
   previous step's path costs held in registers: one launch per path.
 - Cost volume: one launch (census Hamming + gradient term, best of the candidate rows).
@@ -15,8 +13,8 @@ Same arithmetic as the torch code, in fp32 whatever the volume's dtype. Used whe
 imports and the volume is on a CUDA device (``available``); tests run the kernels on the CPU
 under ``TRITON_INTERPRET=1`` against the torch code. Loops over rows/steps are ``while``
 loops with run-time bounds: one compile per kernel variant, whatever the image size (the
-interpreter cannot take a run-time bound in ``range``; constant bounds recompiled for every
-new frame size: the CUDA test took over 90 s, mostly compiling).
+interpreter cannot take a run-time bound in ``range``, and constant bounds would recompile
+for every new frame size).
 """
 
 from __future__ import annotations

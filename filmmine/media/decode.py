@@ -76,8 +76,7 @@ def seek_time(probe: ProbeResult, start_frame: int) -> float | None:
 
 # decoder threads of each ffmpeg (unset: ffmpeg's own choice, a thread per core and more).
 # A local extract sets it for its workers to the cores per worker: where every core already
-# runs a worker, frame threading only adds work (60 s benchmark film, 2 cores: 34.7 CPU s to
-# decode single-threaded, 39.3 with two threads)
+# runs a worker, frame threading only adds work
 DECODE_THREADS_ENV = "FILMMINE_DECODE_THREADS"
 
 

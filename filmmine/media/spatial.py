@@ -8,8 +8,8 @@ usage box ``vexu``: ``eyes/stri`` (which eyes there are, and whether their order
 (projection); beside it ``hfov`` (horizontal field of view, 1/1000 degree).
 
 Read here from the box tree itself (pure Python, no decoder): Debian's ffprobe 5.1 sees none of
-it, and FFmpeg 9's per-view labels call view 0 the right eye in Apple's own files, whose left
-eye's features lie 21 px right of view 1's (the left eye is view 0, as ``stri`` says).
+it, and FFmpeg 9's per-view labels call view 0 the right eye in Apple's own files, whose
+disparity shows it is the left eye (as ``stri`` says).
 """
 
 from __future__ import annotations

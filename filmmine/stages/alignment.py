@@ -66,8 +66,7 @@ QUALITY = 0.01     # a cell's corner counts when its score is this share of the 
 def spread_corners(grey: np.ndarray, n: int = MAX_CORNERS) -> np.ndarray:
     """Corners [N, 2] float32, the strongest of each cell of a 24 x 14 grid (Shi-Tomasi
     score, ``cv2.cornerMinEigenVal``), those of textureless cells left out; at most ``n``.
-    (FAST found 23,000 corners on a textured 940 x 540 frame, and picking among them in
-    Python cost 30 ms; this, 2 ms at 470 x 270.)"""
+    (One corner a cell, not FAST's: picking among all FAST corners in Python is slow.)"""
     score = cv2.cornerMinEigenVal(grey, 5)
     h, w = score.shape
     ch, cw = h // CELLS[1], w // CELLS[0]
@@ -90,7 +89,7 @@ LCN_BOX = 31   # px, the neighbourhood of the local normalisation (at ALIGN_WIDT
 def local_contrast(grey: np.ndarray, box: int = LCN_BOX) -> np.ndarray:
     """``grey`` less its local mean over its local spread (``box`` px square), as uint8
     around 128: what a gain, an offset or smooth lighting change between the views leaves.
-    (Box sums: a Gaussian of the same reach cost 12 ms a pair at 470 x 270.)"""
+    (Box sums: a Gaussian of the same reach is slower.)"""
     f = grey.astype(np.float32)
     mean = cv2.boxFilter(f, -1, (box, box), borderType=cv2.BORDER_REFLECT)
     var = cv2.boxFilter(f * f, -1, (box, box), borderType=cv2.BORDER_REFLECT) - mean * mean
@@ -107,7 +106,7 @@ def confident_matches(left: np.ndarray, right: np.ndarray, u: np.ndarray | None 
     corner (the frame's median where unknown); without it, 0."""
     p0 = spread_corners(left, max_corners)
     # tracked on locally normalised views: a right view at another exposure or under other
-    # lighting (MiddEval3's MotorcycleE: 15 matches on the grey levels, 145 normalised)
+    # lighting gives few matches on the grey levels
     left, right = local_contrast(left), local_contrast(right)
     if len(p0) < 4:
         empty = np.zeros((0, 2), np.float32)
@@ -176,7 +175,7 @@ def fit_vertical(pts_l: np.ndarray, pts_r: np.ndarray, size: tuple[int, int],
 
 
 ALIGN_WIDTH = 480   # px: matches are found on the views downscaled by an integer factor to
-                    # about this width (940 px: 2x; 4x less work, the fit still within 0.05 px)
+                    # about this width (940 px: 2x): less work, and the fit hardly changes
 
 
 def measure_vertical(left: np.ndarray, right: np.ndarray, u: np.ndarray | None,

@@ -10,8 +10,7 @@ def _bar_extent(lines: np.ndarray, max_luma: float, max_std: float) -> int:
     """How many leading lines (rows of ``lines`` [n, m]) are bar: dark and uniform.
 
     Read in growing blocks from the edge, stopping at the first line that is not bar: most
-    frames have none, and the mean and deviation of every row and column of a 1920x1080 view
-    took 10 ms a frame."""
+    frames have none, and the statistics of every row and column of a view are slow."""
     n, block, i = len(lines), 8, 0
     while i < n:
         part = lines[i:i + block]
@@ -28,9 +27,9 @@ def _bar_extent(lines: np.ndarray, max_luma: float, max_std: float) -> int:
 
 def detect_crop(view: np.ndarray, *, max_luma: float = 24.0, max_std: float = 6.0,
                 min_content_frac: float = 0.5, side_frac: float = 0.0) -> tuple[int, int, int, int]:
-    """Crop box (x, y, w, h) of a view, [H, W] luma or [H, W, 3] RGB (the luma of the lines
-    looked at is computed: a 1920x1080 view's whole luma took ~1.5 ms), that drops letterbox
-    bars and side bars.
+    """Crop box (x, y, w, h) of a view, [H, W] luma or [H, W, 3] RGB (the luma only of the
+    lines looked at is computed: the whole view's is not needed), that drops letterbox bars and
+    side bars.
 
     Rows/columns from each edge that are dark and uniform are bars. When that would leave less
     than ``min_content_frac`` of the height or width the frame is just dark: no bar crop.

@@ -65,7 +65,7 @@ def sample_at(field_hw: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.
     h, w = field_hw.shape[:2]
     # replicate, not NaN, at the border: a match exactly on the last row/column is inside
     out = cv2.remap(field_hw, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    # inRange: one pass per coordinate (4 numpy comparisons and 3 ors took 0.8 ms at 940x540)
+    # inRange: one pass per coordinate, where numpy's comparisons and ors take seven
     inside = cv2.bitwise_and(cv2.inRange(map_x, 0, w - 1), cv2.inRange(map_y, 0, h - 1))
     out[inside == 0] = np.nan
     return out
@@ -174,9 +174,8 @@ def percentiles(values: np.ndarray, qs: Sequence[float]) -> list[float]:
     """``np.percentile(values, qs)`` (linear interpolation) of a 1-D array without NaN, exact.
 
     A large array's order statistics are each selected among the values in a window around it,
-    found on a strided subsample: three percentiles of a frame's ~450k labels took 9.3 ms by
-    partitioning all of them, 3.0 ms this way. A window that misses (never, in practice) falls
-    back to a full partition."""
+    found on a strided subsample: faster than partitioning all of a frame's labels. A window
+    that misses (never, in practice) falls back to a full partition."""
     n = values.size
     if n < 40_000:
         return [float(x) for x in np.percentile(values, qs)]
@@ -248,7 +247,7 @@ def _guided_post_filter(disparity: np.ndarray, valid: np.ndarray, guide: np.ndar
 def _core_numpy(lr: np.ndarray, rl: np.ndarray, lr_max: float,
                 vmax: float) -> dict[str, np.ndarray]:
     """The per-pixel checks of one frame on the CPU (flows [2, H, W]: planes u, v; cv2.remap).
-    Planes are used in place: no [H, W, 2] copy (5 ms a frame at 940x540)."""
+    Planes are used in place: an [H, W, 2] copy would cost time on every frame."""
     h, w = lr.shape[1:]
     xs, ys = _pixel_grid(h, w)
     u, v = lr[0], lr[1]
@@ -263,7 +262,7 @@ def _core_numpy(lr: np.ndarray, rl: np.ndarray, lr_max: float,
         # where the match left the image, compares False)
         occluded = ~lr_ok & (back > lr_max - u)
     # NaN (the match left the image) -> 1e9 px: confidence 0, as on the device; in place, in
-    # one pass (nan_to_num of the exponential took five)
+    # one pass (nan_to_num of the exponential makes five)
     conf = np.fmin(lr_err, np.float32(1e9), out=lr_err)
     conf *= np.float32(-1.0 / lr_max)
     np.exp(conf, out=conf)
@@ -307,9 +306,8 @@ def check_batch(flow_lr: Batch, flow_rl: Batch, cfg: dict, stored_width: int,
     right views, same size) the vertical verdict rests on confident correspondences
     (``filmmine.stages.alignment``), else on the flow's own v of the consistent pixels.
 
-    On CUDA the per-pixel checks run on the device; on the CPU in numpy/OpenCV (measured at
-    960x540: 13 ms a frame, against 35-270 ms for torch CPU ops, whose OpenMP threads stall
-    on a machine busy with other workers)."""
+    On CUDA the per-pixel checks run on the device; on the CPU in numpy/OpenCV, not torch's
+    CPU ops, whose OpenMP threads stall on a machine busy with other workers."""
     lr_max = float(cfg["lr_max_px"])
     vmax = float(cfg["vertical_max_px"])
     b = flow_lr.shape[0]
@@ -360,7 +358,7 @@ def _finish(u: np.ndarray, v: np.ndarray, valid: np.ndarray, lr_ok: np.ndarray,
     confidence = np.where(valid, conf, np.float32(0.0)).astype(np.float32, copy=False)
     valid_frac = _fraction(valid)
     # vertical-flow summary from every other pixel of every other row (nanmedian and
-    # nanpercentile of every pixel took 8 ms a frame at 940x540; the verdict uses all pixels)
+    # nanpercentile of every pixel are slow; the verdict uses all pixels)
     vs = v[::2, ::2]
     vs = vs[np.isfinite(vs)]
     stats: dict[str, float] = {

@@ -24,8 +24,8 @@ def score_frame(left_rgb: np.ndarray, right_rgb: np.ndarray,
     caller has them already; ``previous_left_grey``: the shot's previous candidate's (uint8, or
     float).
 
-    uint8 OpenCV reductions where they give the same quantities (a 940x540 frame: 5 ms, where
-    float32 numpy copies took 13)."""
+    uint8 OpenCV reductions where they give the same quantities: float32 numpy copies are
+    slower."""
     gl, gr = grey if grey is not None else (luma(left_rgb), luma(right_rgb))
     n = gl.size
     hsv = cv2.cvtColor(left_rgb, cv2.COLOR_RGB2HSV)
