@@ -58,10 +58,8 @@ def disparity_scale_offset(disparity: np.ndarray, step_px: float) -> tuple[float
 def encode_disparity(disparity: np.ndarray, step_px: float) -> tuple[bytes, float, float]:
     """[H, W] float disparity (NaN invalid) -> (uint16 PNG bytes, scale, offset)."""
     scale, offset = disparity_scale_offset(disparity, step_px)
-    # The PNG "up" filter on every row instead of libpng's per-row search: 5.4 vs 10.6 ms at
-    # 940x540, and no bigger (140 225 vs 140 410 bytes on a benchmark-film sample); zlib's
-    # run-length strategy on the filtered rows (runs of equal steps): 166 vs 191 kB at level 1
-    # (6 benchmark-film samples); written by filmmine.corpus.png (6 vs 12.6 ms with cv2.imencode)
+    # the PNG "up" filter on every row: as small as libpng's per-row search, in half the time;
+    # zlib's run-length strategy suits the filtered rows (runs of equal steps)
     t = (disparity - offset) / scale              # the whole image: no gather and scatter
     np.rint(t, out=t)
     np.clip(t, 1, 65535, out=t)
@@ -100,9 +98,8 @@ def encode_confidence(confidence: np.ndarray, valid: np.ndarray) -> bytes:
     np.rint(t, out=t)
     t[~valid] = 0
     q = t.astype(np.uint8)
-    # no PNG row filter: flat runs of 255 compress best as they are (4.5 ms, 177 KB at 940x540
-    # vs 8.4 ms, 201 KB with libpng's per-row filter search); zlib's run-length strategy:
-    # 173 vs 212 kB (6 benchmark-film samples); filmmine.corpus.png: 4 vs 6.9 ms with cv2.imencode
+    # no PNG row filter: flat runs of 255 compress best as they are, with zlib's run-length
+    # strategy
     return png.encode_grey(q, png.FILTER_NONE)
 
 
