@@ -21,7 +21,7 @@ import pytest
 from filmmine import synth
 from filmmine.corpus.assemble import assemble_film, film_record_path
 from filmmine.corpus.shards import read_samples, sha256_file
-from filmmine.corpus.staging import WorkUnit, unit_paths
+from filmmine.corpus.staging import UnitMarker, WorkUnit, unit_paths
 from filmmine.media.probe import ProbeResult, probe_film
 from filmmine.recipe import apply_overrides, load_recipe
 from filmmine.run.plan import plan_units, unit_context
@@ -42,7 +42,7 @@ class Staged:
     units: list[WorkUnit]
     recipe: dict
     work: Path                   # the staging as mine_unit left it (never assembled)
-    markers: list[dict]          # per unit
+    markers: list[UnitMarker]    # per unit
     samples: list[list[dict]]    # per unit, as staged
     source: dict
 
@@ -98,7 +98,7 @@ def test_shards_hold_exactly_the_units_accepted_samples_in_key_order(staged, tmp
     record = assemble(staged, out, shard_max_samples=4)
 
     staged_keys = [s["__key__"] for u in staged.samples for s in u]
-    assert len(staged_keys) == sum(m["samples"] for m in staged.markers) >= 8
+    assert len(staged_keys) == sum(m.samples for m in staged.markers) >= 8
     got = shard_samples(out, record)
     keys = [s["__key__"] for _, s in got]
     assert keys == staged_keys == sorted(set(keys))
@@ -125,15 +125,15 @@ def test_shards_hold_exactly_the_units_accepted_samples_in_key_order(staged, tmp
     rows = pq.read_table(out / "films" / f"{FILM}.samples.parquet").to_pylist()
     assert [(r["key"], r["shard"]) for r in rows] == [(s["__key__"], n) for n, s in got]
     frames = pq.read_table(out / "films" / f"{FILM}.frames.parquet").to_pylist()
-    staged_rows = sorted((r for m in staged.markers for r in m["frames"]),
+    staged_rows = sorted((r for m in staged.markers for r in m.frames),
                          key=lambda r: r["frame_index"])
     assert [r["frame_index"] for r in frames] == [r["frame_index"] for r in staged_rows]
     assert [r["key"] for r in frames if r["accepted"]] == keys
 
     c = record["counts"]
-    assert c["accepted"] == len(keys) == sum(m["samples"] for m in staged.markers)
-    assert c["decoded"] == sum(m["decoded"] for m in staged.markers) == N
-    assert c["candidates"] == len(staged_rows) == sum(len(m["frames"]) for m in staged.markers)
+    assert c["accepted"] == len(keys) == sum(m.samples for m in staged.markers)
+    assert c["decoded"] == sum(m.decoded for m in staged.markers) == N
+    assert c["candidates"] == len(staged_rows) == sum(len(m.frames) for m in staged.markers)
     assert (c["frames"], c["cuts"], c["shots"], c["transitions"]) == (N, 2, 3, 0)
     stages = Counter(r["stage"] for r in staged_rows)
     assert c["filtered"] == stages["filter"] > 0           # the dark shot's candidates
@@ -199,7 +199,7 @@ def test_the_shot_quota_counts_each_shot_across_units(staged, tmp_path):
     record = assemble_film(out, staged.probe, staged.units, rec, DIGEST, staged.source)
 
     cuts = synth.cut_frames(SPEC)
-    rows = sorted((r for m in staged.markers for r in m["frames"]),
+    rows = sorted((r for m in staged.markers for r in m.frames),
                   key=lambda r: r["frame_index"])
     first_of_shot: dict[int, dict] = {}
     for r in rows:

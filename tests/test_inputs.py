@@ -176,10 +176,6 @@ def test_an_unreadable_manifest_is_one_failed_input(tmp_path, text):
     assert "\n" not in issues[0].reason
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "_from_manifest catches errors of json.loads and data['films'] only: a 'films' that is "
-    "not a list, or an entry's path, name or scenes that is not a string, raises TypeError "
-    "out of resolve_inputs (extract exits with a traceback)"))
 @pytest.mark.parametrize("films", [None, 5, [{"path": 5}], [{"name": 5, "path": "a.mp4"}],
                                    [{"name": "x", "left": "a.mp4", "right": None}],
                                    [{"name": "x", "path": "a.mp4", "scenes": 3}]])

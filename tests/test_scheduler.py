@@ -20,11 +20,12 @@ import pytest
 
 import filmmine.run.scheduler as scheduler
 from filmmine.corpus.assemble import assemble_film
+from filmmine.corpus.staging import UnitMarker
 from filmmine.errors import ClusterError, SkippedInput
 from filmmine.media.inputs import FilmInput
 from filmmine.media.probe import ProbeResult
 from filmmine.recipe import apply_overrides, load_recipe
-from filmmine.run.report import EventLog, RunReport
+from filmmine.run.report import EventLog, InputStatus, RunReport
 from filmmine.run.tasks import (
     FailureKind,
     OutputError,
@@ -85,7 +86,7 @@ def succeed(call: Call):
     if call.kind == "probe":
         return probe_of(call.args[0].name)
     if call.kind == "unit":
-        return {"cuts": [], "transitions": [], "samples": 2, "stopped_early": None}
+        return UnitMarker(call.args[1], samples=2)
     _out, probe, units, *_ = call.args
     return {"film": probe.name, "counts": {"accepted": 2 * len(units)}, "reason": None}
 
@@ -203,8 +204,7 @@ def films_in(tmp_path, names) -> list[FilmInput]:
 
 
 def new_run(tmp_path, recipe, films, device: str = "cpu") -> scheduler.ExtractRun:
-    statuses = {f.name: {"source": f.source, "film": f.name, "paths": list(f.paths),
-                         "status": "pending", "reason": None} for f in films}
+    statuses = {f.name: InputStatus(f.source, f.name, list(f.paths)) for f in films}
     out = tmp_path / "out"
     run = scheduler.ExtractRun(out, recipe, "d1g3st", device, statuses, RunReport(out),
                                EventLog(None), progress=False, debug=False)
@@ -213,7 +213,7 @@ def new_run(tmp_path, recipe, films, device: str = "cpu") -> scheduler.ExtractRu
 
 
 def status_of(run) -> dict[str, tuple[str, str | None]]:
-    return {n: (s["status"], s["reason"]) for n, s in run.statuses.items()}
+    return {n: (s.status, s.reason) for n, s in run.statuses.items()}
 
 
 def check_order(client: FakeClient, films: list[FilmInput], slots: int,
@@ -281,10 +281,6 @@ def test_never_more_tasks_out_than_slots_and_each_step_after_the_one_it_needs(
     check_order(client, films, slots, probes=False)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "on_probe queues a film's units one by one, pumping after each: with its first unit "
-    "alone waiting (fewer than the slots) the next film's probe takes the free slot ahead of "
-    "the film's other units, against next_task's rule"))
 def test_a_probed_films_units_go_out_before_the_next_films_probe(tmp_path, recipe):
     """``next_task``: the next film's probe goes out only while fewer units wait than the
     cluster has slots. Two slots, three films of four units: when film a's probe comes back

@@ -43,6 +43,9 @@ def slug(text: str) -> str:
     return t or "film"
 
 
+TEXT_KEYS = ("name", "path", "left", "right", "scenes", "layout", "projection")
+
+
 def _from_manifest(path: Path, layout: str, projection: str = "auto"
                    ) -> tuple[list[FilmInput], list[InputIssue]]:
     try:
@@ -50,11 +53,21 @@ def _from_manifest(path: Path, layout: str, projection: str = "auto"
         films = data["films"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         return [], [InputIssue(str(path), "failed", f"unreadable library manifest: {e}")]
+    if not isinstance(films, list):
+        return [], [InputIssue(str(path), "failed", "unreadable library manifest: 'films' is "
+                                                    f"not a list but {type(films).__name__}")]
     out, issues = [], []
     for i, f in enumerate(films):
-        src = f"{path}#{f.get('name', i) if isinstance(f, dict) else i}"
+        name = f.get("name", i) if isinstance(f, dict) else i
+        src = f"{path}#{name if isinstance(name, str | int) else i}"
         if not isinstance(f, dict):
             issues.append(InputIssue(src, "failed", "library entry is not an object"))
+            continue
+        # every value is a path or a name: anything else would fail later, far from here
+        wrong = next((k for k in TEXT_KEYS if k in f and not isinstance(f[k], str)), None)
+        if wrong is not None:
+            issues.append(InputIssue(src, "failed", f"library entry's {wrong!r} is not a "
+                                                    f"string but {type(f[wrong]).__name__}"))
             continue
         lay = f.get("layout", "auto")
         if "left" in f or "right" in f:

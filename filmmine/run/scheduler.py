@@ -166,6 +166,10 @@ class ExtractRun:
                first: bool = False) -> None:
         """Queue a task (``first``: ahead of the others), then hand tasks to the scheduler
         while slots are free (``pump``)."""
+        self.queue(kind, name, unit, fn, *args, first=first)
+        self.pump(client)
+
+    def queue(self, kind: str, name: str, unit, fn, *args, first: bool = False) -> None:
         task = (kind, name, unit, fn, args)
         if kind == "probe":
             self.waiting_probes.append(task)
@@ -173,7 +177,6 @@ class ExtractRun:
             self.waiting.appendleft(task)
         else:
             self.waiting.append(task)
-        self.pump(client)
 
     def next_task(self) -> tuple | None:
         """The next task to hand out: a film's last step first, then units in the order their
@@ -421,9 +424,11 @@ class ExtractRun:
                         probe.layout_reason.replace(DOUBT, ", but ", 1))
         self.events("probed", film=name, layout=probe.layout, why=probe.layout_reason,
                     frames=probe.n_frames, fps=probe.fps, units=len(units))
+        # all of the film's units queued before a slot is handed out: the next film's probe
+        # waits behind them (``next_task``)
         for u in units:
-            self.submit(client, "unit", name, u, _unit_task, probe, u, self.rec, work_dir,
-                        self.device)
+            self.queue("unit", name, u, _unit_task, probe, u, self.rec, work_dir, self.device)
+        self.pump(client)
 
     def on_unit(self, client: Client, film: FilmInput, unit, marker: UnitMarker) -> None:
         name = film.name
