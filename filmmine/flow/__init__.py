@@ -1,5 +1,6 @@
 """Optical flow: one interface (``base``), the backends by name (``registry``), OpenCV's
-(``opencv``), the torch census SGM with its Triton kernels (``census_sgm``) and RAFT."""
+(``opencv``), the torch census SGM (``census_sgm``, its building blocks in
+``sgm_ops``, their Triton kernels in ``triton_kernels``) and RAFT."""
 
 from .base import GPU_SHARE_ENV, Batch, FlowBackend, StereoFlows, check_device
 from .registry import BACKENDS, TORCH_BACKENDS, backend_options, get_backend

@@ -1,7 +1,7 @@
 """Triton kernels for census_sgm on CUDA: SGM paths, the cost volume and the guided filter.
 
 Measured on an H100 (benchmarks/census_sgm_profile.py, 960x540, batch of 32 pairs): the
-torch SGM of census_sgm.py issued ~12 small kernels per scan step, 3000 steps per batch,
+torch SGM of sgm_ops.py issued ~12 small kernels per scan step, 3000 steps per batch,
 and spent 750 ms launching them (96k launches per batch, the GPU mostly idle); the cost
 volume looped over labels (177 ms) and the guided filter made ~40 passes over fp32 copies of
 the volume (192 ms). Here:
@@ -264,7 +264,7 @@ if triton is not None:
 
 
 def winner(agg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``census_sgm.winner`` in one launch: sub-pixel label and confidence [N, H, W] fp32."""
+    """``sgm_ops.winner`` in one launch: sub-pixel label and confidence [N, H, W] fp32."""
     n, labels, h, w = agg.shape
     agg = agg.contiguous()
     _fits(agg)
@@ -279,7 +279,7 @@ def winner(agg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def shear_to_right(cost_l: torch.Tensor, dmin: torch.Tensor, fill: float = 1.0) -> torch.Tensor:
-    """``census_sgm.shear_to_right`` in one launch."""
+    """``sgm_ops.shear_to_right`` in one launch."""
     b, labels, h, w = cost_l.shape
     cost_l = cost_l.contiguous()
     _fits(cost_l)
@@ -295,7 +295,7 @@ def shear_to_right(cost_l: torch.Tensor, dmin: torch.Tensor, fill: float = 1.0) 
 def cost_volume(code_l: torch.Tensor, code_r: torch.Tensor, dmin: torch.Tensor, labels: int,
                 bits: int, dtype: torch.dtype, grad_l: torch.Tensor | None = None,
                 grad_r: torch.Tensor | None = None, grad_weight: float = 0.0) -> torch.Tensor:
-    """``census_sgm.cost_volume`` in one launch (census codes of up to 31 bits)."""
+    """``sgm_ops.cost_volume`` in one launch (census codes of up to 31 bits)."""
     b, h, w = code_l.shape
     if code_r.dim() == 3:
         code_r = code_r[:, None]
@@ -324,7 +324,7 @@ def cost_volume(code_l: torch.Tensor, code_r: torch.Tensor, dmin: torch.Tensor, 
 
 def guided_filter(cost: torch.Tensor, guide: torch.Tensor, r: int, eps: float,
                   box_mean) -> torch.Tensor:
-    """``census_sgm.guided_filter`` in two launches over the whole volume: per plane, running
+    """``sgm_ops.guided_filter`` in two launches over the whole volume: per plane, running
     sums down the rows (a row's window sums come from L1/L2, the volume is read about once
     per stage). cost [N, D, H, W] (any float dtype, returned in it); guide [N, 1, H, W] 0..255;
     ``box_mean``: census_sgm's, for the guide's own statistics."""
@@ -385,7 +385,7 @@ def _paths(cost: torch.Tensor, grey: torch.Tensor, out: torch.Tensor, p1: float,
 
 def sgm4(cost: torch.Tensor, grey: torch.Tensor, p1: float, p2: float,
          p2_edge: float) -> torch.Tensor:
-    """Sum of the 4 straight path costs [N, D, H, W] (as ``census_sgm.sgm(..., paths=4)``).
+    """Sum of the 4 straight path costs [N, D, H, W] (as ``sgm_ops.sgm(..., paths=4)``).
     cost [N, D, H, W] in its dtype (the sum is kept in it); grey [N, 1, H, W] 0..255."""
     cost = cost.contiguous()
     _fits(cost)
