@@ -21,7 +21,7 @@ import torch
 
 from filmmine.flow import backend_options, census_sgm, sgm_ops
 from filmmine.recipe import load_recipe
-from filmmine.tools.bench_disparity import synthetic_pairs
+from filmmine.tools.bench_data import synthetic_pairs
 
 PHASES = ("census", "cost_volume", "shear_to_right", "guided_filter", "sgm", "winner",
           "lk_refine", "clipped_gradient", "shift_rows")

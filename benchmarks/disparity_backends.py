@@ -23,7 +23,8 @@ from filmmine.flow import backend_options, get_backend
 from filmmine.recipe import load_recipe
 from filmmine.stages.disparity import compute_disparity
 from filmmine.tools.bench_commands import DEFAULT_BACKENDS, add_arguments
-from filmmine.tools.bench_disparity import Row, format_table, run, synthetic_pairs
+from filmmine.tools.bench_data import synthetic_pairs
+from filmmine.tools.bench_disparity import Row, format_table, run
 
 
 def speed_at(size: tuple[int, int], names: list[str], device: str, batch: int,

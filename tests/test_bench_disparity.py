@@ -1,4 +1,5 @@
-"""filmmine.tools.bench_disparity and ``filmmine bench-disparity``: loaders, metrics, the report."""
+"""filmmine.tools.bench_disparity (its loaders in bench_data) and ``filmmine bench-disparity``:
+loaders, metrics, the report."""
 
 from __future__ import annotations
 
@@ -10,15 +11,8 @@ import pytest
 from conftest import SHARED
 
 from filmmine.cli import main
-from filmmine.tools.bench_disparity import (
-    Row,
-    discover,
-    evaluate,
-    format_table,
-    load_middlebury,
-    read_pfm,
-    synthetic_pairs,
-)
+from filmmine.tools.bench_data import discover, load_middlebury, read_pfm, synthetic_pairs
+from filmmine.tools.bench_disparity import Row, evaluate, format_table
 
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"no shared data at {SHARED}")
 
@@ -162,7 +156,7 @@ def test_occlusion_metrics_split_the_ground_truth() -> None:
 def test_middlebury_occlusion_masks_are_read() -> None:
     """MiddEval3's mask0nocc.png (128 = occluded) and Cones' occlusion.png (255 = visible):
     about a ninth of each pair's ground truth is seen by the left view only."""
-    from filmmine.tools.bench_disparity import load_middlebury2003
+    from filmmine.tools.bench_data import load_middlebury2003
 
     for p in (load_middlebury(SHARED / "middlebury2014_motorcycle_imperfect"),
               load_middlebury2003(SHARED / "middlebury2003_cones")):

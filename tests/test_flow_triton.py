@@ -28,7 +28,7 @@ CHECKS = textwrap.dedent("""
     from filmmine.flow import sgm_ops as ft
     from filmmine.flow.census_sgm import CensusSgmFlow
     from filmmine.flow import triton_kernels
-    from filmmine.tools.bench_disparity import synthetic_pairs
+    from filmmine.tools.bench_data import synthetic_pairs
     from filmmine.flow import backend_options
     from filmmine.recipe import load_recipe
     dev = DEVICE

@@ -29,7 +29,7 @@ def add_checks_parser(subparsers) -> None:
              "frames, rejection of bad ones, labels of the accepted",
         description="Runs each recipe's filters and disparity verdicts over a labelled set made "
                     "from the real data (rectified positives; misaligned, mono, dark, "
-                    "unrectified negatives; see filmmine/bench_checks.py) and prints, per "
+                    "unrectified negatives; see filmmine/tools/bench_check_set.py) and prints, per "
                     "recipe, the acceptance rate of each positive group, the rejection rate "
                     "of each negative group, and bad-2 / density / EPE of the accepted frames "
                     "with ground truth. The way to tune a recipe for a library.")
@@ -54,7 +54,8 @@ def add_checks_parser(subparsers) -> None:
 def bench_checks(args: argparse.Namespace) -> int:
     from ..errors import RecipeError
     from ..recipe import parse_overrides
-    from .bench_checks import NEGATIVE_GROUPS, POSITIVE_GROUPS, format_report, run
+    from .bench_check_set import NEGATIVE_GROUPS, POSITIVE_GROUPS
+    from .bench_checks import format_report, run
 
     groups = None
     if args.groups:
