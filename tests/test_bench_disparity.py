@@ -4,6 +4,7 @@ loaders, metrics, the report."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,7 +12,13 @@ import pytest
 from conftest import SHARED
 
 from filmmine.cli import main
-from filmmine.tools.bench_data import discover, load_middlebury, read_pfm, synthetic_pairs
+from filmmine.tools.bench_data import (
+    default_data_dir,
+    discover,
+    load_middlebury,
+    read_pfm,
+    synthetic_pairs,
+)
 from filmmine.tools.bench_disparity import Row, evaluate, format_table
 
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"no shared data at {SHARED}")
@@ -31,6 +38,12 @@ def test_evaluate_counts_only_pixels_with_both() -> None:
     dy = np.full_like(v, -0.3)
     assert evaluate(d, gt, v, dy)["vepe"] == pytest.approx(0.1)
     assert np.isnan(evaluate(np.full_like(gt, np.nan), gt)["epe"])
+
+
+def test_the_default_data_folder_lies_beside_the_repository(monkeypatch) -> None:
+    """../shared/data, wherever the loaders' module sits in the package."""
+    monkeypatch.delenv("FILMMINE_DATA", raising=False)
+    assert default_data_dir() == Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def test_pfm_round_trip(tmp_path) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]   # filmmine/tools/ lies two levels down
 
 
 @dataclass
