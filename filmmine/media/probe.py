@@ -177,8 +177,8 @@ def decide_layout(info: StreamInfo, requested: str, thumbs: list[np.ndarray] | N
 
 
 # --projection: what a film's frames are when its container does not say (or says wrong)
-PROJECTION_CHOICES = ("auto", "flat", "equirect", "half-equirect", "fisheye")
 REPROJECTABLE = ("equirect", "half-equirect", "fisheye")   # filmmine.stages.projection's
+PROJECTION_CHOICES = ("auto", "flat", *REPROJECTABLE)
 SPHERICAL_NAMES = {"equirect": "equirectangular", "half-equirect": "half-equirectangular, VR180",
                    "fisheye": "fisheye", "cubemap": "cubemap", "mesh": "mesh"}
 # ffprobe's projection names (Spherical Mapping side data) -> ours
