@@ -1,7 +1,7 @@
 """Where census_sgm's time goes: seconds per phase of one batched call, kernel launches, memory.
 
 Times each phase of ``CensusSgmFlow.stereo_tensors`` (census, cost volume, shear, guided
-filter, SGM, winner, refinement; the coarse pass separately) by wrapping the module's
+filter, SGM, winner, refinement; the coarse pass separately) by wrapping ``sgm_ops``'s
 functions with device synchronisation, over a batch of synthetic frames at film size. Then one
 torch.profiler run gives the kernels that take the most device time and how many were
 launched. Use it to pick what to fuse; the figures are for one run on one device.
@@ -19,9 +19,9 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from filmmine.flow import backend_options, census_sgm
+from filmmine.flow import backend_options, census_sgm, sgm_ops
 from filmmine.recipe import load_recipe
-from filmmine.tools.bench_disparity import synthetic_pairs
+from filmmine.tools.bench_data import synthetic_pairs
 
 PHASES = ("census", "cost_volume", "shear_to_right", "guided_filter", "sgm", "winner",
           "lk_refine", "clipped_gradient", "shift_rows")
@@ -56,7 +56,7 @@ def instrument(device: str) -> tuple[dict[str, float], callable]:
         setattr(owner, name, timed)
 
     for name in PHASES:
-        wrap(census_sgm, name, name)
+        wrap(sgm_ops, name, name)
     wrap(census_sgm.CensusSgmFlow, "_coarse", "coarse")
     wrap(census_sgm.CensusSgmFlow, "_fine", "fine")
 
@@ -109,7 +109,7 @@ def main() -> int:
     ap.add_argument("--torch", action="store_true",
                     help="the torch code for the cost volume and SGM, not the Triton kernels")
     args = ap.parse_args()
-    census_sgm.USE_KERNELS = not args.torch
+    sgm_ops.USE_KERNELS = not args.torch
     w, h = (int(x) for x in args.size.split("x"))
     opts = backend_options(load_recipe("gpu"))
     if args.fp32:
@@ -118,7 +118,7 @@ def main() -> int:
     pairs = synthetic_pairs(max(args.batch), (w, h))
     left = torch.from_numpy(np.stack([p.left for p in pairs]))[:, None].to(args.device)
     right = torch.from_numpy(np.stack([p.right for p in pairs]))[:, None].to(args.device)
-    kernels = census_sgm._kernels(left)
+    kernels = sgm_ops._kernels(left)
     print(f"device {args.device} size {w}x{h} dtype {be.dtype} "
           f"{'Triton kernels' if kernels else 'torch code'}", flush=True)
     be.stereo_tensors(left[:2], right[:2])                               # warm-up

@@ -19,11 +19,12 @@ import time
 import numpy as np
 import torch
 
-from filmmine.flow import backend_options, get_backend
+from filmmine.flow import TORCH_BACKENDS, backend_options, get_backend
 from filmmine.recipe import load_recipe
 from filmmine.stages.disparity import compute_disparity
 from filmmine.tools.bench_commands import DEFAULT_BACKENDS, add_arguments
-from filmmine.tools.bench_disparity import Row, format_table, run, synthetic_pairs
+from filmmine.tools.bench_data import synthetic_pairs
+from filmmine.tools.bench_disparity import Row, format_table, run
 
 
 def speed_at(size: tuple[int, int], names: list[str], device: str, batch: int,
@@ -33,7 +34,7 @@ def speed_at(size: tuple[int, int], names: list[str], device: str, batch: int,
     pairs = synthetic_pairs(max(2, batch), size)
     out = []
     for name in names:
-        dev = device if name in ("census_sgm", "raft") else "cpu"
+        dev = device if name in TORCH_BACKENDS else "cpu"
         be = get_backend(name, device=dev, **backend_options(cfg))
         compute_disparity([pairs[0].left], [pairs[0].right], be, cfg)        # warm-up
         times = []

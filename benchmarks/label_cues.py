@@ -37,7 +37,8 @@ import torch
 from filmmine.flow import backend_options, get_backend
 from filmmine.recipe import load_recipe
 from filmmine.stages.disparity import compute_disparity
-from filmmine.tools.bench_disparity import _parse_set, default_data_dir, discover, load_motorcycle
+from filmmine.tools.bench_data import default_data_dir, discover, load_motorcycle
+from filmmine.tools.bench_disparity import _parse_set
 
 TARGET_DENSITY = 85.0
 TARGET_BAD2 = 2.0

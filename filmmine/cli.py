@@ -11,13 +11,13 @@ from pathlib import Path
 
 from . import __version__
 from .errors import FilmmineError
-from .media.layout import PACKED_LAYOUTS
-from .media.probe import PROJECTION_CHOICES
 
 log = logging.getLogger("filmmine")
 
 
 def _add_extract_args(p: argparse.ArgumentParser) -> None:
+    from .flow.base import DEVICES  # the registries as they are when the parser is built
+
     p.add_argument("--recipe", default="default",
                    help="recipe name in pipelines/ or a TOML file (default: default)")
     p.add_argument("--set", action="append", metavar="TABLE.KEY=VALUE",
@@ -27,7 +27,7 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
                    help="local Dask worker processes (default: CPU count, max 8; 0 = in-process)")
     p.add_argument("--scheduler", default=None,
                    help="address of an existing Dask scheduler, e.g. tcp://host:8786")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+    p.add_argument("--device", default="cpu", choices=DEVICES,
                    help="torch device for the flow backend")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--log-jsonl", default=None, metavar="FILE",
@@ -66,6 +66,9 @@ COMMAND --help says more about each."""
 
 
 def _add_extract(sub) -> None:
+    from .media.layout import LAYOUT_CHOICES
+    from .media.probe import PROJECTION_CHOICES
+
     ex = sub.add_parser("extract", help="mine a film library into a corpus of shards",
                         description="Mine stereo films into a corpus (WebDataset shards, "
                                     "Parquet tables, manifest). Rerunning the same command "
@@ -73,7 +76,7 @@ def _add_extract(sub) -> None:
     ex.add_argument("inputs", nargs="+", metavar="INPUT",
                     help="video file, directory of videos, or library manifest (.json)")
     ex.add_argument("--out", required=True, metavar="CORPUS", help="corpus directory")
-    ex.add_argument("--layout", default="auto", choices=["auto", *PACKED_LAYOUTS, "mv-hevc"],
+    ex.add_argument("--layout", default="auto", choices=LAYOUT_CHOICES,
                     help="stereo layout of the films (default: auto: the container's side "
                          "data, else the aspect ratio and how alike the halves are; a layout "
                          "given here is still checked against them, with a warning)")

@@ -89,7 +89,7 @@ def moto_half():
     import cv2
     import numpy as np
 
-    from filmmine.tools.bench_disparity import load_motorcycle
+    from filmmine.tools.bench_data import load_motorcycle
 
     pair = load_motorcycle()
     if pair is None:

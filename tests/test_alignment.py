@@ -19,7 +19,7 @@ from filmmine.stages.alignment import (
     fit_vertical,
     measure_vertical,
 )
-from filmmine.tools.bench_checks import rotate, shift_down, vscale
+from filmmine.tools.bench_check_set import rotate, shift_down, vscale
 
 TEDDY = SHARED / "middlebury2001_2003" / "teddy"
 ETH3D = SHARED / "eth3d_twoview" / "delivery_area_1l"

@@ -1,8 +1,10 @@
-"""filmmine.tools.bench_disparity and ``filmmine bench-disparity``: loaders, metrics, the report."""
+"""filmmine.tools.bench_disparity (its loaders in bench_data) and ``filmmine bench-disparity``:
+loaders, metrics, the report."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -10,15 +12,14 @@ import pytest
 from conftest import SHARED
 
 from filmmine.cli import main
-from filmmine.tools.bench_disparity import (
-    Row,
+from filmmine.tools.bench_data import (
+    default_data_dir,
     discover,
-    evaluate,
-    format_table,
     load_middlebury,
     read_pfm,
     synthetic_pairs,
 )
+from filmmine.tools.bench_disparity import Row, evaluate, format_table
 
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"no shared data at {SHARED}")
 
@@ -37,6 +38,12 @@ def test_evaluate_counts_only_pixels_with_both() -> None:
     dy = np.full_like(v, -0.3)
     assert evaluate(d, gt, v, dy)["vepe"] == pytest.approx(0.1)
     assert np.isnan(evaluate(np.full_like(gt, np.nan), gt)["epe"])
+
+
+def test_the_default_data_folder_lies_beside_the_repository(monkeypatch) -> None:
+    """../shared/data, wherever the loaders' module sits in the package."""
+    monkeypatch.delenv("FILMMINE_DATA", raising=False)
+    assert default_data_dir() == Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def test_pfm_round_trip(tmp_path) -> None:
@@ -162,7 +169,7 @@ def test_occlusion_metrics_split_the_ground_truth() -> None:
 def test_middlebury_occlusion_masks_are_read() -> None:
     """MiddEval3's mask0nocc.png (128 = occluded) and Cones' occlusion.png (255 = visible):
     about a ninth of each pair's ground truth is seen by the left view only."""
-    from filmmine.tools.bench_disparity import load_middlebury2003
+    from filmmine.tools.bench_data import load_middlebury2003
 
     for p in (load_middlebury(SHARED / "middlebury2014_motorcycle_imperfect"),
               load_middlebury2003(SHARED / "middlebury2003_cones")):

@@ -305,7 +305,7 @@ def test_disparity_is_scaled_exactly_to_the_output_size(cfg: dict) -> None:
 def test_half_sbs_synthetic_pair_restored(cfg: dict) -> None:
     """A real matcher on a squeezed view: labels at full aspect match the full-aspect truth."""
     from filmmine.flow import get_backend
-    from filmmine.tools.bench_disparity import synthetic_pairs
+    from filmmine.tools.bench_data import synthetic_pairs
 
     p = synthetic_pairs(1, (320, 180), seed=4)[0]
     squeeze = [cv2.resize(v, (160, 180), interpolation=cv2.INTER_AREA) for v in (p.left, p.right)]

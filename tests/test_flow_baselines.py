@@ -20,7 +20,8 @@ from filmmine.flow import BACKENDS, backend_options, get_backend
 from filmmine.flow.opencv import DisSgbmFlow, SgbmFlow
 from filmmine.recipe import load_recipe
 from filmmine.stages.disparity import compute_disparity
-from filmmine.tools.bench_disparity import evaluate, synthetic_pairs
+from filmmine.tools.bench_data import synthetic_pairs
+from filmmine.tools.bench_disparity import evaluate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -157,7 +158,7 @@ def test_smooth_vertical_fits_the_rig_and_keeps_a_real_local_deviation() -> None
 def test_dis_sgbm_vertical_flow_against_vertical_ground_truth(cfg) -> None:
     """MiddEval3's imperfectly rectified Motorcycle has per-pixel vertical truth: measured
     vertical EPE 0.105 px with the quadratic model, 0.256 px with per-pixel coarse v."""
-    from filmmine.tools.bench_disparity import default_data_dir, load_middlebury
+    from filmmine.tools.bench_data import default_data_dir, load_middlebury
 
     folder = default_data_dir() / "middlebury2014_motorcycle_imperfect"
     if not (folder / "disp0GTy.pfm").is_file():
@@ -260,7 +261,7 @@ def test_auto_cost_keeps_a_right_view_at_another_exposure(cfg) -> None:
     truth of Motorcycle): on grey levels SGBM labels a third of the frame; sgbm_cost auto
     sees the photometry differ, matches rank transforms too and keeps them (about 80 % at
     bad-2 near Motorcycle's own). A pair at one exposure is matched as on grey levels."""
-    from filmmine.tools.bench_disparity import load_middlebury
+    from filmmine.tools.bench_data import load_middlebury
 
     e = load_middlebury(SHARED / "middeval3_trainingQ" / "MotorcycleE")
     got = {}

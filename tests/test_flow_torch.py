@@ -17,10 +17,12 @@ import torch
 
 from filmmine import synth
 from filmmine.flow import backend_options, get_backend
-from filmmine.flow.census_sgm import CensusSgmFlow, box_mean, census, popcount, shear_to_right
+from filmmine.flow.census_sgm import CensusSgmFlow
+from filmmine.flow.sgm_ops import box_mean, census, popcount, shear_to_right
 from filmmine.recipe import load_recipe
 from filmmine.stages.disparity import compute_disparity
-from filmmine.tools.bench_disparity import evaluate, synthetic_pairs
+from filmmine.tools.bench_data import synthetic_pairs
+from filmmine.tools.bench_disparity import evaluate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,5 +1,5 @@
-"""The Triton kernels of census_sgm (SGM, cost volume, shear, guided filter, winner) give the
-torch code's volumes and flows.
+"""The Triton kernels of census_sgm's building blocks (``sgm_ops``: SGM, cost volume, shear,
+guided filter, winner) give the torch code's volumes and flows.
 
 On a CPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``, which must be
 set before the kernels are defined: in a child process); on CUDA they are compiled.
@@ -25,9 +25,10 @@ needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
 # absolute difference last
 CHECKS = textwrap.dedent("""
     import numpy as np, torch
-    from filmmine.flow import census_sgm as ft
+    from filmmine.flow import sgm_ops as ft
+    from filmmine.flow.census_sgm import CensusSgmFlow
     from filmmine.flow import triton_kernels
-    from filmmine.tools.bench_disparity import synthetic_pairs
+    from filmmine.tools.bench_data import synthetic_pairs
     from filmmine.flow import backend_options
     from filmmine.recipe import load_recipe
     dev = DEVICE
@@ -100,7 +101,7 @@ CHECKS = textwrap.dedent("""
     pairs = synthetic_pairs(2, (96, 54))
     opts = backend_options(load_recipe("gpu"))
     opts["half_precision"] = False
-    be = ft.CensusSgmFlow(device=dev, **opts)
+    be = CensusSgmFlow(device=dev, **opts)
     lt = torch.from_numpy(np.stack([p.left for p in pairs]))[:, None]
     rt = torch.from_numpy(np.stack([p.right for p in pairs]))[:, None]
     ft.USE_KERNELS = True

@@ -20,6 +20,7 @@ from conftest import REAL_CLIPS, SHARED
 from filmmine.recipe import load_recipe
 from filmmine.run.unit import backend_for
 from filmmine.stages import filters
+from filmmine.tools import bench_check_set as cset
 from filmmine.tools import bench_checks as bc
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -29,14 +30,14 @@ SK = SHARED / "southkensington_sv"
 
 
 @pytest.fixture(scope="module")
-def sk() -> list[bc.Pair]:
-    pairs = bc.southkensington(SHARED)
+def sk() -> list[cset.Pair]:
+    pairs = cset.southkensington(SHARED)
     if not pairs:
         pytest.skip(f"no SouthKensington frames in {SHARED}")
     return pairs
 
 
-def judge_one(pair: bc.Pair, recipe_name: str = "default") -> bc.Verdict:
+def judge_one(pair: cset.Pair, recipe_name: str = "default") -> bc.Verdict:
     recipe = load_recipe(recipe_name)
     return next(bc.judge([pair], {}, recipe, backend_for(recipe, "cpu")))
 
@@ -63,17 +64,17 @@ def test_an_indoor_frame_with_unmatched_walls_is_kept(sk) -> None:
 def test_a_misaligned_copy_is_rejected_with_its_measured_misalignment(sk, group, key, want):
     """The same frame with its right view moved: vertical_misaligned, and the fitted field
     names the move (offset within 0.2 px, roll within 0.05 deg)."""
-    pair = bc.Pair(group, "sk0", sk[0].left, sk[0].right, False,
-                   perturb=bc.PERTURBATIONS[group])
+    pair = cset.Pair(group, "sk0", sk[0].left, sk[0].right, False,
+                     perturb=cset.PERTURBATIONS[group])
     v = judge_one(pair)
     assert (v.accepted, v.reason) == (False, "vertical_misaligned")
     assert v.evidence[key] == pytest.approx(want, abs=0.2 if key.endswith("px") else 0.05)
 
 
 def test_a_mono_copy_and_the_raw_unrectified_video_are_rejected(sk) -> None:
-    mono = judge_one(bc.Pair("mono", "sk0", sk[0].left, sk[0].left.copy(), False))
+    mono = judge_one(cset.Pair("mono", "sk0", sk[0].left, sk[0].left.copy(), False))
     assert (mono.accepted, mono.reason) == (False, "mono")
-    _, neg = bc.oakd(SHARED)
+    _, neg = cset.oakd(SHARED)
     if not neg:
         pytest.skip("no OAK-D video")
     raw = judge_one(neg[5])
@@ -190,7 +191,7 @@ def test_cv2_reads_what_bench_checks_loads() -> None:
     """The still positives load with their ground truth in the convention of SOURCES.md
     (d = x_left - x_right): warping the right view by the ground truth matches the left
     better than no shift does."""
-    pairs = {p.name: p for p in bc.still_positives(SHARED) if p.gt is not None}
+    pairs = {p.name: p for p in cset.still_positives(SHARED) if p.gt is not None}
     assert {"teddy", "tsukuba", "venus", "cones", "Motorcycle"} <= set(pairs)
     for name in ("teddy", "tsukuba", "venus"):
         p = pairs[name]

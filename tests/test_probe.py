@@ -1,4 +1,5 @@
-"""filmmine.media.probe: stream facts and stereo layout of real and constructed inputs."""
+"""filmmine.media.probe (with streams and pts_index): stream facts and stereo layout of real
+and constructed inputs."""
 
 from __future__ import annotations
 
@@ -12,16 +13,9 @@ from conftest import REAL_CLIPS, SHARED
 
 from filmmine.errors import FilmmineError, InputError, MonoInput
 from filmmine.media.ffmpeg_bin import find_binary
-from filmmine.media.probe import (
-    PtsIndex,
-    StreamInfo,
-    decide_layout,
-    ffprobe_reason,
-    film_pts_index,
-    index_from_packets,
-    probe_film,
-    probe_stream,
-)
+from filmmine.media.probe import decide_layout, film_pts_index, probe_film
+from filmmine.media.pts_index import PtsIndex, index_from_packets
+from filmmine.media.streams import StreamInfo, ffprobe_reason, probe_stream
 
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"no shared data at {SHARED}")
 CONGO = SHARED / "real_360_topbottom" / "congo.mp4"

@@ -12,8 +12,9 @@ from conftest import SHARED
 
 from filmmine.errors import InputError
 from filmmine.media import ffmpeg_bin
-from filmmine.media.probe import mvc_stream, probe_film
+from filmmine.media.probe import probe_film
 from filmmine.media.spatial import focal_px, read_spatial
+from filmmine.media.streams import mvc_stream
 
 SPATIAL = SHARED / "spatial_mvhevc"
 WATER = SPATIAL / "water_180_mvhevc_5frames.mov"

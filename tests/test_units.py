@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from filmmine.corpus.staging import WorkUnit
-from filmmine.media.probe import ProbeResult, PtsIndex, probe_film
+from filmmine.media.probe import ProbeResult, probe_film
+from filmmine.media.pts_index import PtsIndex
 from filmmine.recipe import load_recipe
 from filmmine.run.plan import film_chunk_s, plan_units, unit_context
 

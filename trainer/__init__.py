@@ -3,7 +3,8 @@
 Reads corpora only through their documented shard format (``manifests/CORPUS.md``); imports
 nothing of filmmine's extraction stages. Modules: ``sources`` (dataset adapters), ``data``
 (streams, augmentation, mixing of datasets into batches), ``model``, ``losses``, ``mixing``
-(Pareto / MGDA weights), ``train``, ``evaluate``, ``predict``, ``cli``.
+(Pareto / MGDA weights), ``train``, ``evaluate``, ``predict``, ``cli``, and ``names`` (the
+values of the enumerated settings).
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ from . import TrainerError
 
 log = logging.getLogger("trainer")
 
-VAL_METRICS = ("absrel", "delta_1.25_pct", "rmse", "whdr_pct")  # as trainer.config's
 # train flag -> the config key it sets
 TRAIN_FLAGS = {
     "steps": "run.steps", "mix": "data.mix.mode", "balance": "data.mix.balance",
@@ -28,7 +27,9 @@ TRAIN_FLAGS = {
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from .sources import SOURCES  # light (numpy, cv2): the dataset types come from its registry
+    # light modules (numpy, cv2; no torch), read as they are when the parser is built
+    from .names import AMP_MODES, BALANCE_MODES, DEVICES, MIX_MODES, RAW_FORMATS, VAL_METRICS
+    from .sources import LABEL_KINDS, SOURCES
 
     tr = subparsers.add_parser(
         "train", help="train a MiDaS-style depth model on a corpus mixed with other datasets",
@@ -53,11 +54,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                          "--steps, --log-every, --ckpt-every, --workers, --device, --val-every "
                          "and --[no-]tensorboard apply, other flags (and --config) that differ "
                          "from the saved values are refused")
-    tr.add_argument("--mix", choices=["naive", "balanced", "pareto"], default=None,
+    tr.add_argument("--mix", choices=MIX_MODES, default=None,
                     help="how datasets are mixed: naive (one pool, sampling weights), "
                          "balanced (an equal share of each per batch: the paper's naive "
                          "mixing), pareto (the paper's Pareto-optimal mixing of their losses)")
-    tr.add_argument("--balance", choices=["share", "per_batch"], default=None,
+    tr.add_argument("--balance", choices=BALANCE_MODES, default=None,
                     help="balanced mixing: equal share per batch, or one dataset per batch")
     tr.add_argument("--batch-size", type=int, default=None, help="per rank")
     tr.add_argument("--crop", type=int, default=None, help="training crop side, px")
@@ -70,9 +71,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     help="fetch the encoder's pretrained weights through timm (needs network)")
     tr.add_argument("--lr", type=float, default=None, help="new layers")
     tr.add_argument("--lr-pretrained", type=float, default=None, help="pretrained layers")
-    tr.add_argument("--amp", choices=["auto", "off", "fp16", "bf16"], default=None,
+    tr.add_argument("--amp", choices=AMP_MODES, default=None,
                     help="mixed precision (auto: fp16 on CUDA, off on the CPU)")
-    tr.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+    tr.add_argument("--device", choices=DEVICES, default=None,
                     help="where to train (auto: CUDA when there is one)")
     tr.add_argument("--seed", type=int, default=None,
                     help="seed of the data order, augmentation and initial weights")
@@ -107,7 +108,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--type", default="auto", choices=["auto", *SOURCES],
                     help="the dataset's layout (default: detected, in this order): "
                          + "; ".join(f"{k}: {c.help}" for k, c in SOURCES.items()))
-    ev.add_argument("--label", choices=["disparity", "depth"], default=None,
+    ev.add_argument("--label", choices=LABEL_KINDS, default=None,
                     help="what the labels are (default: the type's own; nyu: depth, others: "
                          "disparity)")
     ev.add_argument("--scale", type=float, default=None,
@@ -118,7 +119,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     help="depth cap in metres (default: nyu 10, others none; paper: 10 "
                          "NYU/TUM, 72 ETH3D/Sintel, 80 KITTI)")
     ev.add_argument("--size", type=int, default=None, help="inference longer side (default 384)")
-    ev.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+    ev.add_argument("--device", choices=DEVICES, default="auto",
                     help="where to run the model (auto: CUDA when there is one)")
     ev.add_argument("--out", default=None, metavar="FILE", help="also write the JSON here")
     _common(ev)
@@ -143,10 +144,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     help="videos: predict every Nth frame from the first (default: one frame "
                          "per second, N = the rounded frame rate)")
     pr.add_argument("--raw", default="", metavar="FORMATS",
-                    help="also write the raw prediction beside the coloured PNG: any of png16, "
-                         "npy, pfm, comma-separated")
+                    help="also write the raw prediction beside the coloured PNG: any of "
+                         f"{', '.join(RAW_FORMATS)}, comma-separated")
     pr.add_argument("--size", type=int, default=None, help="inference longer side (default 384)")
-    pr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+    pr.add_argument("--device", choices=DEVICES, default="auto",
                     help="where to run the model (auto: CUDA when there is one)")
     _common(pr)
     pr.set_defaults(handler=_run_predict)

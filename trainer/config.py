@@ -18,6 +18,7 @@ from typing import Any
 from . import TrainerError
 from .data import AugmentConfig, MixConfig, unique_names
 from .model import ModelConfig
+from .names import VAL_METRICS
 from .sources import DatasetSpec
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -74,9 +75,6 @@ class RunConfig:
                 raise TrainerError(f"config run.{name} must be >= 1, got {getattr(self, name)}")
         if self.keep_every < 0:
             raise TrainerError(f"config run.keep_every must be >= 0, got {self.keep_every}")
-
-
-VAL_METRICS = ("absrel", "delta_1.25_pct", "rmse", "whdr_pct")  # trainer.evaluate's; all errors
 
 
 @dataclass

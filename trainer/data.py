@@ -35,12 +35,11 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import TrainerError
+from .names import BALANCE_MODES, MIX_MODES
 from .sources import DatasetSpec, Sample, SampleError, Source, build_source
 
 log = logging.getLogger(__name__)
 
-MIX_MODES = ("naive", "balanced", "pareto")
-BALANCE_MODES = ("share", "per_batch")
 MAX_CONSECUTIVE_FAILURES = 1000
 
 

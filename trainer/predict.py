@@ -36,6 +36,7 @@ import numpy as np
 from . import TrainerError
 from .atomic import write_bytes
 from .evaluate import pick_device, predict_disparity
+from .names import RAW_FORMATS
 from .sources import SampleError, decode_image, pfm_bytes
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm")
 VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts",
               ".m2ts", ".wmv", ".flv")
-RAW_FORMATS = {"png16": ".disp16.png", "npy": ".npy", "pfm": ".pfm"}  # format -> file suffix
 EVERY_UNKNOWN_FPS = 30  # a video's stride when it does not state its frame rate
 
 

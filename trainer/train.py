@@ -55,6 +55,7 @@ from .evaluate import evaluate_model
 from .losses import LossTerms, MidasLoss
 from .mixing import combine, min_norm_weights
 from .model import MidasNet, build_model
+from .names import AMP_MODES
 from .sources import DatasetSpec
 
 log = logging.getLogger(__name__)
@@ -132,8 +133,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig
 
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     mode = cfg.optim.amp
-    if mode not in ("auto", "off", "fp16", "bf16"):
-        raise TrainerError(f"unknown amp mode {mode!r}; choose auto, off, fp16 or bf16")
+    if mode not in AMP_MODES:
+        raise TrainerError(f"unknown amp mode {mode!r}; choose {', '.join(AMP_MODES[:-1])} or "
+                           f"{AMP_MODES[-1]}")
     if mode == "off" or (mode == "auto" and device.type != "cuda"):
         return None
     if mode == "bf16":

@@ -18,7 +18,8 @@ if TYPE_CHECKING:  # torch is imported by the backends that use it: the OpenCV o
 # [B, ...] per-pair arrays: numpy from the OpenCV backends, torch tensors from the torch ones
 Batch = Union[np.ndarray, "torch.Tensor"]
 
-
+# the torch device types a backend may be asked for (`filmmine extract --device`)
+DEVICES = ("cpu", "cuda")
 
 # worker processes sharing this process's GPU (set by `filmmine extract --device cuda` for
 # each worker; census_sgm sizes its chunks by it)
@@ -63,6 +64,6 @@ def check_device(name: str, device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"the {name} backend was asked for {device!r} but CUDA is not "
                          "available here")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"the {name} backend runs on cpu or cuda, not {device!r}")
+    if dev.type not in DEVICES:
+        raise ValueError(f"the {name} backend runs on {' or '.join(DEVICES)}, not {device!r}")
     return dev

@@ -1,6 +1,6 @@
 """Triton kernels for census_sgm on CUDA: SGM paths, the cost volume and the guided filter.
 
-The torch code of census_sgm.py spends its GPU time launching small kernels (several per SGM
+The torch code of sgm_ops.py spends its GPU time launching small kernels (several per SGM
 scan step, the GPU mostly idle), looping over labels for the cost volume, and passing many
 times over fp32 copies of the volume in the guided filter. Here:
 - SGM: one program owns a block of scan lines of one image and walks a whole path, the
@@ -262,7 +262,7 @@ if triton is not None:
 
 
 def winner(agg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``census_sgm.winner`` in one launch: sub-pixel label and confidence [N, H, W] fp32."""
+    """``sgm_ops.winner`` in one launch: sub-pixel label and confidence [N, H, W] fp32."""
     n, labels, h, w = agg.shape
     agg = agg.contiguous()
     _fits(agg)
@@ -277,7 +277,7 @@ def winner(agg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def shear_to_right(cost_l: torch.Tensor, dmin: torch.Tensor, fill: float = 1.0) -> torch.Tensor:
-    """``census_sgm.shear_to_right`` in one launch."""
+    """``sgm_ops.shear_to_right`` in one launch."""
     b, labels, h, w = cost_l.shape
     cost_l = cost_l.contiguous()
     _fits(cost_l)
@@ -293,7 +293,7 @@ def shear_to_right(cost_l: torch.Tensor, dmin: torch.Tensor, fill: float = 1.0) 
 def cost_volume(code_l: torch.Tensor, code_r: torch.Tensor, dmin: torch.Tensor, labels: int,
                 bits: int, dtype: torch.dtype, grad_l: torch.Tensor | None = None,
                 grad_r: torch.Tensor | None = None, grad_weight: float = 0.0) -> torch.Tensor:
-    """``census_sgm.cost_volume`` in one launch (census codes of up to 31 bits)."""
+    """``sgm_ops.cost_volume`` in one launch (census codes of up to 31 bits)."""
     b, h, w = code_l.shape
     if code_r.dim() == 3:
         code_r = code_r[:, None]
@@ -322,7 +322,7 @@ def cost_volume(code_l: torch.Tensor, code_r: torch.Tensor, dmin: torch.Tensor, 
 
 def guided_filter(cost: torch.Tensor, guide: torch.Tensor, r: int, eps: float,
                   box_mean) -> torch.Tensor:
-    """``census_sgm.guided_filter`` in two launches over the whole volume: per plane, running
+    """``sgm_ops.guided_filter`` in two launches over the whole volume: per plane, running
     sums down the rows (a row's window sums come from L1/L2, the volume is read about once
     per stage). cost [N, D, H, W] (any float dtype, returned in it); guide [N, 1, H, W] 0..255;
     ``box_mean``: census_sgm's, for the guide's own statistics."""
@@ -383,7 +383,7 @@ def _paths(cost: torch.Tensor, grey: torch.Tensor, out: torch.Tensor, p1: float,
 
 def sgm4(cost: torch.Tensor, grey: torch.Tensor, p1: float, p2: float,
          p2_edge: float) -> torch.Tensor:
-    """Sum of the 4 straight path costs [N, D, H, W] (as ``census_sgm.sgm(..., paths=4)``).
+    """Sum of the 4 straight path costs [N, D, H, W] (as ``sgm_ops.sgm(..., paths=4)``).
     cost [N, D, H, W] in its dtype (the sum is kept in it); grey [N, 1, H, W] 0..255."""
     cost = cost.contiguous()
     _fits(cost)

@@ -36,7 +36,8 @@ import numpy as np
 from ..errors import DecodeError, DecoderDied, FFmpegNotFound, NoFrameDecoded, scrub_addresses
 from .ffmpeg_bin import find_binary, multiview_ffmpeg
 from .layout import is_side_by_side, view_size
-from .probe import ProbeResult, pick_reason
+from .probe import ProbeResult
+from .streams import pick_reason
 
 log = logging.getLogger(__name__)
 

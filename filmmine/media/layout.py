@@ -14,6 +14,8 @@ PACKED_LAYOUTS = ("sbs", "half-sbs", "tab", "half-tab")
 # decoder stacks either side by side, left first, so that they are handled like sbs
 STACKED_LAYOUTS = ("separate", "mv-hevc")
 LAYOUTS = (*PACKED_LAYOUTS, *STACKED_LAYOUTS)
+# what --layout may say of one file: detect it, or one file's layout (separate takes two files)
+LAYOUT_CHOICES = ("auto", *PACKED_LAYOUTS, "mv-hevc")
 
 
 def is_side_by_side(layout: str) -> bool:

@@ -1,29 +1,28 @@
-"""Probe stage: what a film is (streams, size, fps, duration) and which stereo layout it has.
+"""Probe stage: what a film is (its streams, frame times) and which stereo layout and
+projection it has.
 
-ffprobe (through ffmpeg-python) at the edge; the layout decision is a pure function of the probe
-result and, when the container says nothing, of how alike the two halves of a few frames are.
+The facts come from ffprobe (``streams``) and the packet list (``pts_index``); the layout
+decision is a pure function of them and, when the container says nothing, of how alike the
+two halves of a few frames are.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import subprocess
 import threading
-import zlib
 from dataclasses import asdict, dataclass, field, replace
-from decimal import Decimal, InvalidOperation
-from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
 
-import ffmpeg
 import numpy as np
 
-from ..errors import InputError, MonoInput, SphericalInput, scrub_addresses
+from ..errors import InputError, MonoInput, SphericalInput
 from .ffmpeg_bin import MULTIVIEW_MIN, ffmpeg_version, find_binary, multiview_ffmpeg
 from .layout import LAYOUTS, STACKED_LAYOUTS, half_similarity
+from .pts_index import PtsIndex, read_pts_index
 from .spatial import SpatialInfo, read_spatial, read_sv3d
+from .streams import StreamInfo, probe_stream, probe_stream_entries
 
 log = logging.getLogger(__name__)
 
@@ -37,238 +36,6 @@ MIN_HALF_CORRELATION = 0.5  # below this the halves are not two views of one sce
 MIN_PACKING_MARGIN = 0.15
 DOUBT = "; but "   # in a layout_reason: what follows says why the given layout looks wrong
 STEREO3D_TYPES = {"side by side": "sbs", "top and bottom": "tab", "2D": "mono"}
-
-
-@dataclass(frozen=True)
-class StreamInfo:
-    path: str
-    width: int
-    height: int
-    fps: float
-    n_frames: int
-    duration_s: float
-    codec: str
-    pix_fmt: str
-    stereo3d: str | None  # container side data, e.g. "top and bottom"
-    spherical: str | None
-    has_audio: bool
-
-
-@dataclass(frozen=True)
-class PtsIndex:
-    """When each frame of a film is shown: one presentation time per frame, in presentation order.
-
-    Frame ``k`` of a film is the frame with the k-th smallest timestamp among the video stream's
-    packets, so a frame has one index however the film is cut into ranges (a count from a
-    time-based seek is off by one after a timestamp gap). Times are microseconds from the
-    container's start time: the clock of ffmpeg's ``-ss`` and of ``-copyts -start_at_zero``.
-
-    Keyframes (their indices, and whether each is *open*: followed in decode order by frames
-    shown before it, which reference the previous GOP) say where a decode must start for a
-    range's first frame to come out: see ``seek_plan``.
-
-    Compact, as it travels with every work unit: the first time and zlib-compressed int64 steps
-    (a 2-hour film at 23.976 fps, 172,627 frames: 3.4 KB of times).
-    """
-
-    n: int
-    first_us: int
-    steps_z: bytes = field(repr=False)
-    keys_z: bytes | None = field(default=None, repr=False)  # int64 steps of keyframe indices
-    open_z: bytes | None = field(default=None, repr=False)  # packed bits: keyframe is open
-
-    @classmethod
-    def from_times(cls, times_us, keyframes=None, open_gop=None) -> PtsIndex:
-        """From frame times in any order; ``keyframes``: presentation indices (sorted) of the
-        keyframes, ``open_gop``: one bool each (default: all closed)."""
-        t = np.sort(np.asarray(times_us, dtype=np.int64))
-        if t.size == 0:
-            raise ValueError("a timestamp index needs at least one frame")
-        keys_z = open_z = None
-        if keyframes is not None:
-            k = np.asarray(keyframes, dtype=np.int64)
-            o = np.zeros(k.size, bool) if open_gop is None else np.asarray(open_gop, bool)
-            keys_z = _pack(np.diff(k, prepend=0))
-            open_z = zlib.compress(np.packbits(o).tobytes(), 6)
-        return cls(int(t.size), int(t[0]), _pack(np.diff(t)), keys_z, open_z)
-
-    def times_us(self) -> np.ndarray:
-        """int64 [n] presentation times (expanded once per process and index)."""
-        return _expand_times(self.first_us, self.steps_z)
-
-    def keyframes(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """(presentation indices of the keyframes, open flags), or None when unknown."""
-        if self.keys_z is None or self.open_z is None:
-            return None
-        return _expand_keys(self.keys_z, self.open_z)
-
-    def time_us(self, k: int) -> int:
-        """Time of frame k; past the indexed end (a truncated file) at the last frame step."""
-        t = self.times_us()
-        if k < self.n:
-            return int(t[max(k, 0)])
-        return int(t[-1]) + (k - self.n + 1) * self.typical_step_us()
-
-    def typical_step_us(self) -> int:
-        """The frame step at the end of the index (extrapolation, lookup tolerance)."""
-        return _typical_step(self.first_us, self.steps_z)
-
-    def seek_us(self, k: int) -> int | None:
-        """A time between frames k - 1 and k: frames from k on are those at or after it.
-
-        None for the first frame (decode from the start, no seek).
-        """
-        if k <= 0:
-            return None
-        return (self.time_us(k - 1) + self.time_us(k)) // 2
-
-    def seek_plan(self, k: int) -> tuple[int | None, int | None]:
-        """(where the demuxer seeks, where frames start), µs; None: from the film's start.
-
-        Frames start at ``seek_us(k)``. The demuxer goes to the last keyframe at or before
-        frame k (a seek to a time lands on the last keyframe before it by pts or, in mp4, by
-        dts, which can be past an open GOP's leading frames: the decoder drops those). When
-        that keyframe is open, one keyframe earlier: frames after an open keyframe may
-        reference its leading frames, which decode only from the GOP before.
-        """
-        start = self.seek_us(k)
-        if start is None:
-            return None, None
-        keys = self.keyframes()
-        if keys is None:
-            return start, start
-        idx, is_open = keys
-        j = int(np.searchsorted(idx, min(k, self.n - 1), side="right")) - 1
-        if j >= 0 and is_open[j]:
-            j -= 1
-        if j < 0 or idx[j] <= 0:
-            return None, start
-        return self.time_us(int(idx[j])), start
-
-    def lookup(self, t_us: int, expected: int | None = None) -> int | None:
-        """Index of the frame shown at ``t_us`` (a decoded frame's time), or None.
-
-        The nearest indexed frame (ffmpeg rounds times between the stream's time base and
-        microseconds); ``expected`` when it is as near, so equal timestamps are numbered in
-        decode order. A time outside the index by more than half a frame step maps to nothing.
-        """
-        t = self.times_us()
-        half = self.typical_step_us() // 2
-        if (t_us < t[0] - half) or (t_us > t[-1] + half):
-            return None
-        i = int(np.searchsorted(t, t_us))
-        if i > 0 and (i == self.n or t_us - t[i - 1] <= t[i] - t_us):
-            i -= 1
-        near = abs(int(t[i]) - t_us)
-        if expected is not None and 0 <= expected < self.n and abs(int(t[expected]) - t_us) <= near:
-            return expected
-        return i
-
-
-def _pack(steps: np.ndarray) -> bytes:
-    return zlib.compress(np.asarray(steps).astype("<i8").tobytes(), 6)
-
-
-@lru_cache(maxsize=8)
-def _expand_times(first_us: int, steps_z: bytes) -> np.ndarray:
-    steps = np.frombuffer(zlib.decompress(steps_z), dtype="<i8")
-    t = np.empty(steps.size + 1, dtype=np.int64)
-    t[0] = first_us
-    np.cumsum(steps, out=t[1:])
-    t[1:] += first_us
-    t.flags.writeable = False
-    return t
-
-
-@lru_cache(maxsize=8)
-def _expand_keys(keys_z: bytes, open_z: bytes) -> tuple[np.ndarray, np.ndarray]:
-    idx = np.cumsum(np.frombuffer(zlib.decompress(keys_z), dtype="<i8"))
-    is_open = np.unpackbits(np.frombuffer(zlib.decompress(open_z), np.uint8))[: idx.size]
-    idx.flags.writeable = False
-    return idx, is_open.astype(bool)
-
-
-@lru_cache(maxsize=8)
-def _typical_step(first_us: int, steps_z: bytes) -> int:
-    t = _expand_times(first_us, steps_z)
-    return max(1, int(np.median(np.diff(t[-101:])))) if t.size > 1 else 40_000
-
-
-def _seconds_to_us(s: str | None) -> int:
-    try:
-        return int((Decimal(s) * 1_000_000).to_integral_value()) if s else 0
-    except (InvalidOperation, ValueError):
-        return 0
-
-
-PTS_INDEX_TIMEOUT_S = 1800.0
-
-
-def read_pts_index(path: str, stream_index: int, time_base: str,
-                   start_time: str | None) -> PtsIndex | None:
-    """The film's frame times from its packet list (demux only, no decode).
-
-    None, with a warning, when the packets carry no usable times: callers then fall back to
-    times derived from the frame rate.
-    """
-    cmd = [find_binary("ffprobe"), "-v", "error", "-select_streams", str(stream_index),
-           "-show_entries", "packet=pts,dts,flags", "-of", "csv=p=0", path]
-    try:
-        done = subprocess.run(cmd, capture_output=True, check=False, timeout=PTS_INDEX_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        log.warning("%s: listing packets timed out; frame times from the frame rate", path)
-        return None
-    try:
-        return index_from_packets(done.stdout.decode(errors="replace"), time_base, start_time)
-    except ValueError as e:
-        log.warning("%s: %s; frame times from the frame rate", path, e)
-        return None
-
-
-def index_from_packets(csv: str, time_base: str, start_time: str | None) -> PtsIndex:
-    """PtsIndex from ffprobe's ``packet=pts,dts,flags`` CSV lines (pure; ValueError if none).
-
-    A packet's pts, or its dts when it has none, is the time of the frame it decodes to;
-    packets the demuxer marks discard (flag ``D``: outside an edit list) give no frame.
-    Ticks of ``time_base`` become microseconds (rounded) from ``start_time`` (seconds, the
-    container's start). Keyframes are the ``K`` packets; one is open when a later packet
-    before the next keyframe, in this (decode) order, is shown before it.
-    """
-    try:
-        tb = Fraction(time_base)
-    except (ValueError, ZeroDivisionError):
-        tb = Fraction(0)
-    if tb <= 0:
-        raise ValueError(f"no time base ({time_base!r})")
-    ticks, key = [], []
-    missing = 0
-    for line in csv.splitlines():
-        parts = line.strip().split(",")
-        if len(parts) < 3 or "D" in parts[2]:
-            continue
-        v = parts[0] if parts[0].lstrip("-").isdigit() else parts[1]
-        if not v.lstrip("-").isdigit():
-            missing += 1
-            continue
-        ticks.append(int(v))
-        key.append("K" in parts[2])
-    if not ticks or missing:
-        raise ValueError(f"{missing} of {missing + len(ticks)} packets without a timestamp")
-    num, den, start = tb.numerator * 1_000_000, tb.denominator, _seconds_to_us(start_time)
-    us = np.array([(x * num * 2 + den) // (2 * den) - start for x in ticks], dtype=np.int64)
-    is_key = np.array(key, dtype=bool)
-    # presentation index of each packet (stable: equal times keep decode order)
-    order = np.argsort(us, kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    key_pos = np.flatnonzero(is_key)  # decode positions of the keyframes
-    if key_pos.size == 0:
-        return PtsIndex.from_times(us)
-    # open: the smallest time from the keyframe to the next one (decode order) is not its own
-    seg_min = np.minimum.reduceat(us, key_pos)
-    is_open = seg_min < us[key_pos]
-    by_rank = np.argsort(rank[key_pos], kind="stable")
-    return PtsIndex.from_times(us, rank[key_pos][by_rank], is_open[by_rank])
 
 
 @dataclass
@@ -308,160 +75,6 @@ class ProbeResult:
         return d
 
 
-def _rate(s: str | None) -> float:
-    try:
-        f = Fraction(s) if s else Fraction(0)
-    except (ValueError, ZeroDivisionError):
-        return 0.0
-    return float(f)
-
-
-# ffprobe's last line is its error code's text ("PATH: Invalid data found when processing
-# input", "PATH: Input/output error"), ffmpeg's often its own failure ("Error marking filters as
-# finished"); for these a line before it ("[mov,mp4,...] moov atom not found", "[matroska,webm]
-# File ended prematurely at pos. 300 (0x12c)") says more
-GENERIC_FFPROBE_ERRORS = ("Invalid data found when processing input", "End of file",
-                          "Input/output error")
-GENERIC_FFMPEG_ERRORS = (*GENERIC_FFPROBE_ERRORS, "Error marking filters as finished",
-                         "Conversion failed!")
-VAGUE_DEMUXER_LINES = ("error reading header",)
-# a demuxer's weak guess at random bytes (which then fails in its own way)
-MISDETECTION = "misdetection possible"
-# (context the line starts with, words of the line, the cause said plainly), in the order they
-# win: a line naming a known cause beats a later line that does not ("[matroska,webm]
-# Duplicate element" after the file ended). The line follows the cause in brackets.
-KNOWN_CAUSES = (
-    ("[mov,", "moov atom not found", "truncated or unfinished MP4: no index"),
-    ("[mov,", "reached eof, corrupted", "truncated MP4: index cut short"),
-    ("[matroska,", "File ended prematurely", "truncated file"),
-    ("[mov,", ": partial file", "truncated MP4: data cut short"),
-    ("Truncating packet of size", "", "truncated file: last packet cut short"),
-)
-ENDED_AT = re.compile(r"File ended prematurely(?: at pos\. (\d+))?")
-
-
-def _cause(words: str, cause: str, line: str) -> str:
-    if words == "File ended prematurely":  # "truncated file: ended prematurely at byte 300"
-        m = ENDED_AT.search(line)
-        at = f" at byte {m.group(1)}" if m and m.group(1) else ""
-        return f"{cause}: ended prematurely{at}"
-    return f"{cause} ({line.partition('] ')[2] or line})"
-
-
-def pick_reason(lines: list[str], paths: tuple[str, ...] = (),
-                generic: tuple[str, ...] = GENERIC_FFMPEG_ERRORS) -> str | None:
-    """The clearest of ffmpeg's or ffprobe's error lines (addresses already scrubbed), as one
-    line; None when there are none. The last line, unless it is ``generic`` and a specific
-    line ("[demuxer] ...") came before it: then the cause a line names (a truncated file by
-    name), else the last specific demuxer line. ``paths``: file names to drop in front of the
-    last line ("PATH: Input/output error")."""
-    if not lines:
-        return None
-    last = lines[-1]
-    for path in paths:
-        last = last.removeprefix(str(path) + ": ")
-    demuxer = [line for line in lines if line.startswith("[")]
-    if any(MISDETECTION in line for line in demuxer):
-        return "unrecognised data (no known video container format)"
-    specific = [line for line in demuxer
-                if not any(v in line for v in VAGUE_DEMUXER_LINES)]
-    named = [line for line in lines if any(line.startswith(c) and w in line
-                                           for c, w, _ in KNOWN_CAUSES)]
-    if not (specific or named) or (last not in generic and last not in specific):
-        return last
-    for context, words, cause in KNOWN_CAUSES:
-        for line in reversed(lines):
-            if line.startswith(context) and words in line:
-                return _cause(words, cause, line)
-    return specific[-1] if specific else last
-
-
-def ffprobe_reason(stderr: bytes | None, path: str | Path) -> str:
-    """Why ffprobe failed, as a one-line reason: its last stderr line or, when that is only a
-    generic "invalid data" or "input/output error", the cause an earlier line names (a
-    truncated file by name) or the demuxer's last specific line (see ``pick_reason``).
-    Without the file's path in front and without ffmpeg's per-process addresses, so that a
-    rerun writes the same manifest bytes."""
-    lines = [scrub_addresses(line.strip())
-             for line in (stderr or b"").decode(errors="replace").strip().splitlines()]
-    return pick_reason(lines, (str(path),), GENERIC_FFPROBE_ERRORS) or "ffprobe failed"
-
-
-# what ffprobe shows of a 3D Blu-ray's MVC video: the Multiview/Stereo High profiles of H.264
-# (profile_idc 118, 128) on the stream, or the dependent view as a stream of MPEG-TS type 0x20
-MVC_PROFILES = ("Multiview High", "Stereo High")
-MVC_TS_TAG = "0x0020"
-
-
-def mvc_stream(streams: list[dict]) -> str | None:
-    """How ffprobe's streams show H.264 MVC stereo, else None."""
-    for s in streams:
-        if s.get("codec_type") != "video" or s.get("codec_name") != "h264":
-            continue
-        if s.get("profile") in MVC_PROFILES:
-            return f"profile {s['profile']}"
-        if str(s.get("codec_tag", "")).lower() == MVC_TS_TAG:
-            return f"stream {s.get('index', '?')}: MPEG-TS type 0x20, the MVC dependent view"
-    return None
-
-
-def probe_stream(path: str | Path) -> StreamInfo:
-    """ffprobe one file; InputError with a one-line reason when it holds no decodable video."""
-    return _probe_stream(path)[0]
-
-
-def _probe_stream(path: str | Path) -> tuple[StreamInfo, dict, dict]:
-    """(StreamInfo, ffprobe's entry of the video stream, ffprobe's format entry)."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"missing file: {p}")
-    if not p.is_file():
-        raise InputError(f"not a file: {p}")
-    if p.stat().st_size == 0:
-        raise InputError("empty file (0 bytes)")
-    try:
-        with p.open("rb"):
-            pass
-    except OSError as e:
-        raise InputError(f"unreadable file: {e.strerror}") from e
-    try:
-        meta = ffmpeg.probe(str(p), cmd=find_binary("ffprobe"))
-    except ffmpeg.Error as e:
-        raise InputError(f"not a readable video: {ffprobe_reason(e.stderr, p)}") from e
-    streams = meta.get("streams", [])
-    if (mvc := mvc_stream(streams)) is not None:
-        raise InputError(f"H.264 MVC 3D (a 3D Blu-ray's stereo stream, {mvc}): FFmpeg cannot "
-                         "decode its second view; convert the film to full side-by-side "
-                         "with an MVC decoder first (e.g. FRIM), then mine that file")
-    video = [s for s in streams if s.get("codec_type") == "video"
-             and not s.get("disposition", {}).get("attached_pic")]
-    if not video:
-        kinds = sorted({s.get("codec_type", "?") for s in streams}) or ["none"]
-        raise InputError(f"no video stream (streams: {', '.join(kinds)})")
-    v = video[0]
-    width, height = int(v.get("width", 0)), int(v.get("height", 0))
-    if width < 16 or height < 16:
-        raise InputError(f"video too small: {width}x{height}")
-    fps = _rate(v.get("avg_frame_rate")) or _rate(v.get("r_frame_rate"))
-    duration = float(v.get("duration") or meta.get("format", {}).get("duration") or 0.0)
-    n_frames = int(v.get("nb_frames") or 0) or round(duration * fps)
-    if fps <= 0 or n_frames <= 0:
-        raise InputError("video stream has no frame rate or no frames")
-    stereo3d = spherical = None
-    for sd in v.get("side_data_list", []) or []:
-        if sd.get("side_data_type") == "Stereo 3D":
-            stereo3d = sd.get("type")
-        elif sd.get("side_data_type") == "Spherical Mapping":
-            spherical = sd.get("projection")
-    info = StreamInfo(
-        path=str(p), width=width, height=height, fps=fps, n_frames=n_frames,
-        duration_s=duration, codec=v.get("codec_name", "?"), pix_fmt=v.get("pix_fmt", "?"),
-        stereo3d=stereo3d, spherical=spherical,
-        has_audio=any(s.get("codec_type") == "audio" for s in streams),
-    )
-    return info, v, meta.get("format", {})
-
-
 def _index_of(info: StreamInfo, stream: dict, fmt: dict) -> PtsIndex | None:
     return read_pts_index(info.path, int(stream.get("index", 0)), stream.get("time_base", ""),
                           fmt.get("start_time"))
@@ -469,7 +82,7 @@ def _index_of(info: StreamInfo, stream: dict, fmt: dict) -> PtsIndex | None:
 
 @lru_cache(maxsize=16)
 def _film_pts_index(path: str, size: int, mtime_ns: int) -> PtsIndex | None:
-    return _index_of(*_probe_stream(path))
+    return _index_of(*probe_stream_entries(path))
 
 
 _INDEX_LOCK = threading.Lock()
@@ -564,8 +177,8 @@ def decide_layout(info: StreamInfo, requested: str, thumbs: list[np.ndarray] | N
 
 
 # --projection: what a film's frames are when its container does not say (or says wrong)
-PROJECTION_CHOICES = ("auto", "flat", "equirect", "half-equirect", "fisheye")
 REPROJECTABLE = ("equirect", "half-equirect", "fisheye")   # filmmine.stages.projection's
+PROJECTION_CHOICES = ("auto", "flat", *REPROJECTABLE)
 SPHERICAL_NAMES = {"equirect": "equirectangular", "half-equirect": "half-equirectangular, VR180",
                    "fisheye": "fisheye", "cubemap": "cubemap", "mesh": "mesh"}
 # ffprobe's projection names (Spherical Mapping side data) -> ours
@@ -603,7 +216,7 @@ def probe_film(name: str, paths: tuple[str, ...], requested: str = "auto",
     spherical video (by its container, or ``projection`` given by hand) is a SphericalInput,
     skipped by extract and probe."""
     if len(paths) == 2:
-        (left, v, fmt), right = _probe_stream(paths[0]), probe_stream(paths[1])
+        (left, v, fmt), right = probe_stream_entries(paths[0]), probe_stream(paths[1])
         index = _index_of(left, v, fmt)
         left = replace(left, n_frames=_frame_count(left, v, index))
         if (left.width, left.height) != (right.width, right.height):
@@ -623,7 +236,7 @@ def probe_film(name: str, paths: tuple[str, ...], requested: str = "auto",
             duration_s=min(left.duration_s, right.duration_s),
             pts=index,  # the right view is paired with the left by time
         )
-    info, v, fmt = _probe_stream(paths[0])
+    info, v, fmt = probe_stream_entries(paths[0])
     spatial = read_spatial(paths[0]) if info.codec == "hevc" else None
     if requested == "mv-hevc" and not (spatial and spatial.multilayer):
         raise InputError("not MV-HEVC: no second HEVC layer (lhvC) in the container; "

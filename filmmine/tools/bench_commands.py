@@ -23,13 +23,15 @@ def add_parser(subparsers) -> None:
 
 
 def add_checks_parser(subparsers) -> None:
+    from ..flow.base import DEVICES  # as it is when the parser is built
+
     p = subparsers.add_parser(
         "bench-checks",
         help="measure the frame checks as a classifier on real footage: acceptance of good "
              "frames, rejection of bad ones, labels of the accepted",
         description="Runs each recipe's filters and disparity verdicts over a labelled set made "
                     "from the real data (rectified positives; misaligned, mono, dark, "
-                    "unrectified negatives; see filmmine/bench_checks.py) and prints, per "
+                    "unrectified negatives; see filmmine/tools/bench_check_set.py) and prints, per "
                     "recipe, the acceptance rate of each positive group, the rejection rate "
                     "of each negative group, and bad-2 / density / EPE of the accepted frames "
                     "with ground truth. The way to tune a recipe for a library.")
@@ -46,7 +48,8 @@ def add_checks_parser(subparsers) -> None:
                         "disparity.min_consistency=0.9 (repeatable)")
     p.add_argument("--per-scene", action="store_true",
                    help="also list every ground-truth scene's verdict and labels")
-    p.add_argument("--device", default="cpu", help="torch device for torch backends")
+    p.add_argument("--device", default="cpu",
+                   help=f"torch device for torch backends ({' or '.join(DEVICES)})")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=bench_checks)
 
@@ -54,7 +57,8 @@ def add_checks_parser(subparsers) -> None:
 def bench_checks(args: argparse.Namespace) -> int:
     from ..errors import RecipeError
     from ..recipe import parse_overrides
-    from .bench_checks import NEGATIVE_GROUPS, POSITIVE_GROUPS, format_report, run
+    from .bench_check_set import NEGATIVE_GROUPS, POSITIVE_GROUPS
+    from .bench_checks import format_report, run
 
     groups = None
     if args.groups:
@@ -111,12 +115,15 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..flow import BACKENDS  # the registries as they are when the parser is built
+    from ..flow.base import DEVICES
+
     p.add_argument("--data", nargs="*", default=None, metavar="DIR",
                    help="Middlebury-format folders or folders holding them, Middlebury 2003 / "
                         "KITTI folders (default: $FILMMINE_DATA or ../shared/data)")
     p.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
-                   help="comma-separated backends (default: %(default)s; raft needs "
-                        "--raft-weights)")
+                   help=f"comma-separated backends ({', '.join(BACKENDS)}; default: "
+                        "%(default)s; raft needs --raft-weights)")
     p.add_argument("--recipe", default="default", help="recipe for the [disparity] table")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a [disparity] key, e.g. --set work_width=480 (repeatable)")
@@ -124,7 +131,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run every backend once per value of a [disparity] key, one row each "
                         "(e.g. --sweep sgbm_uniqueness=15,25,35): the bad-k / density trade-off "
                         "of a threshold")
-    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    p.add_argument("--device", default="cpu", help=f"torch device: {' or '.join(DEVICES)}")
     p.add_argument("--synthetic", type=int, default=8, metavar="N",
                    help="synthetic film frames (0 = none; default: %(default)s)")
     p.add_argument("--synthetic-size", type=_parse_size, default=(320, 180), metavar="WxH",

@@ -11,9 +11,6 @@ import argparse
 import json
 import sys
 
-from ..media.layout import PACKED_LAYOUTS
-from ..media.probe import PROJECTION_CHOICES
-
 
 def _common(p: argparse.ArgumentParser) -> None:
     # cli.main reads args.debug for every command
@@ -58,15 +55,17 @@ def add_parser(subparsers) -> None:
 
 
 def add_probe(subparsers) -> None:
+    from ..media.layout import LAYOUT_CHOICES  # as they are when the parser is built
+    from ..media.probe import PROJECTION_CHOICES
+
     p = subparsers.add_parser("probe", help="what extract would do with films: streams, "
                                             "layout and why, letterbox, stereo metadata")
     p.add_argument("inputs", nargs="+", metavar="FILM",
                    help="video file, directory of videos, or library manifest (.json)")
-    p.add_argument("--layout", default="auto", choices=["auto", *PACKED_LAYOUTS, "mv-hevc"],
+    p.add_argument("--layout", default="auto", choices=LAYOUT_CHOICES,
                    help="the films' stereo layout (default: auto, from side data, aspect and "
                         "the halves; a layout given here is still checked against them)")
-    p.add_argument("--projection", default="auto",
-                   choices=PROJECTION_CHOICES,
+    p.add_argument("--projection", default="auto", choices=PROJECTION_CHOICES,
                    help="what the films' frames are when the container does not say "
                         "(default: auto; see extract --projection)")
     p.add_argument("--recipe", default="default",
