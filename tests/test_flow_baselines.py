@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import SHARED
 
-from filmmine.flow import BACKENDS, backend_options, get_backend
+from filmmine.flow import backend_options, get_backend
 from filmmine.flow.opencv import DisSgbmFlow, SgbmFlow
 from filmmine.recipe import load_recipe
 from filmmine.stages.disparity import compute_disparity
@@ -29,22 +29,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def cfg() -> dict:
     return load_recipe()["disparity"]
-
-
-def test_registry_names_and_unknown_backend() -> None:
-    assert {"dis", "sgbm", "dis_sgbm", "census_sgm", "raft"} <= set(BACKENDS)
-    with pytest.raises(ValueError, match="unknown flow backend"):
-        get_backend("pwcnet")
-
-
-def test_every_backend_accepts_the_whole_recipe_table(cfg) -> None:
-    """One [disparity] table configures any backend: options of the others are ignored."""
-    opts = backend_options(cfg)
-    for name in ("dis", "sgbm", "dis_sgbm", "census_sgm"):
-        assert get_backend(name, device="cpu", **opts).name == name
-    # the pipeline's historical DIS options still map to the same keywords
-    assert {"preset", "finest_scale", "patch_size", "patch_stride", "gd_iterations",
-            "vr_iterations"} <= set(opts)
 
 
 @pytest.mark.parametrize("name", ["dis", "sgbm", "dis_sgbm"])
