@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import subprocess
-import tarfile
 from pathlib import Path
 
 import cv2
@@ -18,15 +17,14 @@ from conftest import truth_of
 
 from filmmine import cli, synth
 from filmmine.corpus.encode import decode_disparity, decode_jpeg
+from filmmine.corpus.reader import iter_samples
 from filmmine.tools.preview import INVALID_BGR, build_preview, contact_sheet
 
 TURBO_BGR = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_TURBO)[:, 0]
 
 
 def members(corpus: Path, shard: str, key: str) -> dict[str, bytes]:
-    with tarfile.open(corpus / "shards" / shard) as tf:
-        return {ext: tf.extractfile(m).read() for m in tf
-                if (ext := m.name.partition(".")[2]) and m.name.startswith(key + ".")}
+    return next(iter_samples(corpus / "shards" / shard, keys={key})).members
 
 
 def test_png_contact_sheet_shows_the_disparity_colour_map(corpus, tmp_path, capsys):

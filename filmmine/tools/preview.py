@@ -13,11 +13,11 @@ it is one file that opens from disk without a server.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import logging
 import math
-import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from .. import __version__
 from ..corpus.encode import decode_disparity, decode_jpeg
+from ..corpus.reader import ShardError, iter_samples, shard_path
 from ..errors import FilmmineError
 from ..media.layout import view_size
 from .summary import (
@@ -190,30 +191,31 @@ class Sample:
     disparity: np.ndarray    # [H, W] float32 px, NaN invalid
 
 
-_NEEDED = {"jpg", "disp.png", "json"}  # the members read (others, e.g. conf.png, are skipped)
+_NEEDED = ("jpg", "disp.png", "json")  # the members read (others, e.g. conf.png, are skipped)
 
 
-def read_samples(corpus: Path, rows: list[dict]) -> dict[str, Sample]:
+def _member_skipped(shard: str, problem: str) -> None:
+    log.warning("%s: %s, skipped (run filmmine verify)", shard, problem)
+
+
+def load_samples(corpus: Path, rows: list[dict]) -> dict[str, Sample]:
     """The samples named by ``rows`` (samples.parquet rows), streamed from their shards."""
     want: dict[str, set[str]] = {}
     for r in rows:
         want.setdefault(r["shard"], set()).add(r["key"])
     out: dict[str, Sample] = {}
     for shard, keys in want.items():
-        members: dict[str, dict[str, bytes]] = {k: {} for k in keys}
-        path = corpus / "shards" / shard
+        members: dict[str, dict[str, bytes]] = {}
         try:
-            with tarfile.open(path, mode="r|") as tf:
-                for m in tf:
-                    key, _, ext = m.name.partition(".")
-                    if key in members and ext in _NEEDED and m.isfile():
-                        f = tf.extractfile(m)
-                        members[key][ext] = f.read() if f else b""
-                        if all(v.keys() >= _NEEDED for v in members.values()):
-                            break
-        except (OSError, tarfile.TarError) as e:
-            log.warning("%s: %s (run filmmine verify)", shard, e)
-        for key, mem in members.items():
+            for s in iter_samples(shard_path(corpus, shard), members=_NEEDED, keys=keys,
+                                  on_problem=functools.partial(_member_skipped, shard)):
+                members[s.key] = s.members
+                if len(members) == len(keys):
+                    break
+        except (OSError, ShardError) as e:
+            log.warning("%s (run filmmine verify)", e)
+        for key in keys:
+            mem = members.get(key, {})
             try:
                 meta = json.loads(mem["json"])
                 out[key] = Sample(key, meta, decode_jpeg(mem["jpg"]),
@@ -498,7 +500,7 @@ def build_preview(corpus_dir: str | Path, *, n: int = 24, film: str | None = Non
     tiles, rtiles = [], []
     if samples:
         rows = select_samples(stbl, n)
-        got = read_samples(corpus.path, rows)
+        got = load_samples(corpus.path, rows)
         tiles = [sample_tile(got[r["key"]]) for r in rows if r["key"] in got]
     n_rejected = sum(1 for a in ftbl["accepted"].to_pylist() if not a)
     if rejected:
