@@ -221,7 +221,7 @@ def load_samples(corpus: Path, rows: list[dict]) -> dict[str, Sample]:
                 out[key] = Sample(key, meta, decode_jpeg(mem["jpg"]),
                                   decode_disparity(mem["disp.png"], meta["disp_scale"],
                                                    meta["disp_offset"]))
-            except (KeyError, ValueError, cv2.error) as e:  # cv2: e.g. an empty member
+            except (KeyError, ValueError) as e:
                 log.warning("%s in %s unreadable: %s (run filmmine verify)", key, shard, e)
     return out
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..corpus.assemble import VERIFY_FAILED
 from ..corpus.atomic import write_bytes
+from ..corpus.encode import imdecode
 from ..corpus.reader import (
     KNOWN_MEMBERS,
     READ_BLOCK,
@@ -177,17 +178,6 @@ class _DecoderMessages:
         self._tmp.close()
 
 
-def _imdecode(data: bytes, flags: int) -> np.ndarray | None:
-    """cv2.imdecode, None also where OpenCV raises instead (an empty member, a header past
-    its pixel limit): the sample is then reported as not decoding."""
-    if not data:
-        return None
-    try:
-        return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    except cv2.error:
-        return None
-
-
 def check_sample(key: str, members: dict[str, bytes], film: str | None,
                  decode: bool = True, confidence: bool | None = None) -> list[str]:
     """Problems of one sample (empty when it is sound). ``confidence``: whether the corpus's
@@ -223,14 +213,14 @@ def check_sample(key: str, members: dict[str, bytes], film: str | None,
     if want is None:  # the images cannot be checked against it
         out.append(f"sample {key}: JSON size is {size!r}, not [w, h]")
     with _DecoderMessages() as jpeg_msgs:
-        img = _imdecode(members["jpg"], cv2.IMREAD_COLOR)
+        img = imdecode(members["jpg"], cv2.IMREAD_COLOR)
     with _DecoderMessages() as png_msgs:
-        q = _imdecode(members["disp.png"], cv2.IMREAD_UNCHANGED)
+        q = imdecode(members["disp.png"], cv2.IMREAD_UNCHANGED)
     decoded_members = [("JPEG", jpeg_msgs, img), ("disparity PNG", png_msgs, q)]
     conf = None
     if "conf.png" in members:
         with _DecoderMessages() as conf_msgs:
-            conf = _imdecode(members["conf.png"], cv2.IMREAD_UNCHANGED)
+            conf = imdecode(members["conf.png"], cv2.IMREAD_UNCHANGED)
         decoded_members.append(("confidence PNG", conf_msgs, conf))
     for what, msgs, decoded in decoded_members:
         said = f": {msgs.text.splitlines()[0]}" if msgs.text else ""
