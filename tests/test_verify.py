@@ -16,7 +16,8 @@ import pytest
 
 from filmmine import cli
 from filmmine.corpus.reader import member_problem
-from filmmine.tools.verify import check_shard, format_report, verify_corpus
+from filmmine.tools.verify import format_report, verify_corpus
+from filmmine.tools.verify_shard import check_shard
 
 DAMAGED = "film_tab-00000.tar"
 
