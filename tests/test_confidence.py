@@ -240,7 +240,7 @@ def test_preview_reads_a_lone_sample_of_a_shard(corpus):
     its JSON and was dropped)."""
     import pyarrow.parquet as pq
 
-    from filmmine.tools.preview import load_samples
+    from filmmine.tools.preview_data import load_samples
 
     rows = pq.read_table(corpus / "samples.parquet").to_pylist()
     for row in (rows[3], rows[-1]):
