@@ -20,7 +20,8 @@ import pytest
 
 from filmmine import synth
 from filmmine.corpus.assemble import assemble_film, film_record_path
-from filmmine.corpus.shards import read_samples, sha256_file
+from filmmine.corpus.reader import iter_samples
+from filmmine.corpus.shards import sha256_file
 from filmmine.corpus.staging import UnitMarker, WorkUnit, unit_paths
 from filmmine.media.probe import ProbeResult, probe_film
 from filmmine.recipe import apply_overrides, load_recipe
@@ -59,7 +60,7 @@ def staged(tmp_path_factory) -> Staged:
     assert all(u.end == v.start for u, v in itertools.pairwise(units))
     work = root / "staging"
     markers = [mine_unit(probe, u, recipe, work) for u in units]
-    samples = [list(read_samples(unit_paths(work, u)[0])) for u in units]
+    samples = [[x.as_dict() for x in iter_samples(unit_paths(work, u)[0])] for u in units]
     source = {"input": str(film), "paths": [str(film)]}
     return Staged(probe, units, recipe, work, markers, samples, source)
 
@@ -87,7 +88,7 @@ def files_under(out: Path) -> dict[str, bytes]:
 
 def shard_samples(out: Path, record: dict) -> list[tuple[str, dict]]:
     return [(s["name"], x) for s in record["shards"]
-            for x in read_samples(out / "shards" / s["name"])]
+            for x in (y.as_dict() for y in iter_samples(out / "shards" / s["name"]))]
 
 
 def test_shards_hold_exactly_the_units_accepted_samples_in_key_order(staged, tmp_path):

@@ -19,11 +19,11 @@ from test_extract import FILMS, gt_for, samples_of
 from test_verify import DAMAGED, copy_corpus, rewrite_shard
 
 from filmmine.corpus.encode import decode_confidence, decode_disparity, encode_confidence
-from filmmine.corpus.shards import read_samples
+from filmmine.corpus.reader import is_known_member, iter_samples, member_problem
 from filmmine.recipe import load_recipe
 from filmmine.run.extract import extract
 from filmmine.synth import FilmSpec
-from filmmine.tools.verify import is_known_member, member_problem, stores_confidence, verify_corpus
+from filmmine.tools.verify import stores_confidence, verify_corpus
 from trainer.sources import CorpusSource, DatasetSpec
 
 
@@ -118,13 +118,13 @@ def test_sound_confidence_passes_verify(corpus):
     assert member_problem("film_00000001.conf.tif") is None
     assert not is_known_member("film_00000001.conf.tif")
     assert not is_known_member("film.v2_00000001.conf.png")  # member .v2_00000001.conf.png
-    first = next(read_samples(corpus / "shards" / DAMAGED))
-    assert {"jpg", "disp.png", "json", "conf.png"} == set(first) - {"__key__"}
+    first = next(iter_samples(corpus / "shards" / DAMAGED))
+    assert {"jpg", "disp.png", "json", "conf.png"} == set(first.members)
 
 
 def test_verify_finds_bad_confidence_maps(corpus, tmp_path):
     c = copy_corpus(corpus, tmp_path / "c")
-    keys = [s["__key__"] for s in read_samples(c / "shards" / DAMAGED)]
+    keys = [s.key for s in iter_samples(c / "shards" / DAMAGED)]
     lit, dark, small, wide, cut, gone = keys[1:7]
 
     def edit(name: str, data: bytes):
@@ -213,7 +213,7 @@ def test_verify_holds_a_corpus_to_its_recipe(no_conf, corpus, tmp_path):
     # a conf.png in a corpus whose recipe says false
     c = copy_corpus(no_conf, tmp_path / "off")
     shard = "film_sbs-00000.tar"
-    conf = {s["__key__"]: s["conf.png"] for s in read_samples(corpus / "shards" / shard)}
+    conf = {s.key: s.members["conf.png"] for s in iter_samples(corpus / "shards" / shard)}
     key = sorted(conf)[3]
 
     def add(name: str, data: bytes):
@@ -240,10 +240,10 @@ def test_preview_reads_a_lone_sample_of_a_shard(corpus):
     its JSON and was dropped)."""
     import pyarrow.parquet as pq
 
-    from filmmine.tools.preview import read_samples as preview_samples
+    from filmmine.tools.preview_data import load_samples
 
     rows = pq.read_table(corpus / "samples.parquet").to_pylist()
     for row in (rows[3], rows[-1]):
-        got = preview_samples(corpus, [row])
+        got = load_samples(corpus, [row])
         assert list(got) == [row["key"]]
         assert got[row["key"]].meta["key"] == row["key"]

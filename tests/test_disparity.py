@@ -11,8 +11,6 @@ Every backend on these pairs: ``filmmine bench-disparity`` (docs/backends.md).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -31,6 +29,7 @@ from filmmine.stages.disparity import (
     rescale_flow,
     work_size,
 )
+from filmmine.tools.bench_disparity import read_pfm
 
 IMPERFECT = SHARED / "middlebury2014_motorcycle_imperfect"
 CONES = SHARED / "middlebury2003_cones"
@@ -48,16 +47,6 @@ def recipe() -> dict:
 @pytest.fixture(scope="module")
 def cfg(recipe: dict) -> dict:
     return recipe["disparity"]
-
-
-def read_pfm(path: Path) -> np.ndarray:
-    """Middlebury PFM (one channel), flipped to top row first."""
-    with path.open("rb") as f:
-        assert f.readline().strip() == b"Pf"
-        w, h = map(int, f.readline().split())
-        scale = float(f.readline())
-        data = np.fromfile(f, "<f4" if scale < 0 else ">f4", count=w * h)
-    return np.flipud(data.reshape(h, w)).copy()
 
 
 def run(left: np.ndarray, right: np.ndarray, recipe: dict) -> DisparityResult:

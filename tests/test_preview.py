@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import subprocess
-import tarfile
 from pathlib import Path
 
 import cv2
@@ -18,15 +17,15 @@ from conftest import truth_of
 
 from filmmine import cli, synth
 from filmmine.corpus.encode import decode_disparity, decode_jpeg
-from filmmine.tools.preview import INVALID_BGR, build_preview, contact_sheet
+from filmmine.corpus.reader import iter_samples
+from filmmine.tools.preview import build_preview, contact_sheet
+from filmmine.tools.preview_tiles import INVALID_BGR
 
 TURBO_BGR = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_TURBO)[:, 0]
 
 
 def members(corpus: Path, shard: str, key: str) -> dict[str, bytes]:
-    with tarfile.open(corpus / "shards" / shard) as tf:
-        return {ext: tf.extractfile(m).read() for m in tf
-                if (ext := m.name.partition(".")[2]) and m.name.startswith(key + ".")}
+    return next(iter_samples(corpus / "shards" / shard, keys={key})).members
 
 
 def test_png_contact_sheet_shows_the_disparity_colour_map(corpus, tmp_path, capsys):
@@ -175,7 +174,7 @@ def test_rejected_frame_of_a_vfr_film_is_the_frame_of_its_index(tmp_path):
     from filmmine.media.layout import views
     from filmmine.media.probe import probe_film
     from filmmine.synth import FilmSpec, ShotSpec
-    from filmmine.tools.preview import decode_views
+    from filmmine.tools.preview_data import decode_views
 
     spec = FilmSpec(shots=(ShotSpec("textured", 30, seed=3),), view_width=160, view_height=96,
                     seed=4)
@@ -214,7 +213,7 @@ def test_rejected_caption_operator_is_the_filters_own():
     did with it (frozen is "<=": a change equal to frozen_max_diff is still frozen)."""
     from filmmine.recipe import load_recipe
     from filmmine.stages import filters
-    from filmmine.tools.preview import REASON_SCORE, _score_text
+    from filmmine.tools.preview_tiles import REASON_SCORE, _score_text
 
     recipe = load_recipe("default")
     cfg = recipe["filters"]

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from filmmine.corpus.shards import StagingWriter, TarSampleWriter, read_samples
+from filmmine.corpus.reader import iter_samples
+from filmmine.corpus.shards import StagingWriter, TarSampleWriter
 
 SAMPLES = [
     {"__key__": "film_00000006", "jpg": b"\xff\xd8jpeg", "disp.png": b"\x89PNG" * 300,
@@ -49,7 +50,7 @@ def test_staged_tar_reads_back_with_webdataset(tmp_path: Path) -> None:
     assert got[0]["disp.png"] == SAMPLES[0]["disp.png"]
     assert got[0]["json"] == SAMPLES[0]["json"]
     assert got[1]["conf.png"] == b"xyz"
-    assert [s["__key__"] for s in read_samples(tmp_path / "unit.tar")] == [
+    assert [s.key for s in iter_samples(tmp_path / "unit.tar")] == [
         "film_00000006", "film_00000012"]
 
 

@@ -15,7 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from filmmine import cli
-from filmmine.tools.verify import check_shard, format_report, member_problem, verify_corpus
+from filmmine.corpus.reader import member_problem
+from filmmine.tools.verify import format_report, verify_corpus
+from filmmine.tools.verify_shard import check_shard
 
 DAMAGED = "film_tab-00000.tar"
 

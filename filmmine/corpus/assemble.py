@@ -29,8 +29,9 @@ from .. import __version__
 from ..media.probe import ProbeResult
 from .atomic import write_bytes
 from .encode import dumps
+from .reader import iter_samples
 from .schema import FRAMES_SCHEMA, SAMPLES_SCHEMA, SampleMeta, parquet_bytes, table
-from .shards import ShardSink, read_samples, sha256_file
+from .shards import ShardSink, sha256_file
 from .staging import UnitMarker, WorkUnit, unit_paths
 
 FORMAT = "filmmine-corpus/1"
@@ -77,7 +78,8 @@ def assemble_film(out: Path, probe: ProbeResult, units: list[WorkUnit], recipe: 
     sample_rows = []
     try:
         for u in units:
-            for s in read_samples(unit_paths(work, u)[0]):
+            for sample in iter_samples(unit_paths(work, u)[0]):
+                s = sample.as_dict()
                 meta = SampleMeta.from_json(json.loads(s["json"]))
                 if meta.key in over_quota:
                     continue

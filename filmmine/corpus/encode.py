@@ -24,8 +24,19 @@ def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
     return buf.tobytes()
 
 
+def imdecode(data: bytes, flags: int) -> np.ndarray | None:
+    """cv2.imdecode, None also where OpenCV raises instead (an empty member, a header past
+    its pixel limit): every caller then has one case for an image that does not decode."""
+    if not data:
+        return None
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error:
+        return None
+
+
 def decode_jpeg(data: bytes) -> np.ndarray:
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    bgr = imdecode(data, cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError("not a JPEG image")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -69,7 +80,7 @@ def encode_disparity(disparity: np.ndarray, step_px: float) -> tuple[bytes, floa
 
 def decode_disparity(data: bytes, scale: float, offset: float) -> np.ndarray:
     """uint16 PNG bytes -> [H, W] float32 disparity, NaN where the value is 0."""
-    q = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    q = imdecode(data, cv2.IMREAD_UNCHANGED)
     if q is None or q.dtype != np.uint16 or q.ndim != 2:
         raise ValueError("not a 16-bit single-channel PNG")
     d = q.astype(np.float32) * np.float32(scale) + np.float32(offset)
@@ -105,7 +116,7 @@ def encode_confidence(confidence: np.ndarray, valid: np.ndarray) -> bytes:
 
 def decode_confidence(data: bytes) -> np.ndarray:
     """uint8 PNG bytes -> [H, W] uint8 confidence values (0 = invalid; confidence = value/255)."""
-    q = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    q = imdecode(data, cv2.IMREAD_UNCHANGED)
     if q is None or q.dtype != np.uint8 or q.ndim != 2:
         raise ValueError("not an 8-bit single-channel PNG")
     return q

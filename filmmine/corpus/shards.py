@@ -17,7 +17,6 @@ import hashlib
 import io
 import re
 import tarfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,37 +101,9 @@ class StagingWriter:
             self._tw.tarstream.close()
 
 
+# the names a shard's members may have, ``KEY.EXT`` (corpus.reader refuses any other)
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 EXT_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-def split_member(name: str) -> tuple[str, str]:
-    """(key, extension) of a shard member; ValueError for anything but ``KEY.ext``.
-
-    Shards may come from elsewhere: no absolute paths, no directories, no ``..``.
-    """
-    key, _, ext = name.partition(".")
-    if not KEY_RE.match(key) or not ext or not EXT_RE.match(ext) or ".." in ext:
-        raise ValueError(f"unexpected tar member {name!r}")
-    return key, ext
-
-
-def read_samples(path: Path) -> Iterator[dict[str, bytes | str]]:
-    """Samples of a tar in order (members grouped by key, as webdataset groups them)."""
-    current: dict[str, bytes | str] = {}
-    with tarfile.open(path, "r") as tf:
-        for m in tf:
-            if not m.isfile():
-                continue
-            key, ext = split_member(m.name)
-            if current and current["__key__"] != key:
-                yield current
-                current = {}
-            current["__key__"] = key
-            f = tf.extractfile(m)
-            current[ext] = f.read() if f else b""
-    if current:
-        yield current
 
 
 @dataclass

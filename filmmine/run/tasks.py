@@ -33,11 +33,16 @@ from .unit import (
     mine_unit,
 )
 
+# the packages a corpus's bytes depend on besides filmmine and ffmpeg, by distribution: the
+# manifest records their versions (versions) and every worker must have the driver's
+# (software_stack)
+PACKAGES = ("numpy", "opencv-contrib-python-headless", "scenedetect", "pyarrow", "webdataset")
 
-def versions() -> dict[str, str]:
-    out = {"python": sys.version.split()[0], "ffmpeg": ffmpeg_version()}
-    for dist in ("numpy", "opencv-contrib-python-headless", "scenedetect", "pyarrow",
-                 "webdataset", "dask", "distributed"):
+
+def installed(dists: tuple[str, ...]) -> dict[str, str]:
+    """The installed version of each distribution, "missing" where there is none."""
+    out = {}
+    for dist in dists:
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -45,18 +50,23 @@ def versions() -> dict[str, str]:
     return out
 
 
+def versions() -> dict[str, str]:
+    """The versions a manifest records: Python, ffmpeg, ``PACKAGES``, Dask."""
+    return {"python": sys.version.split()[0], "ffmpeg": ffmpeg_version(),
+            **installed((*PACKAGES, "dask", "distributed"))}
+
+
 @functools.cache
 def software_stack(torch: bool = False) -> tuple[tuple[str, str], ...]:
     """The versions a task's output bytes depend on besides its input and recipe: filmmine,
-    ffmpeg (decode, probe), numpy, OpenCV (flow, filters), PySceneDetect (shots), zlib (PNG
-    labels), webdataset and pyarrow (shards, tables), and torch for the torch backends.
-    Compared between the driver and every worker that runs a task of the run (a node set
-    up with other versions would give other bytes, silently: shards no longer the same on
-    every run). Python and Dask themselves are left to Dask, which checks them."""
+    ffmpeg (decode, probe), ``PACKAGES`` (numpy; OpenCV: flow, filters; PySceneDetect: shots;
+    webdataset and pyarrow: shards, tables), zlib (PNG labels), and torch for the torch
+    backends. Compared between the driver and every worker that runs a task of the run (a
+    node set up with other versions would give other bytes, silently: shards no longer the
+    same on every run). Python and Dask themselves are left to Dask, which checks them."""
     import zlib
 
     import cv2
-    import numpy as np
 
     from .. import __version__
 
@@ -66,13 +76,9 @@ def software_stack(torch: bool = False) -> tuple[tuple[str, str], ...]:
     for f in sorted(pkg.rglob("*.py")):
         src.update(f.relative_to(pkg).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     stack = {"filmmine": f"{__version__}+{src.hexdigest()[:12]}", "ffmpeg": ffmpeg_version(),
-             "numpy": np.__version__, "opencv": cv2.__version__,
-             "zlib": zlib.ZLIB_RUNTIME_VERSION}
-    for dist in ("scenedetect", "webdataset", "pyarrow", *(("torch",) if torch else ())):
-        try:
-            stack[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            stack[dist] = "missing"
+             # the OpenCV imported, whichever distribution installed it
+             "opencv": cv2.__version__, "zlib": zlib.ZLIB_RUNTIME_VERSION,
+             **installed((*PACKAGES, *(("torch",) if torch else ())))}
     return tuple(sorted(stack.items()))
 
 

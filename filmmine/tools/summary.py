@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from ..corpus.schema import FRAMES_SCHEMA, SAMPLES_SCHEMA
+from ..corpus.reader import read_manifest, read_table
 from ..errors import FilmmineError
 from ..stages import disparity, filters
 
@@ -53,34 +52,6 @@ def _rows_of(tbl: pa.Table, film: str) -> pa.Table:
     return tbl.filter(pc.equal(tbl["film"], film))
 
 
-def read_table(path: Path, schema: pa.Schema) -> pa.Table:
-    if not path.is_file():
-        raise FilmmineError(f"{path.name} missing in {path.parent}")
-    try:
-        return pq.read_table(path).cast(schema)
-    except (OSError, pa.ArrowException, ValueError) as e:
-        raise FilmmineError(f"{path.name} unreadable: {str(e).splitlines()[0]}") from e
-
-
-def read_manifest(path: str | Path) -> dict:
-    """manifest.json of a corpus; FilmmineError with one line when it is not a corpus."""
-    path = Path(path)
-    mf = path / "manifest.json"
-    if not path.is_dir():
-        raise FilmmineError(f"no such corpus directory: {path}")
-    if not mf.is_file():
-        raise FilmmineError(f"not a filmmine corpus (no manifest.json): {path}; an extract "
-                            "writes it last, so rerun an interrupted extract to finish it")
-    try:
-        man = json.loads(mf.read_text())
-    except (OSError, ValueError) as e:
-        raise FilmmineError(f"manifest.json unreadable: {e}") from e
-    if not isinstance(man, dict):
-        raise FilmmineError(f"manifest.json unreadable: a JSON {type(man).__name__}, not an "
-                            "object")
-    return man
-
-
 def load_corpus(path: str | Path) -> Corpus:
     path = Path(path)
     man = read_manifest(path)
@@ -96,8 +67,8 @@ def load_corpus(path: str | Path) -> Corpus:
                 records[f] = rec
             else:  # summarize warns; the counts still come from the tables
                 unreadable.add(f)
-    return Corpus(path, man, records, read_table(path / "samples.parquet", SAMPLES_SCHEMA),
-                  read_table(path / "frames.parquet", FRAMES_SCHEMA), unreadable)
+    return Corpus(path, man, records, read_table(path, "samples"), read_table(path, "frames"),
+                  unreadable)
 
 
 def quantiles(values, qs=QUANTILES) -> list[float] | None:

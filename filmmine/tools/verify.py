@@ -1,54 +1,33 @@
 """Check a corpus against its manifest: every shard hashed, read and decoded, counts agreed.
 
-Each shard is read once, as a stream: the bytes go through sha256 while ``tarfile`` parses them
-(``r|`` mode), so a shard is never held in memory and never read twice. Shards are checked in
-parallel worker processes. Per sample: safe member names, the three members, JSON that parses
-and names the right key and film, a JPEG that decodes, a uint16 disparity PNG whose valid
-fraction is the JSON's ``valid_fraction``, both of the JSON's ``size``; the optional
-``KEY.conf.png`` (in every sample when the manifest's recipe has ``output.confidence = true``,
-in none when false): a uint8 PNG of the disparity's size, 0 exactly where the disparity is
-invalid. Then the counts: per shard (manifest, ``samples.parquet``'s ``shard`` column, the
-tar), and in total (accepted rows of ``frames.parquet``).
-
-A member of a name verify does not know (``KEY.extra.bin``) is no error: CORPUS.md tells readers
-to ignore members they do not know, so that the format can grow. Its name must still be safe
-and belong to a sample; it is counted, reported as a note, and neither read nor decoded.
+Shards are checked in parallel worker processes, each by :func:`.verify_shard.check_shard`
+(hash, members, decoded images). Then the counts: per shard (manifest, ``samples.parquet``'s
+``shard`` column, the tar), and in total (accepted rows of ``frames.parquet``); the film
+records and the manifest's totals against the shards.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import multiprocessing
 import os
-import re
-import sys
-import tarfile
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from ..corpus.assemble import VERIFY_FAILED
 from ..corpus.atomic import write_bytes
-from ..corpus.schema import FRAMES_SCHEMA, SAMPLES_SCHEMA
-from ..corpus.shards import KEY_RE, MEMBERS, OPTIONAL_MEMBERS
+from ..corpus.reader import is_shard_name, read_manifest, read_table, shard_path
 from ..errors import FilmmineError
-from .summary import human_bytes, read_manifest, read_table
+from .summary import human_bytes
+from .verify_shard import check_shard
 
-KNOWN_MEMBERS = MEMBERS + OPTIONAL_MEMBERS
-SHARD_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+-[0-9]{5}\.tar$")
-# valid_fraction is stored rounded to 6 decimals: 1e-5 still catches a few changed pixels
-VALID_FRACTION_TOL = 1e-5
 MAX_PROBLEMS_PER_SHARD = 20
-READ_BLOCK = 1 << 20
 PARALLEL_MIN_BYTES = 64 << 20
 # a shard entry's fields besides its name (manifest.schema.json: all required)
 SHARD_FIELDS = {"film": str, "samples": int, "bytes": int, "sha256": str}
@@ -62,24 +41,6 @@ class Problem:
 
     def line(self) -> str:
         return f"{self.kind.upper():9s}{self.where}: {self.message}"
-
-
-@dataclass
-class ShardCheck:
-    """What one shard turned out to hold (filled in by :func:`check_shard`)."""
-
-    name: str
-    exists: bool = True
-    bytes: int = 0
-    sha256: str | None = None
-    keys: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)   # messages about this shard
-    kinds: set[str] = field(default_factory=set)
-    unknown: Counter[str] = field(default_factory=Counter)  # members verify does not know, by ext
-
-    def add(self, kind: str, message: str) -> None:
-        self.kinds.add(kind)
-        self.problems.append(message)
 
 
 @dataclass
@@ -131,250 +92,6 @@ class VerifyReport:
                 "notes": [p.__dict__ for p in self.notes]}
 
 
-class _HashingReader:
-    """A file wrapper that hashes and counts every byte read through it."""
-
-    def __init__(self, f) -> None:
-        self.f = f
-        self.h = hashlib.sha256()
-        self.n = 0
-
-    def read(self, size: int = -1) -> bytes:
-        b = self.f.read(size)
-        self.h.update(b)
-        self.n += len(b)
-        return b
-
-    def drain(self) -> None:
-        while self.read(READ_BLOCK):
-            pass
-
-
-class _DecoderMessages:
-    """Captures what libjpeg / libpng write to fd 2 while decoding (a corrupt-data warning).
-
-    So a damaged image is reported against its sample instead of as stray lines on stderr.
-    Redirects this process's fd 2 for the duration of one decode call.
-    """
-
-    text = ""
-
-    def __enter__(self) -> _DecoderMessages:
-        sys.stderr.flush()
-        self._tmp = tempfile.TemporaryFile()
-        self._saved = os.dup(2)
-        os.dup2(self._tmp.fileno(), 2)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        os.dup2(self._saved, 2)
-        os.close(self._saved)
-        self._tmp.seek(0)
-        self.text = self._tmp.read().decode(errors="replace").strip()
-        self._tmp.close()
-
-
-def member_problem(name: str) -> str | None:
-    """Why a tar member name is unsafe or malformed (None when it is a sample member ``KEY.EXT``,
-    known or not: readers ignore members they do not know, see :func:`is_known_member`)."""
-    if name.startswith("/") or "\\" in name:
-        return "absolute or Windows path"
-    if ".." in name.split("/") or name.startswith(".."):
-        return "'..' in path"
-    if "/" in name:
-        return "member in a subdirectory"
-    key, _, ext = name.partition(".")
-    if not KEY_RE.match(key):
-        return "key is not [A-Za-z0-9_-]+"
-    if not ext:
-        return "no extension"
-    return None
-
-
-def is_known_member(name: str) -> bool:
-    """Whether a (safe) member name is one of the format's: ``KEY.jpg``, ``KEY.disp.png``..."""
-    return name.partition(".")[2] in KNOWN_MEMBERS
-
-
-def _iter_samples(tf: tarfile.TarFile, check: ShardCheck) -> Iterator[tuple[str, dict]]:
-    """(key, {ext: bytes}) per sample, from a streaming tar; member problems go to ``check``.
-    A member of an unknown name is counted in ``check.unknown`` and kept unread (``b""``)."""
-    current: dict[str, bytes] = {}
-    key = None
-    seen: set[str] = set()
-    for m in tf:
-        why = member_problem(m.name)
-        if why is None and not m.isfile():
-            why = "not a regular file"
-        if why is not None:
-            check.add("corrupt", f"member {m.name!r}: {why}")
-            continue
-        k, _, ext = m.name.partition(".")
-        if k != key:
-            if key is not None:
-                yield key, current
-            if k in seen:
-                check.add("corrupt", f"sample {k}: members not contiguous")
-            seen.add(k)
-            key, current = k, {}
-        if ext in current:
-            check.add("corrupt", f"sample {k}: duplicate member .{ext}")
-        if not is_known_member(m.name):
-            check.unknown[ext] += 1
-            current[ext] = b""  # not read: the stream skips it (and hashes it)
-            continue
-        f = tf.extractfile(m)
-        current[ext] = f.read() if f is not None else b""
-    if key is not None:
-        yield key, current
-
-
-def _imdecode(data: bytes, flags: int) -> np.ndarray | None:
-    """cv2.imdecode, None also where OpenCV raises instead (an empty member, a header past
-    its pixel limit): the sample is then reported as not decoding."""
-    if not data:
-        return None
-    try:
-        return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    except cv2.error:
-        return None
-
-
-def check_sample(key: str, members: dict[str, bytes], film: str | None,
-                 decode: bool = True, confidence: bool | None = None) -> list[str]:
-    """Problems of one sample (empty when it is sound). ``confidence``: whether the corpus's
-    recipe stores ``KEY.conf.png`` (None: unknown, the member is optional)."""
-    missing = [e for e in MEMBERS if e not in members]
-    if confidence and "conf.png" not in members:
-        missing.append("conf.png")
-    if missing:
-        dotted = sorted(e for e in members if e not in KNOWN_MEMBERS
-                        and any(e.endswith("." + m) for m in KNOWN_MEMBERS))
-        hint = (f" (members {_some_exts(dotted)}: a dot in the key? WebDataset splits member "
-                "names at the first dot)") if dotted else ""
-        return [f"sample {key}: missing member(s) {', '.join('.' + e for e in missing)}{hint}"]
-    try:
-        meta = json.loads(members["json"])
-    except ValueError as e:
-        return [f"sample {key}: JSON does not parse ({e})"]
-    if not isinstance(meta, dict):
-        return [f"sample {key}: JSON is not an object"]
-    out = []
-    if confidence is False and "conf.png" in members:
-        out.append(f"sample {key}: has a .conf.png member, but the recipe says "
-                   "output.confidence = false")
-    if meta.get("key") != key:
-        out.append(f"sample {key}: JSON key is {meta.get('key')!r}")
-    if film is not None and meta.get("film") != film:
-        out.append(f"sample {key}: JSON film is {meta.get('film')!r}, shard is {film!r}")
-    if not decode:
-        return out
-    size = meta.get("size")
-    want = (size[1], size[0]) if isinstance(size, list) and len(size) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size) else None
-    if want is None:  # the images cannot be checked against it
-        out.append(f"sample {key}: JSON size is {size!r}, not [w, h]")
-    with _DecoderMessages() as jpeg_msgs:
-        img = _imdecode(members["jpg"], cv2.IMREAD_COLOR)
-    with _DecoderMessages() as png_msgs:
-        q = _imdecode(members["disp.png"], cv2.IMREAD_UNCHANGED)
-    decoded_members = [("JPEG", jpeg_msgs, img), ("disparity PNG", png_msgs, q)]
-    conf = None
-    if "conf.png" in members:
-        with _DecoderMessages() as conf_msgs:
-            conf = _imdecode(members["conf.png"], cv2.IMREAD_UNCHANGED)
-        decoded_members.append(("confidence PNG", conf_msgs, conf))
-    for what, msgs, decoded in decoded_members:
-        said = f": {msgs.text.splitlines()[0]}" if msgs.text else ""
-        if decoded is None:
-            out.append(f"sample {key}: {what} does not decode{said}")
-        elif said:
-            out.append(f"sample {key}: {what} decoder{said}")
-    if img is not None and want is not None and img.shape[:2] != want:
-        out.append(f"sample {key}: JPEG is {img.shape[1]}x{img.shape[0]}, JSON size {size}")
-    if q is None:
-        return out
-    if q.dtype != np.uint16 or q.ndim != 2:
-        out.append(f"sample {key}: disparity PNG is {q.dtype} with {q.ndim} dims, not uint16 "
-                   "single-channel")
-        return out
-    if want is not None and q.shape != want:
-        out.append(f"sample {key}: disparity is {q.shape[1]}x{q.shape[0]}, JSON size {size}")
-    vf = float(np.count_nonzero(q)) / q.size
-    stored = meta.get("valid_fraction")
-    if not isinstance(stored, (int, float)) or not abs(vf - stored) <= VALID_FRACTION_TOL:
-        out.append(f"sample {key}: disparity PNG valid fraction {vf:.6f}, JSON says {stored}")
-    if conf is not None:
-        out.extend(_confidence_problems(key, conf, q))
-    return out
-
-
-def _some_exts(exts: list[str], k: int = 3) -> str:
-    more = f" (+{len(exts) - k})" if len(exts) > k else ""
-    return ", ".join("." + e for e in exts[:k]) + more
-
-
-def _confidence_problems(key: str, conf: np.ndarray, q: np.ndarray) -> list[str]:
-    """``KEY.conf.png`` (decoded) against the disparity's values ``q`` (0 = invalid)."""
-    if conf.dtype != np.uint8 or conf.ndim != 2:
-        return [f"sample {key}: confidence PNG is {conf.dtype} with {conf.ndim} dims, not uint8 "
-                "single-channel"]
-    if conf.shape != q.shape:
-        return [f"sample {key}: confidence map is {conf.shape[1]}x{conf.shape[0]}, disparity "
-                f"{q.shape[1]}x{q.shape[0]}"]
-    out = []
-    invalid = q == 0
-    n_bad = int(np.count_nonzero(conf[invalid]))
-    if n_bad:
-        out.append(f"sample {key}: confidence is nonzero at {n_bad} pixel(s) where the "
-                   "disparity is invalid")
-    n_zero = int(np.count_nonzero(conf[~invalid] == 0))
-    if n_zero:
-        out.append(f"sample {key}: confidence is 0 at {n_zero} pixel(s) where the disparity "
-                   "is valid")
-    return out
-
-
-def check_shard(path: str, expected_sha256: str | None, expected_bytes: int | None,
-                film: str | None, decode: bool = True,
-                confidence: bool | None = None) -> ShardCheck:
-    """Hash, stream-read and (optionally) decode one shard. Runs in a worker process.
-    ``confidence``: see :func:`check_sample`."""
-    p = Path(path)
-    check = ShardCheck(p.name)
-    try:
-        f = p.open("rb")
-    except FileNotFoundError:
-        check.exists = False
-        check.add("missing", "shard file not found")
-        return check
-    except OSError as e:
-        check.add("corrupt", f"unreadable: {e.strerror}")
-        return check
-    with f:
-        reader = _HashingReader(f)
-        try:
-            with tarfile.open(fileobj=reader, mode="r|", bufsize=READ_BLOCK) as tf:
-                for key, members in _iter_samples(tf, check):
-                    check.keys.append(key)
-                    for msg in check_sample(key, members, film, decode, confidence):
-                        check.add("corrupt", msg)
-        except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-            after = f" after sample {check.keys[-1]}" if check.keys else ""
-            check.add("corrupt", f"tar unreadable{after}: {e}")
-        reader.drain()
-    check.bytes, check.sha256 = reader.n, reader.h.hexdigest()
-    if expected_bytes is not None and check.bytes != expected_bytes:
-        what = "truncated" if check.bytes < expected_bytes else "size differs"
-        check.problems.insert(0, f"{what}: {check.bytes} bytes, manifest says {expected_bytes}")
-        check.kinds.add("corrupt")
-    if expected_sha256 is not None and check.sha256 != expected_sha256:
-        check.problems.insert(0, f"sha256 {check.sha256[:16]}... differs from the manifest's "
-                                 f"{expected_sha256[:16]}...")
-        check.kinds.add("corrupt")
-    return check
-
-
 def _worker_init() -> None:
     cv2.setNumThreads(1)  # one worker process per core already
 
@@ -410,16 +127,16 @@ def verify_corpus(corpus: str | Path, *, workers: int | None = None,
     listed = []
     entries = _manifest_field(man, "shards", list, [], problems)
     for s in entries:
-        if isinstance(s, dict) and SHARD_NAME_RE.match(str(s.get("name", ""))):
+        if isinstance(s, dict) and is_shard_name(s.get("name")):
             listed.append(_shard_entry(s, problems))
         else:  # never open a path a manifest made up (../../x)
             name = s.get("name") if isinstance(s, dict) else s
             problems.append(Problem("manifest.json", "mismatch",
                                     f"shard entry {name!r} is not a shard name"))
     tables = {}
-    for name, schema in (("samples", SAMPLES_SCHEMA), ("frames", FRAMES_SCHEMA)):
+    for name in ("samples", "frames"):
         try:
-            tables[name] = read_table(root / f"{name}.parquet", schema)
+            tables[name] = read_table(root, name)
         except FilmmineError as e:
             problems.append(Problem(f"{name}.parquet", "table", str(e)))
     keys_by_shard: dict[str, list[str]] = {}
@@ -434,7 +151,7 @@ def verify_corpus(corpus: str | Path, *, workers: int | None = None,
         workers = default_workers() if total >= PARALLEL_MIN_BYTES else 1
     n = max(1, min(workers, len(listed) or 1))
     confidence = stores_confidence(man)
-    jobs = {s["name"]: (str(root / "shards" / s["name"]), s.get("sha256"), s.get("bytes"),
+    jobs = {s["name"]: (str(shard_path(root, s["name"])), s.get("sha256"), s.get("bytes"),
                         s.get("film"), decode, confidence) for s in listed}
     if n == 1:
         checks = {name: check_shard(*job) for name, job in jobs.items()}
