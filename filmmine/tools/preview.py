@@ -15,7 +15,6 @@ shows, ``preview_tiles`` draws the tiles and the contact sheet, ``preview_html``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -25,20 +24,8 @@ from ..errors import FilmmineError
 from ..media.layout import view_size
 from .preview_data import load_rejected, load_samples, select_rejected, select_samples
 from .preview_html import report_html
-from .preview_tiles import Placement, Tile, compose_sheet, rejected_tile, sample_tile
-from .summary import Corpus, CorpusSummary, human_bytes, load_corpus, summarize
-
-
-@dataclass
-class Preview:
-    """What a preview shows: tiles (samples or rejected frames) and the corpus summary."""
-
-    corpus: Corpus
-    summary: CorpusSummary
-    samples_total: int
-    rejected_total: int
-    sample_tiles: list[Tile]
-    rejected_tiles: list[Tile]
+from .preview_tiles import Placement, Preview, Tile, compose_sheet, rejected_tile, sample_tile
+from .summary import human_bytes, load_corpus, summarize
 
 
 def build_preview(corpus_dir: str | Path, *, n: int = 24, film: str | None = None,

@@ -15,7 +15,7 @@ from .. import __version__
 from .summary import REASON_ORDER, STAGE_OF, STAGES, hms, human_bytes
 
 if TYPE_CHECKING:
-    from .preview import Preview
+    from .preview_tiles import Preview
 
 
 # ------------------------------------------------------------------------------------------

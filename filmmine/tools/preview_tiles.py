@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from .preview_data import Rejected, Sample
-from .summary import STAGE_OF
+from .summary import STAGE_OF, Corpus, CorpusSummary
 
 COLORMAP = cv2.COLORMAP_TURBO
 INVALID_BGR = (255, 0, 255)       # magenta: not a TURBO colour, so invalid pixels stand out
@@ -291,3 +291,15 @@ def compose_sheet(tiles: list[Tile], title: str, subtitle: str, legend: bool,
             placements.append(Placement(t, x, y))
         y += h + PAD
     return sheet, placements
+
+
+@dataclass
+class Preview:
+    """What a preview shows: tiles (samples or rejected frames) and the corpus summary."""
+
+    corpus: Corpus
+    summary: CorpusSummary
+    samples_total: int
+    rejected_total: int
+    sample_tiles: list[Tile]
+    rejected_tiles: list[Tile]
