@@ -6,8 +6,8 @@ Tar headers carry fixed mtime/owner so the same samples give the same bytes.
 
 The tars are written with the standard library's ``tarfile``, member for member as
 ``webdataset.TarWriter`` writes them (a test compares the bytes), and read back by webdataset:
-importing ``webdataset`` imports torch, 470 MiB of resident memory and 1.5 s in every
-extraction worker that needs neither.
+importing ``webdataset`` imports torch, hundreds of MiB and seconds in every extraction worker
+that needs neither.
 """
 
 from __future__ import annotations

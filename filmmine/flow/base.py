@@ -30,8 +30,8 @@ GPU_SHARE_ENV = "FILMMINE_GPU_SHARE"
 class StereoFlows:
     """Both flow directions of a batch of same-size stereo pairs, on the backend's device:
     numpy arrays from the OpenCV (CPU) backends, so that extraction with them never imports
-    torch (470 MiB of resident memory and 1.5 s a worker process), torch tensors from the
-    torch backends."""
+    torch (hundreds of MiB and seconds in every worker), torch tensors from the torch
+    backends."""
 
     lr: Batch                              # [B, 2, H, W] float32 px, left -> right (u, v)
     rl: Batch                              # [B, 2, H, W] float32 px, right -> left

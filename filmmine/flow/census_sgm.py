@@ -122,8 +122,8 @@ class CensusSgmFlow(FlowBackend):
         cost_l = ops.cost_volume(code_l, code_r_rows, dmin, labels, self.bits, self.dtype,
                              grad_l, grad_r_rows, self.grad_weight)
         # the right view's own volume (sheared, not recomputed), filtered and aggregated
-        # independently: measured, taking the right disparity from the left's aggregated
-        # volume instead is 1.6x faster but costs 0.7 points of bad-2px on the real pairs
+        # independently: taking the right disparity from the left's aggregated volume is
+        # faster but less accurate on the real pairs
         cost = torch.cat([cost_l, ops.shear_to_right(cost_l, dmin)])        # [2B, D, H, W]
         del cost_l
         grey = torch.cat([left, right])
@@ -273,8 +273,8 @@ class CensusSgmFlow(FlowBackend):
         return list(f.permute(0, 2, 3, 1).float().cpu().numpy())
 
 
-# peak device memory per pixel-label of a chunk, measured on an H100 (960x540, batch 32,
-# fp16 volumes: 23.5 GiB); the chunks may take half of the GPU's memory
+# peak device memory per pixel-label of a chunk (fp16 volumes, measured on a GPU: RESULTS.md);
+# the chunks may take half of the GPU's memory
 _BYTES_PER_PIXEL_LABEL = 12
 
 
