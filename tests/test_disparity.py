@@ -29,7 +29,7 @@ from filmmine.stages.disparity import (
     rescale_flow,
     work_size,
 )
-from filmmine.tools.bench_disparity import read_pfm
+from filmmine.tools.bench_data import read_pfm
 
 IMPERFECT = SHARED / "middlebury2014_motorcycle_imperfect"
 CONES = SHARED / "middlebury2003_cones"
