@@ -108,6 +108,13 @@ RANGES: dict[tuple[str, str], tuple[float, float, bool]] = {
     ("disparity", "max_rotation_deg"): (0, 90, True),
     ("disparity", "min_matches"): (4, float("inf"), True),
     ("disparity", "batch"): (0, float("inf"), True),
+    ("spherical", "view_size"): (16, 8192, True),
+    ("spherical", "fov_deg"): (0, 150, False),
+    ("spherical", "yaw_step_deg"): (0, 360, False),
+    ("spherical", "pitch_step_deg"): (0, 90, False),
+    ("spherical", "max_pitch_deg"): (0, 80, True),
+    ("spherical", "fisheye_fov_deg"): (0, 360, False),
+    ("spherical", "rectify_width"): (64, float("inf"), True),
     ("output", "max_width"): (16, float("inf"), True),
     ("output", "jpeg_quality"): (1, 100, True),
     ("output", "disp_step_px"): (0, float("inf"), False),
@@ -120,6 +127,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("disparity", "verdict"): ("evidence", "paper"),
     ("disparity", "post_filter"): ("none", "guided"),
     ("disparity", "sgbm_cost"): ("grey", "rank", "auto"),
+    ("spherical", "view_rows"): ("auto", "pinhole", "ods"),
 }
 
 

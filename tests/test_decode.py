@@ -205,7 +205,7 @@ def test_start_past_the_end_is_a_decode_error(films) -> None:
 @pytest.mark.skipif(not CONGO.is_file(), reason="needs the shared 1080p clip")
 def test_decode_timeout_raises() -> None:
     """A decoder running past timeout_s is killed: DecodeError, not a hang or a short film."""
-    p = probe_film("congo", (str(CONGO),), flat_only=False)
+    p = probe_film("congo", (str(CONGO),))
     with pytest.raises(DecodeError, match="timed out"):
         for _ in iter_frames(p, grid_step=1, timeout_s=1e-3):
             pass

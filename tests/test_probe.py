@@ -60,7 +60,7 @@ def test_real_clip_layouts(clip: str, layout: str, frame_size: tuple[int, int]) 
 @needs_shared
 def test_real_360_top_bottom_from_container_metadata() -> None:
     """congo.mp4 carries stereo3d 'top and bottom' side data; no frame is needed to decide."""
-    p = probe_film("congo", (str(CONGO),), flat_only=False)
+    p = probe_film("congo", (str(CONGO),))
     assert p.layout.endswith("tab")
     assert "container" in p.layout_reason
     s = p.streams[0]
@@ -471,21 +471,14 @@ def test_probe_film_indexes_a_variable_frame_rate_film(tmp_path: Path) -> None:
 
 
 @needs_shared
-def test_a_spherical_video_is_skipped_naming_its_projection(tmp_path) -> None:
-    """congo.mp4 (360 degree equirectangular, top-bottom): probe_film says it is a spherical
-    video and which projection; extract skips it in one line (exit 0) and mines nothing."""
-    from filmmine.errors import SkippedInput, SphericalInput
-    from filmmine.run.extract import extract
-
-    with pytest.raises(SphericalInput) as e:
-        probe_film("congo", (str(CONGO),))
-    assert isinstance(e.value, SkippedInput)
-    assert str(e.value).startswith("spherical video (equirectangular projection, spherical "
-                                   "side data): ")
-    report = extract([str(CONGO)], tmp_path / "out", workers=1, progress=False)
-    [got] = report.inputs
-    assert (got.status, got.reason) == ("skipped", str(e.value))
-    assert report.exit_code == 0 and not report.records
+def test_a_spherical_video_is_probed_with_its_projection() -> None:
+    """congo.mp4 (360 degree equirectangular, top-bottom): probe_film says it is spherical,
+    which projection and from where; a flat film's probe record has no projection."""
+    p = probe_film("congo", (str(CONGO),))
+    assert (p.projection, p.projection_from) == ("equirect", "spherical side data")
+    assert p.to_json()["projection"] == "equirect"
+    flat = probe_film("c", (str(CONGO),), projection="flat")
+    assert flat.projection == "flat" and "projection" not in flat.to_json()
 
 
 VR = SHARED / "vr_spherical"
@@ -495,7 +488,7 @@ VR = SHARED / "vr_spherical"
 def test_the_projection_comes_from_the_sv3d_box_or_is_given_by_hand() -> None:
     """sphericalv2.mp4 is a Spherical Video V2 *mesh* (its sv3d box), though ffprobe 5.1
     reports its older XML's "equirectangular": skipped as a projection filmmine cannot
-    reproject. iceland0.ts carries no side data: mined as flat unless --projection says it is
+    reproject. iceland0.ts carries no side data: flat unless --projection says it is
     equirectangular. --projection flat mines congo.mp4's panorama as a flat film."""
     from filmmine.errors import SphericalInput
     from filmmine.media.probe import film_projection
@@ -504,9 +497,10 @@ def test_the_projection_comes_from_the_sv3d_box_or_is_given_by_hand() -> None:
     with pytest.raises(SphericalInput, match=r"^spherical video \(mesh projection, sv3d box\): "
                                              "filmmine cannot reproject this projection$"):
         probe_film("s", (str(VR / "sphericalv2.mp4"),))
-    assert probe_film("i", (str(VR / "iceland0.ts"),)).layout == "tab"
-    with pytest.raises(SphericalInput, match=r"equirectangular projection, from --projection"):
-        probe_film("i", (str(VR / "iceland0.ts"),), projection="equirect")
+    assert probe_film("i", (str(VR / "iceland0.ts"),)).projection == "flat"
+    given = probe_film("i", (str(VR / "iceland0.ts"),), projection="equirect")
+    assert (given.layout, given.projection, given.projection_from) == \
+        ("tab", "equirect", "from --projection")
     assert probe_film("c", (str(CONGO),), projection="flat").layout.endswith("tab")
     # pure: given wins; sv3d equirect bounds cropping half the width are VR180
     assert film_projection("fisheye", "equirectangular", None) == ("fisheye", "from --projection")
@@ -521,9 +515,11 @@ def test_the_projection_comes_from_the_sv3d_box_or_is_given_by_hand() -> None:
 
 @needs_shared
 def test_extract_takes_the_projection_given_by_hand(tmp_path) -> None:
+    """iceland0.ts has no side data: --projection equirect mines it as a spherical film."""
     from filmmine.run.extract import extract
 
     report = extract([str(VR / "iceland0.ts")], tmp_path / "out", workers=0, progress=False,
                      projection="equirect")
     [got] = report.inputs
-    assert got.status == "skipped" and "from --projection" in got.reason
+    assert got.status == "ok", report.summary()
+    assert report.records["iceland0"]["probe"]["projection"] == "equirect"

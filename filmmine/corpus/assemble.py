@@ -30,7 +30,14 @@ from ..media.probe import ProbeResult
 from .atomic import write_bytes
 from .encode import dumps
 from .reader import iter_samples
-from .schema import FRAMES_SCHEMA, SAMPLES_SCHEMA, SampleMeta, parquet_bytes, table
+from .schema import (
+    FRAMES_SCHEMA,
+    SAMPLES_SCHEMA,
+    SampleMeta,
+    conform,
+    parquet_bytes,
+    table,
+)
 from .shards import ShardSink, sha256_file
 from .staging import UnitMarker, WorkUnit, unit_paths
 
@@ -217,10 +224,10 @@ def write_corpus_tables(out: Path, films: list[str]) -> None:
     import pyarrow as pa
 
     for name, schema in (("samples", SAMPLES_SCHEMA), ("frames", FRAMES_SCHEMA)):
-        parts = [pq.read_table(p) for f in films
+        parts = [conform(pq.read_table(p), schema) for f in films
                  if (p := out / "films" / f"{f}.{name}.parquet").is_file()]
         tbl = pa.concat_tables(parts) if parts else schema.empty_table()
-        write_bytes(out / f"{name}.parquet", parquet_bytes(tbl.cast(schema)))
+        write_bytes(out / f"{name}.parquet", parquet_bytes(tbl))
 
 
 def manifest(recipe: dict, digest: str, inputs: list[dict], records: dict[str, dict],

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import FilmmineError
-from .schema import FRAMES_SCHEMA, SAMPLES_SCHEMA
+from .schema import FRAMES_SCHEMA, SAMPLES_SCHEMA, conform
 from .shards import EXT_RE, KEY_RE, MEMBERS, OPTIONAL_MEMBERS
 
 KNOWN_MEMBERS = MEMBERS + OPTIONAL_MEMBERS
@@ -63,14 +63,15 @@ def read_manifest(corpus: str | Path) -> dict:
 
 
 def read_table(corpus: str | Path, name: str) -> pa.Table:
-    """``samples`` or ``frames`` (``NAME.parquet``), cast to its schema; FilmmineError with one
-    line when it is missing or unreadable."""
+    """``samples`` or ``frames`` (``NAME.parquet``) with its schema's columns (one a corpus of
+    an earlier version lacks is null); FilmmineError with one line when it is missing or
+    unreadable."""
     schema = TABLES[name]
     path = Path(corpus) / f"{name}.parquet"
     if not path.is_file():
         raise FilmmineError(f"{path.name} missing in {path.parent}")
     try:
-        return pq.read_table(path).cast(schema)
+        return conform(pq.read_table(path), schema)
     except (OSError, pa.ArrowException, ValueError) as e:
         raise FilmmineError(f"{path.name} unreadable: {str(e).splitlines()[0]}") from e
 

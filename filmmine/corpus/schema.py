@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..media.layout import LAYOUTS
+from ..stages.projection import PROJECTIONS
 
 # (name, type, description): the description goes into the Parquet schema's field metadata
 # (``description``), so that a reader of the file alone (DuckDB, pandas, pyarrow) sees it
@@ -104,6 +105,38 @@ class StereoRig:
     disparity_adjustment: float | None = field(metadata=_meta(_NUMBER_OR_NULL))
 
 
+@dataclass(frozen=True, kw_only=True)
+class EyeRotationRecord:
+    """The right eye's rotation against the left's, fitted on the frame and undone in its views
+    (``filmmine.stages.projection.eye_rotation``)."""
+
+    pitch_deg: float = field(metadata=_meta({"type": "number"}))
+    roll_deg: float = field(metadata=_meta({"type": "number"}))
+    matches: int = field(metadata=_meta({"type": "integer", "minimum": 0}))
+    inliers: int = field(metadata=_meta({"type": "integer", "minimum": 0}))
+    residual_deg: float = field(metadata=_meta({"type": "number", "minimum": 0}))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ViewRecord:
+    """Spherical films only: the pinhole view of both eyes the sample is (its image and
+    disparity are the view's, ``focal_px`` its focal length in px)."""
+
+    tag: str = field(metadata=_meta(
+        {"type": "string", "pattern": "^y[0-9]{3}p-?[0-9]{2,3}$"},
+        _col("view", pa.string(), "spherical films: the pinhole view (yaw, pitch) the sample "
+             "was cut from, e.g. y060p000; null for flat films")))
+    projection: str = field(metadata=_meta({"enum": list(PROJECTIONS)}))
+    yaw_deg: float = field(metadata=_meta({"type": "number"}))
+    pitch_deg: float = field(metadata=_meta({"type": "number"}))
+    fov_deg: float = field(metadata=_meta({"type": "number", "exclusiveMinimum": 0}))
+    focal_px: float = field(metadata=_meta({"type": "number", "exclusiveMinimum": 0}))
+    eye_rotation: EyeRotationRecord | None = field(metadata=_meta(
+        {"type": ["object", "null"],
+         "description": "null: not fitted (too few confident matches, or rectify off)"},
+        record=EyeRotationRecord))
+
+
 DISPARITY_MEANING = "d = x_left - x_right in px of the stored image, up to scale and shift"
 
 
@@ -175,6 +208,8 @@ class SampleMeta:
         {"description": "spatial video (layout mv-hevc) only: depth in metres = focal_px * "
          "baseline_mm / 1000 / d (d in px of the stored image; CORPUS.md)"}, required=False,
         record=StereoRig))
+    view: ViewRecord | None = field(default=None, metadata=_meta({}, required=False,
+                                                                 record=ViewRecord))
 
     def to_json(self) -> dict:
         """The ``KEY.json`` member's object (absent groups left out, tuples as lists)."""
@@ -309,6 +344,8 @@ FRAMES_COLUMNS = [
     ("vertical_field_exceed_fraction", pa.float64(), "share of the frame where the field "
      "exceeds disparity.vertical_max_px"),
     ("vertical_field_abs_p95_px", pa.float64(), "95th percentile of |field| over the frame, px"),
+    ("view", pa.string(), "spherical films: the pinhole view (yaw, pitch) of the row, e.g. "
+     "y060p000; null for flat films"),
 ]
 
 
@@ -333,6 +370,14 @@ def table(rows: Iterable[dict], schema: pa.Schema) -> pa.Table:
     rows = list(rows)
     cols = {f.name: [_clean(r.get(f.name)) for r in rows] for f in schema}
     return pa.table(cols, schema=schema)
+
+
+def conform(tbl: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``tbl`` with ``schema``'s columns in its order: a column a film's table lacks (written
+    by a version before the column was added) is null."""
+    cols = [tbl[f.name].cast(f.type) if f.name in tbl.column_names
+            else pa.nulls(tbl.num_rows, f.type) for f in schema]
+    return pa.Table.from_arrays(cols, schema=schema)
 
 
 def parquet_bytes(tbl: pa.Table) -> bytes:

@@ -39,6 +39,16 @@ def view_size(frame_w: int, frame_h: int, layout: str) -> tuple[int, int]:
     raise ValueError(f"unknown layout {layout!r}")
 
 
+def eye_size(frame_w: int, frame_h: int, layout: str) -> tuple[int, int]:
+    """Size (w, h) of one eye as the file stores it (``split_views``: half formats squeezed),
+    what a spherical projection is cut from."""
+    if is_side_by_side(layout):
+        return frame_w // 2, frame_h
+    if layout in ("tab", "half-tab"):
+        return frame_w, frame_h // 2
+    raise ValueError(f"unknown layout {layout!r}")
+
+
 def split_views(frame: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]:
     """Packed frame [H, W, C] -> (left, right) as stored in the file (half formats squeezed)."""
     h, w = frame.shape[:2]

@@ -60,6 +60,10 @@ class ProbeResult:
     # spatial video (mv-hevc): the container's stereo metadata (filmmine.media.spatial) and the
     # ffmpeg that decodes both views
     stereo: dict | None = None
+    # what the eyes are: flat, or a spherical projection cut into pinhole views
+    # (filmmine.stages.projection), and where that comes from
+    projection: str = "flat"
+    projection_from: str = ""
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -70,6 +74,8 @@ class ProbeResult:
             d["given_cuts"] = list(self.given_cuts)
         if self.stereo is None:
             del d["stereo"]       # only spatial video has it
+        if self.projection == "flat":
+            del d["projection"], d["projection_from"]   # a flat film's record as it was
         d["paths"] = list(self.paths)
         d["frame_size"] = list(self.frame_size)
         return d
@@ -210,11 +216,10 @@ def film_projection(requested: str, ffprobe_projection: str | None,
 
 
 def probe_film(name: str, paths: tuple[str, ...], requested: str = "auto",
-               requested_from: str = "--layout", flat_only: bool = True,
-               projection: str = "auto") -> ProbeResult:
-    """Probe one film (one packed file, or separate left and right files). ``flat_only``: a
-    spherical video (by its container, or ``projection`` given by hand) is a SphericalInput,
-    skipped by extract and probe."""
+               requested_from: str = "--layout", projection: str = "auto") -> ProbeResult:
+    """Probe one film (one packed file, or separate left and right files). A spherical video
+    (by its container, or ``projection`` given by hand) of a projection filmmine cannot
+    reproject (a mesh) is a SphericalInput, skipped with its reason."""
     if len(paths) == 2:
         (left, v, fmt), right = probe_stream_entries(paths[0]), probe_stream(paths[1])
         index = _index_of(left, v, fmt)
@@ -235,6 +240,7 @@ def probe_film(name: str, paths: tuple[str, ...], requested: str = "auto",
             n_frames=min(left.n_frames, right.n_frames),
             duration_s=min(left.duration_s, right.duration_s),
             pts=index,  # the right view is paired with the left by time
+            **_given_projection(projection),
         )
     info, v, fmt = probe_stream_entries(paths[0])
     spatial = read_spatial(paths[0]) if info.codec == "hevc" else None
@@ -245,13 +251,7 @@ def probe_film(name: str, paths: tuple[str, ...], requested: str = "auto",
         return _mv_hevc_probe(name, paths[0], info, v, fmt, spatial, requested_from
                               if requested == "mv-hevc" else "")
     kind, where = film_projection(projection, info.spherical, read_sv3d(paths[0]))
-    if flat_only and kind != "flat":
-        # cut as a flat film, an equirectangular panorama got the wrong aspect, a
-        # floating-window crop across its wrap and latitude-dependent disparity
-        if kind in REPROJECTABLE:
-            raise SphericalInput(f"spherical video ({SPHERICAL_NAMES[kind]} projection, "
-                                 f"{where}): filmmine mines flat stereo films; reprojecting "
-                                 "to perspective views is not supported yet")
+    if kind not in ("flat", *REPROJECTABLE):
         raise SphericalInput(f"spherical video ({SPHERICAL_NAMES.get(kind, kind)} projection, "
                              f"{where}): filmmine cannot reproject this projection")
     index = _index_of(info, v, fmt)
@@ -269,8 +269,17 @@ def probe_film(name: str, paths: tuple[str, ...], requested: str = "auto",
     return ProbeResult(
         name=name, paths=paths, streams=(info,), layout=layout, layout_reason=why,
         frame_size=(w, h), fps=info.fps, n_frames=info.n_frames, duration_s=info.duration_s,
-        similarity=sim, pts=index,
+        similarity=sim, pts=index, projection=kind,
+        projection_from=where if kind != "flat" else "",
     )
+
+
+def _given_projection(requested: str) -> dict:
+    """The projection of films whose container is not read for one (separate files): as
+    given by hand, else flat."""
+    if requested in REPROJECTABLE:
+        return {"projection": requested, "projection_from": "from --projection"}
+    return {}
 
 
 def _mv_hevc_probe(name: str, path: str, info: StreamInfo, v: dict, fmt: dict,

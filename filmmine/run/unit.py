@@ -27,22 +27,25 @@ from ..corpus.encode import dumps, encode_confidence, encode_disparity, encode_j
 from ..corpus.schema import (
     Alignment,
     DisparityPercentiles,
+    EyeRotationRecord,
     SampleMeta,
     StereoRig,
     VerticalStats,
+    ViewRecord,
 )
 from ..corpus.shards import StagingWriter
 from ..corpus.staging import UnitMarker, WorkUnit, unit_paths
 from ..errors import NoFrameDecoded
 from ..flow import FlowBackend, get_backend
 from ..media.decode import DecodeStats, Frame, iter_frames
-from ..media.layout import views
+from ..media.layout import split_views, views
 from ..media.probe import ProbeResult
 from ..media.spatial import stereo_record
 from ..recipe import recipe_digest
 from ..stages import filters
 from ..stages.crop import detect_crop
 from ..stages.disparity import compute_disparity
+from ..stages.projection import ViewCutter, eye_rotation, spherical_views, view_tag
 from ..stages.sampling import SamplingPlan, sampling_reason
 from ..stages.shots import GivenShots, ShotTracker
 from .plan import unit_context
@@ -57,8 +60,9 @@ def stored_size(crop_w: int, crop_h: int, max_width: int) -> tuple[int, int]:
     return max_width // 2 * 2, max(2, round(crop_h * s / 2) * 2)
 
 
-def sample_key(film: str, frame_index: int) -> str:
-    return f"{film}_{frame_index:08d}"
+def sample_key(film: str, frame_index: int, view: str | None = None) -> str:
+    """``FILM_FRAME``, and ``_VIEW`` for a view of a spherical film (``view_tag``)."""
+    return f"{film}_{frame_index:08d}" + (f"_{view}" if view else "")
 
 
 def prepare_views(full_rgb: np.ndarray, layout: str, recipe: dict):
@@ -101,6 +105,7 @@ class _Waiting:
     grey_right: np.ndarray
     crop: tuple
     view_wh: tuple[int, int]
+    view: ViewRecord | None = None   # a spherical film's: the view the pair was cut as
 
 
 class UnitMiner:
@@ -132,8 +137,15 @@ class UnitMiner:
         self.shadow_from = unit.start - self.plan.lookahead - self.plan.grid_step
         self.pending: deque[Frame] = deque()
         self.taken: dict[int, int] = {}           # shot start -> samples taken from it
-        self.prev_grey: dict[int, np.ndarray] = {}  # shot start -> last candidate's grey view
+        # (shot start, view) -> the last candidate's grey left view; view None: a flat film
+        self.prev_grey: dict[tuple[int, str | None], np.ndarray] = {}
         self.result = UnitMarker(unit)
+        self.cutter: ViewCutter | None = None
+        if probe.projection != "flat":
+            sph = recipe["spherical"]
+            self.cutter = ViewCutter(probe.projection,
+                                     spherical_views(probe.projection, sph),
+                                     sph["fisheye_fov_deg"])
 
     @property
     def backend(self) -> FlowBackend:
@@ -203,23 +215,83 @@ class UnitMiner:
         if not shadow:
             self.taken[start] = self.taken.get(start, 0) + 1
         assert frame.full is not None
+        # the previous candidates of this shot only: a new shot starts afresh
+        self.prev_grey = {k: g for k, g in self.prev_grey.items() if k[0] == start}
+        if self.cutter is not None:
+            self._decide_views(frame.index, frame.full, start, shadow)
+            return
         t0 = time.perf_counter()
         left, right, crop, view_wh = prepare_views(frame.full, self.probe.layout, self.recipe)
-        t0 = self._tick("views", t0)
-        gl, gr = filters.luma(left), filters.luma(right)
-        prev = self.prev_grey.get(start)
-        self.prev_grey = {start: gl}
+        self._tick("views", t0)
+        self._filter(frame.index, start, shadow, left, right, crop, view_wh)
+
+    def _decide_views(self, index: int, full: np.ndarray, start: int, shadow: bool) -> None:
+        """A spherical frame: each eye cut into the recipe's pinhole views, the right eye's
+        with its fitted rotation undone; each view is a candidate of its own."""
+        assert self.cutter is not None
+        t0 = time.perf_counter()
+        left_eye, right_eye = split_views(full, self.probe.layout)   # no aspect to restore
+        fit = None if shadow else self._eye_rotation(left_eye, right_eye)
+        t0 = self._tick("rectify", t0)
+        rotation = fit.rotation() if fit is not None else None
+        size = (left_eye.shape[1], left_eye.shape[0])
+        lp = self.cutter.prepare(left_eye)
+        # a shadow frame only gives each view's previous grey left view
+        rp = None if shadow else self.cutter.prepare(right_eye)
+        for view in self.cutter.views:
+            left = self.cutter.cut(lp, size, view)
+            right = left if rp is None else self.cutter.cut(rp, size, view, rotation)
+            self._tick("views", t0)
+            rec = ViewRecord(
+                tag=view_tag(view), projection=self.probe.projection, yaw_deg=view.yaw_deg,
+                pitch_deg=view.pitch_deg, fov_deg=view.fov_deg,
+                focal_px=round(view.focal_px, 4),
+                eye_rotation=None if fit is None else EyeRotationRecord(
+                    pitch_deg=round(fit.pitch_deg, 4), roll_deg=round(fit.roll_deg, 4),
+                    matches=fit.matches, inliers=fit.inliers,
+                    residual_deg=round(fit.residual_deg, 4)))
+            wh = (view.width, view.height)
+            self._filter(index, start, shadow, left, right, (0, 0, *wh), wh, rec)
+            t0 = time.perf_counter()
+
+    def _eye_rotation(self, left_eye: np.ndarray, right_eye: np.ndarray):
+        """The right eye's fitted rotation against the left's (None: rectify off, or too few
+        confident matches), on eyes no wider than ``rectify_width``."""
+        sph = self.recipe["spherical"]
+        if not sph["rectify"]:
+            return None
+        grey = []
+        for eye in (left_eye, right_eye):
+            g = filters.luma(eye)
+            w = int(sph["rectify_width"])
+            if g.shape[1] > w:
+                g = cv2.resize(g, (w, max(2, round(g.shape[0] * w / g.shape[1]))),
+                               interpolation=cv2.INTER_AREA)
+            grey.append(g)
+        return eye_rotation(grey[0], grey[1], self.probe.projection, sph["fisheye_fov_deg"])
+
+    def _filter(self, index: int, start: int, shadow: bool, left: np.ndarray,
+                right: np.ndarray, crop: tuple, view_wh: tuple[int, int],
+                view: ViewRecord | None = None) -> None:
+        """The filters on one stereo pair; the pair that passes waits for the disparity."""
+        t0 = time.perf_counter()
+        gl = filters.luma(left)
+        key = (start, view.tag if view is not None else None)
+        prev = self.prev_grey.get(key)
+        self.prev_grey[key] = gl
         if shadow:
             return
+        gr = filters.luma(right)
         scores = filters.score_frame(left, right, prev, (gl, gr))
         reason = filters.decide(scores, self.recipe["filters"])
-        t0 = self._tick("filters", t0)
+        self._tick("filters", t0)
+        tag = {} if view is None else {"view": view.tag}
         if reason is not None:
-            self._row(frame.index, "filter", reason, **scores)
+            self._row(index, "filter", reason, **tag, **scores)
             return
         # the row keeps its place in frame order; the disparity stage fills it in
-        row = self._row(frame.index, "disparity", None, **scores)
-        self.waiting.append(_Waiting(frame.index, row, left, gl, gr, crop, view_wh))
+        row = self._row(index, "disparity", None, **tag, **scores)
+        self.waiting.append(_Waiting(index, row, left, gl, gr, crop, view_wh, view))
         if len(self.waiting) >= self.batch:
             self._flush()
 
@@ -240,12 +312,12 @@ class UnitMiner:
             if res.reason is not None:
                 w.row.update(accepted=False, reason=res.reason)
                 continue
-            key = sample_key(self.probe.name, w.frame_index)
+            key = sample_key(self.probe.name, w.frame_index, w.view.tag if w.view else None)
             w.row.update(stage="accepted", key=key)
-            self._stage_sample(key, w.frame_index, w.left, res, w.crop, w.view_wh)
+            self._stage_sample(key, w.frame_index, w.left, res, w.crop, w.view_wh, w.view)
         self._tick("encode_write", t0)
 
-    def _stage_sample(self, key, frame_index, left, res, crop, view_wh) -> None:
+    def _stage_sample(self, key, frame_index, left, res, crop, view_wh, view=None) -> None:
         out = self.recipe["output"]
         png, scale, offset = encode_disparity(res.disparity, out["disp_step_px"])
         h, w = left.shape[:2]
@@ -270,7 +342,8 @@ class UnitMiner:
             consistency_rate=round(st["consistency_rate"], 6),
             alignment=Alignment(**fit) if fit else None,
             stereo=(StereoRig(**stereo_record(self.probe.stereo, view_wh, crop, (w, h)))
-                    if self.probe.stereo is not None else None))
+                    if self.probe.stereo is not None else None),
+            view=view)
         sample = {"__key__": key, "jpg": encode_jpeg(left, out["jpeg_quality"]),
                   "disp.png": png, "json": dumps(meta.to_json())}
         if out["confidence"]:

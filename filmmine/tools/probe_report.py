@@ -20,10 +20,11 @@ from ..errors import FilmmineError, SkippedInput
 from ..media.decode import iter_frames
 from ..media.ffmpeg_bin import find_binary
 from ..media.inputs import resolve_inputs
-from ..media.layout import view_size, views
+from ..media.layout import eye_size, view_size, views
 from ..media.probe import ProbeResult, probe_film
 from ..stages.crop import detect_crop
 from ..stages.filters import luma
+from ..stages.projection import spherical_views, view_tag
 from ..stages.sampling import SamplingPlan
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class FilmProbe:
     letterbox: Letterbox | None = None
     letterbox_note: str | None = None    # why there is no letterbox result
     plan: dict | None = None             # candidates, work units, stored size
+    views: list[dict] | None = None      # spherical films: the pinhole views cut of each eye
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -150,21 +152,33 @@ def probe_inputs(inputs: list[str], recipe: dict, layout: str = "auto",
         fp.probe = probe.to_json()
         vw, vh = view_size(*probe.frame_size, probe.layout)
         fp.view_size = [vw, vh]
+        if probe.projection != "flat":
+            # an eye as stored (no aspect to restore); no letterbox on a sphere
+            fp.view_size = list(eye_size(*probe.frame_size, probe.layout))
+            fp.views = [{"tag": view_tag(v), "yaw_deg": v.yaw_deg, "pitch_deg": v.pitch_deg,
+                         "fov_deg": v.fov_deg, "size": [v.width, v.height],
+                         "focal_px": round(v.focal_px, 2),
+                         "rectify": recipe["spherical"]["rectify"]}
+                        for v in spherical_views(probe.projection, recipe["spherical"])]
+            letterbox_frames = 0
         if letterbox_frames > 0:
             fp.letterbox = detect_letterbox(probe, recipe, letterbox_frames)
             fp.letterbox_note = None if fp.letterbox else "no frame decoded"
         else:
-            fp.letterbox_note = "not looked for (--frames 0)"
+            fp.letterbox_note = ("none looked for: a spherical film is cut into views"
+                                 if fp.views else "not looked for (--frames 0)")
         # imported here, only when a plan is asked for: the pipeline imports every stage
         from ..run.plan import plan_units
         from ..run.unit import stored_size
 
         plan = SamplingPlan.from_recipe(probe.fps, recipe)
         cw, ch = fp.letterbox.extract_crop[2:] if fp.letterbox else (vw, vh)
+        stored = (fp.views[0]["size"] if fp.views
+                  else list(stored_size(cw, ch, recipe["output"]["max_width"])))
         fp.plan = {"candidates": len(range(0, probe.n_frames, plan.grid_step)),
                    "grid_step": plan.grid_step,
                    "work_units": len(plan_units(probe, recipe["decode"]["chunk_s"])),
-                   "stored_size": list(stored_size(cw, ch, recipe["output"]["max_width"]))}
+                   "stored_size": stored}
     return out
 
 
@@ -223,7 +237,20 @@ def format_probe(fp: FilmProbe) -> str:
               if sim else "")
     lines.append(f"  layout: {p['layout']} ({p['layout_reason']}){simtxt}")
     vw, vh = fp.view_size or (0, 0)
-    lines.append(f"  view: {vw}x{vh} (full aspect)")
+    if fp.views:
+        v0 = fp.views[0]
+        yaws = sorted({v["yaw_deg"] for v in fp.views})
+        pitches = sorted({v["pitch_deg"] for v in fp.views})
+        lines.append(f"  projection: {p['projection']} ({p['projection_from']}); each eye "
+                     f"{vw}x{vh}")
+        lines.append(f"  views: {len(fp.views)} pinhole views of {v0['size'][0]}x"
+                     f"{v0['size'][1]}, {v0['fov_deg']:g} deg ({v0['focal_px']} px focal), "
+                     f"yaw {', '.join(f'{y:g}' for y in yaws)}, pitch "
+                     f"{', '.join(f'{q:g}' for q in pitches)} (recipe [spherical]), the same "
+                     "for both eyes" + ("; the right eye's rotation fitted and undone on "
+                                        "each frame" if v0.get("rectify") else ""))
+    else:
+        lines.append(f"  view: {vw}x{vh} (full aspect)")
     lb = fp.letterbox
     if lb is None:
         lines.append(f"  letterbox: {fp.letterbox_note}")
