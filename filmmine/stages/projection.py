@@ -207,8 +207,9 @@ class ViewCutter:
     A view's maps for the left eye are computed once per eye size. The right eye's change
     with its fitted rotation, frame by frame: they are computed exactly every ``GRID`` px and
     interpolated between (the maps are smooth: bilinear between 4 px samples is within a
-    tenth of a pixel), for a fraction of the exact maps' cost. A 360° eye is cut from itself twice side by
-    side (``prepare``), so that a view across its seam needs no wrap of its maps."""
+    tenth of a pixel), for a fraction of the exact maps' cost. A 360° eye is cut from itself
+    twice side by side (``prepare``), so that a view across its seam needs no wrap of its
+    maps."""
 
     GRID = 4
 
