@@ -36,7 +36,7 @@ from filmmine.synth_spherical import view_spec, write_spherical_film
 CONGO = SHARED / "real_360_topbottom" / "congo.mp4"
 needs_shared = pytest.mark.skipif(not CONGO.is_file(), reason=f"no shared data at {SHARED}")
 
-V = 192   # px, the views of the synthetic films
+V = 128   # px, the views of the synthetic films
 
 
 def _recipe(tmp: Path, **spherical) -> Path:
@@ -72,7 +72,7 @@ def film360(tmp_path_factory):
     """A 360° equirectangular top-bottom film whose six views show six flat scenes, mined;
     and two of those scenes as flat films, mined with the same recipe."""
     tmp = tmp_path_factory.mktemp("sph360")
-    spec = synth.FilmSpec(shots=(synth.ShotSpec("textured", 30, seed=5),), view_width=V,
+    spec = synth.FilmSpec(shots=(synth.ShotSpec("textured", 24, seed=5),), view_width=V,
                           view_height=V, seed=7)
     recipe = _recipe(tmp, view_size=V)
     views = spherical_views("equirect", load_recipe(recipe)["spherical"])
@@ -103,8 +103,8 @@ def test_each_view_of_a_360_film_is_as_good_as_the_same_scene_as_a_flat_film(fil
         bad, dens, n = sph[view_tag(v)]
         assert n == n_flat
         assert dens >= 0.9 * dens_flat and bad <= bad_flat + 0.5, (v, sph, flat)
-    for tag, (bad, dens, _n) in sph.items():
-        assert bad <= 1.0 and dens >= 85.0, (tag, bad, dens)
+    for tag, (bad, dens, _n) in sph.items():   # the flat scenes at this size: 0.1-0.7 / 85-89
+        assert bad <= 1.5 and dens >= 80.0, (tag, bad, dens)
 
 
 def test_a_view_sample_records_its_view_and_validates(film360):
@@ -144,7 +144,7 @@ def test_a_vr180_film_mined_as_pinhole_views(tmp_path):
         view_spec(spec, index[m["view"]["tag"]]), m["frame_index"]))
     assert sorted(got) == sorted(index)
     for tag, (bad, dens, _n) in got.items():
-        assert bad <= 1.0 and dens >= 85.0, (tag, bad, dens)
+        assert bad <= 1.5 and dens >= 80.0, (tag, bad, dens)
 
 
 @pytest.mark.parametrize("rows", ["pinhole", "ods"])
@@ -173,11 +173,11 @@ def test_views_of_each_projection_and_their_keys():
 
 
 def _congo_extract(tmp: Path, src: Path, layout: str = "auto", projection: str = "auto",
-                   **spherical) -> tuple[list[dict], Path]:
+                   seconds: float = 3.0, **spherical) -> tuple[list[dict], Path]:
     recipe = _recipe(tmp, **spherical)
     out = tmp / "out"
     report = extract([str(src)], out, layout=layout, projection=projection, recipe=recipe,
-                     workers=0, progress=False, overrides={"decode": {"max_duration_s": 4.0}})
+                     workers=0, progress=False, overrides={"decode": {"max_duration_s": seconds}})
     assert report.exit_code == 0, report.summary()
     return pq.read_table(out / "frames.parquet").to_pylist(), out
 
@@ -199,7 +199,7 @@ def test_congo_views_are_rectified_and_accepted(tmp_path):
     assert fitted and float(np.median(fitted)) <= 0.5
 
 
-def _roll_right_eye(src: Path, dst: Path, roll_deg: float, seconds: float = 4.0) -> None:
+def _roll_right_eye(src: Path, dst: Path, roll_deg: float, seconds: float = 2.0) -> None:
     """``src`` (top-bottom equirect) re-encoded with its right eye rolled by ``roll_deg``."""
     w, h = 1920, 1080
     raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(src), "-t", str(seconds),
