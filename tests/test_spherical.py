@@ -249,3 +249,14 @@ def test_a_right_eye_rolled_by_one_degree_is_rectified_or_rejected(tmp_path):
     judged = [r for r in rows if r["reason"] != "frozen" and r["stage"] != "sampling"]
     assert judged and not any(r["accepted"] for r in judged)
     assert {r["reason"] for r in judged} == {"vertical_misaligned"}
+
+
+def test_preview_names_the_view_of_each_sample_and_rejected_frame(film360):
+    from filmmine.tools.preview import build_preview
+
+    out, views, _sph, _flat = film360
+    pv = build_preview(out, n=6, rejected=True)
+    assert pv.sample_tiles
+    assert all(" view y" in t.label for t in pv.sample_tiles)
+    assert all(t.key.rsplit("_", 1)[1] in {view_tag(v) for v in views}
+               for t in pv.sample_tiles + pv.rejected_tiles)

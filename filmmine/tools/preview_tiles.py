@@ -153,7 +153,9 @@ def sample_tile(s: Sample) -> Tile:
     tile[:th, x_disp + tw + GAP :] = bar
     m = s.meta
     p = m.get("disp_percentiles_px", {})
-    label = f"{m['film']}  frame {m['frame_index']}  ({_when(m)})  shot {m.get('shot_index')}"
+    view = f"  view {m['view']['tag']}" if m.get("view") else ""   # a spherical film's
+    label = (f"{m['film']}  frame {m['frame_index']}{view}  ({_when(m)})  shot "
+             f"{m.get('shot_index')}")
     detail = (f"d p1 {p.get('p1', float('nan')):+.1f} p50 {p.get('p50', float('nan')):+.1f} "
               f"p99 {p.get('p99', float('nan')):+.1f} px   valid "
               f"{100 * m['valid_fraction']:.1f}%")
@@ -227,11 +229,13 @@ def rejected_tile(rej: Rejected, recipe: dict, view_wh: tuple[int, int]) -> Tile
     stage = r["stage"] or STAGE_OF.get(r["reason"], "")
     label = f"{r['reason']} ({stage})"
     score = _score_text(r, recipe)
-    detail = f"{r['film']}  frame {r['frame_index']}  ({_when(r)})" + (
+    view = f"  view {r['view']}" if r.get("view") else ""
+    detail = f"{r['film']}  frame {r['frame_index']}{view}  ({_when(r)})" + (
         f"   {score}" if score else "")
     put_text(tile, label, 2, th + 17, 0.5, REJECT_FG, 1, max_w=width - 4)
     put_text(tile, detail, 2, th + 34, 0.4, DIM, max_w=width - 4)
-    return Tile(tile, f"{r['film']}_{r['frame_index']:08d}", None, None, None, r["reason"],
+    key = f"{r['film']}_{r['frame_index']:08d}" + (f"_{r['view']}" if r.get("view") else "")
+    return Tile(tile, key, None, None, None, r["reason"],
                 label, detail, {"views": body}, rej.problem)
 
 
