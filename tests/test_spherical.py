@@ -260,3 +260,15 @@ def test_preview_names_the_view_of_each_sample_and_rejected_frame(film360):
     assert all(" view y" in t.label for t in pv.sample_tiles)
     assert all(t.key.rsplit("_", 1)[1] in {view_tag(v) for v in views}
                for t in pv.sample_tiles + pv.rejected_tiles)
+
+
+@needs_shared
+def test_probe_shows_the_projection_and_the_views_it_would_cut():
+    from filmmine.tools.probe_report import format_probe, probe_inputs
+
+    (fp,) = probe_inputs([str(CONGO)], load_recipe())
+    text = format_probe(fp)
+    assert "projection: equirect (spherical side data); each eye 1920x540" in text
+    assert "views: 6 pinhole views of 512x512, 60 deg (443.41 px focal), yaw 0, 60, 120, " \
+           "180, 240, 300, pitch 0" in text
+    assert fp.plan["stored_size"] == [512, 512] and "letterbox: none looked for" in text
