@@ -240,6 +240,32 @@ def test_index_is_the_same_from_a_seek_after_a_timestamp_gap(films, tmp_path: Pa
         assert np.array_equal(f.lowres, full[f.index].lowres), f.index
 
 
+def test_a_transport_stream_whose_video_starts_after_its_audio(tmp_path: Path) -> None:
+    """An MPEG-TS whose video starts 0.12 s after the container (its audio first): ffmpeg's
+    filter graph counts from the video's own start, not the index's. Every frame keeps its
+    label, from the start and from a seek: each full-resolution grid frame is the film's
+    frame of that index (before, none came from the start and a seek labelled them wrong)."""
+    film = tmp_path / "late_video.ts"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    "sine=frequency=440:duration=6", "-itsoffset", "0.12", "-f", "lavfi", "-i",
+                    "testsrc2=size=320x180:rate=25:duration=6", "-map", "1:v", "-map", "0:a",
+                    "-c:v", "libx264", "-g", "25", "-pix_fmt", "yuv420p", "-c:a", "aac",
+                    "-f", "mpegts", str(film)], check=True)
+    p = probe_film("late", (str(film),), "sbs")
+    assert p.pts is not None and p.pts.clock_us > 100_000
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(film), "-map", "0:v", "-f",
+                          "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True,
+                         check=True).stdout
+    ref = np.frombuffer(raw, np.uint8).reshape(-1, 180, 320, 3)
+    for start, n in ((0, 50), (90, 40)):
+        got = list(iter_frames(p, start_frame=start, n_frames=n, grid_step=5, lowres_width=64))
+        assert [f.index for f in got] == list(range(start, start + n))
+        full = [f for f in got if f.full is not None]
+        assert [f.index for f in full] == list(range(start, start + n, 5))
+        for f in full:
+            assert np.abs(f.full.astype(int) - ref[f.index]).mean() < 2.0, (start, f.index)
+
+
 def test_closing_the_decoder_early_leaves_no_reader_thread(films) -> None:
     """Stop after the first frame: every decoder thread ends once the generator is closed."""
     import threading

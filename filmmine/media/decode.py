@@ -114,10 +114,12 @@ def build_command(probe: ProbeResult, start_frame: int, n_frames: int, grid_step
         # decode; the range itself is cut by time (times as in the index: -copyts)
         seek_us, start_us = index.seek_plan(start_frame)
         kw = {"ss": f"{seek_us / 1e6:.6f}", "noaccurate_seek": None} if seek_us else {}
-        trim = {"start": f"{start_us / 1e6:.6f}"} if start_us is not None else {}
+        # trim runs on the filter graph's clock: the index's less its lag
+        lag = index.clock_us
+        trim = {"start": f"{(start_us - lag) / 1e6:.6f}"} if start_us is not None else {}
         end = start_frame + n_frames
         if end < index.n:
-            trim["end"] = f"{index.seek_us(end) / 1e6:.6f}"
+            trim["end"] = f"{(index.seek_us(end) - lag) / 1e6:.6f}"
     if threads is not None:
         kw["threads"] = str(threads)
     inputs = [ffmpeg.input(p, **kw) for p in probe.paths]
@@ -329,7 +331,7 @@ def iter_frames(probe: ProbeResult, *, start_frame: int = 0, n_frames: int | Non
                 if t_us is _LOG_END:
                     log_done = True
                 elif t_us is not None:
-                    found = index.lookup(t_us, label)
+                    found = index.lookup(t_us + index.clock_us, label)
                     label = -1 if found is None else found
             if not last < label < end:  # before the range, repeated, or not in the index
                 stats.unmatched += 1

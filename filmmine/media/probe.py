@@ -82,8 +82,13 @@ class ProbeResult:
 
 
 def _index_of(info: StreamInfo, stream: dict, fmt: dict) -> PtsIndex | None:
-    return read_pts_index(info.path, int(stream.get("index", 0)), stream.get("time_base", ""),
-                          fmt.get("start_time"))
+    index = read_pts_index(info.path, int(stream.get("index", 0)), stream.get("time_base", ""),
+                           fmt.get("start_time"))
+    try:
+        lag = round((float(stream["start_time"]) - float(fmt["start_time"])) * 1e6)
+    except (KeyError, TypeError, ValueError):   # "N/A" or missing: the clocks are taken as one
+        lag = 0
+    return replace(index, clock_us=lag) if index is not None and lag > 0 else index
 
 
 @lru_cache(maxsize=16)

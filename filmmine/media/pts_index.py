@@ -25,7 +25,9 @@ class PtsIndex:
     Frame ``k`` of a film is the frame with the k-th smallest timestamp among the video stream's
     packets, so a frame has one index however the film is cut into ranges (a count from a
     time-based seek is off by one after a timestamp gap). Times are microseconds from the
-    container's start time: the clock of ffmpeg's ``-ss`` and of ``-copyts -start_at_zero``.
+    container's start time: the clock of ffmpeg's ``-ss``. In a filter graph,
+    ``-copyts -start_at_zero`` counts from the video stream's own start, ``clock_us`` later
+    (an MPEG-TS whose audio starts first): the decoder's times are the index's less it.
 
     Keyframes (their indices, and whether each is *open*: followed in decode order by frames
     shown before it, which reference the previous GOP) say where a decode must start for a
@@ -40,6 +42,7 @@ class PtsIndex:
     steps_z: bytes = field(repr=False)
     keys_z: bytes | None = field(default=None, repr=False)  # int64 steps of keyframe indices
     open_z: bytes | None = field(default=None, repr=False)  # packed bits: keyframe is open
+    clock_us: int = 0   # the video stream's start after the container's
 
     @classmethod
     def from_times(cls, times_us, keyframes=None, open_gop=None) -> PtsIndex:
