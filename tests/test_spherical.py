@@ -126,19 +126,20 @@ def test_a_view_sample_records_its_view_and_validates(film360):
     assert abs(rot["pitch_deg"]) < 0.05 and abs(rot["roll_deg"]) < 0.05
 
 
-def test_a_vr180_film_mined_as_pinhole_views(tmp_path):
-    """VR180 (half-equirectangular, two real cameras): pinhole views, three across the front
-    half at 60°, each as good as its flat scene."""
+@pytest.mark.parametrize("projection", ["half-equirect", "fisheye"])
+def test_a_vr180_film_mined_as_pinhole_views(tmp_path, projection):
+    """VR180 (half-equirectangular, or an equidistant 180° fisheye per eye: two real cameras):
+    pinhole views, three across the front half at 60°, each as good as its flat scene."""
     spec = synth.FilmSpec(shots=(synth.ShotSpec("textured", 24, seed=3),), view_width=V,
                           view_height=V, seed=11)
     recipe = _recipe(tmp_path, view_size=V)
-    views = spherical_views("half-equirect", load_recipe(recipe)["spherical"])
+    views = spherical_views(projection, load_recipe(recipe)["spherical"])
     assert [(v.yaw_deg, v.rows) for v in views] == [(-60, "pinhole"), (0, "pinhole"),
                                                     (60, "pinhole")]
-    write_spherical_film(spec, tmp_path / "vr.mp4", views, "half-equirect",
+    write_spherical_film(spec, tmp_path / "vr.mp4", views, projection,
                          eye_size=(6 * V, 6 * V))
     extract([str(tmp_path / "vr.mp4")], tmp_path / "out", layout="tab",
-            projection="half-equirect", recipe=recipe, workers=0, progress=False)
+            projection=projection, recipe=recipe, workers=0, progress=False)
     index = {view_tag(v): k for k, v in enumerate(views)}
     got = _scores(tmp_path / "out", lambda m: synth.true_disparity(
         view_spec(spec, index[m["view"]["tag"]]), m["frame_index"]))
