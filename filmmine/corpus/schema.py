@@ -334,7 +334,7 @@ FRAMES_COLUMNS = [
      "disparity.vertical_max_px"),
     ("range_px", pa.float64(), "robust disparity range, px"),
     *_EVIDENCE,
-    ("vertical_matches", pa.int32(), "confident correspondences found (filmmine.alignment)"),
+    ("vertical_matches", pa.int32(), "confident correspondences found (filmmine.stages.alignment)"),
     ("vertical_inliers", pa.int32(), "of those, inliers of the fitted vertical field"),
     ("vertical_offset_px", pa.float64(), "fitted vertical field: offset at the centre, px"),
     ("vertical_rotation_deg", pa.float64(), "fitted roll of the right view, degrees"),
