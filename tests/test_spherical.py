@@ -192,12 +192,24 @@ def _accepted_share(rows: list[dict]) -> float:
 def test_congo_views_are_rectified_and_accepted(tmp_path):
     """The real 360° film: its views (ODS rows) are aligned to a fraction of a pixel and at
     least 80 % of those not frozen are accepted."""
-    rows, _out = _congo_extract(tmp_path, CONGO)
+    rows, out = _congo_extract(tmp_path, CONGO)
     assert {r["view"] for r in rows} == {f"y{y:03d}p000" for y in range(0, 360, 60)}
     assert _accepted_share(rows) >= 0.8, rows
     fitted = [abs(r["vertical_field_abs_p95_px"]) for r in rows
               if r["vertical_field_abs_p95_px"] is not None]
     assert fitted and float(np.median(fitted)) <= 0.5
+    # preview cuts a frame's view again as the miner did (its left view: no eye rotation)
+    from filmmine.corpus.encode import decode_jpeg
+    from filmmine.tools.preview_data import decode_views
+
+    man = json.loads((out / "manifest.json").read_text())
+    s = next(iter_samples(out / "shards" / man["shards"][0]["name"]))
+    meta = json.loads(s.members["json"])
+    record = json.loads((out / "films" / "congo.json").read_text())
+    left, _right = decode_views(record, meta["frame_index"], meta["view"]["tag"],
+                                man["recipe"]["spherical"])
+    assert left.shape == (512, 512, 3)
+    assert np.abs(left.astype(int) - decode_jpeg(s.members["jpg"])).mean() < 3.0
 
 
 def _roll_right_eye(src: Path, dst: Path, roll_deg: float, seconds: float = 2.0) -> None:

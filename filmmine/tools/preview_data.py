@@ -137,17 +137,31 @@ def source_problem(record: dict) -> str | None:
     return None
 
 
-def decode_views(record: dict, frame_index: int) -> tuple[np.ndarray, np.ndarray]:
-    """(left, right) full-aspect RGB views of one frame, decoded from the source film."""
+def decode_views(record: dict, frame_index: int, view: str | None = None,
+                 spherical: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(left, right) full-aspect RGB views of one frame, decoded from the source film; of a
+    spherical film, its ``view`` (a tag) as the recipe's ``spherical`` table cuts it, without
+    the right eye's rotation (the frames table does not keep it)."""
     from ..media.decode import iter_frames
-    from ..media.layout import views
+    from ..media.layout import split_views, views
 
     probe = probe_from_record(record, with_index=True)
     frame = next(iter_frames(probe, start_frame=frame_index, n_frames=1, grid_step=1,
                              timeout_s=120.0), None)
     if frame is None or frame.full is None:
         raise FilmmineError(f"frame {frame_index} did not decode")
-    return views(frame.full, probe.layout)
+    if view is None or probe.projection == "flat" or spherical is None:
+        return views(frame.full, probe.layout)
+    from ..stages.projection import ViewCutter, spherical_views, view_tag
+
+    cut = [v for v in spherical_views(probe.projection, spherical) if view_tag(v) == view]
+    if not cut:
+        raise FilmmineError(f"view {view} is not among the recipe's")
+    cutter = ViewCutter(probe.projection, cut, spherical["fisheye_fov_deg"])
+    eyes = split_views(frame.full, probe.layout)
+    size = (eyes[0].shape[1], eyes[0].shape[0])
+    left, right = (cutter.cut(cutter.prepare(e), size, cut[0]) for e in eyes)
+    return left, right
 
 
 @dataclass
@@ -160,13 +174,15 @@ class Rejected:
 def load_rejected(corpus: Corpus, rows: list[dict], threads: int = 4) -> list[Rejected]:
     problems = {f: source_problem(corpus.records[f]) if f in corpus.records
                 else "source missing: no film record" for f in {r["film"] for r in rows}}
+    spherical = corpus.manifest.get("recipe", {}).get("spherical")
 
     def one(r: dict) -> Rejected:
         why = problems[r["film"]]
         if why is not None:
             return Rejected(r, None, why)
         try:
-            return Rejected(r, decode_views(corpus.records[r["film"]], r["frame_index"]), None)
+            return Rejected(r, decode_views(corpus.records[r["film"]], r["frame_index"],
+                                           r.get("view"), spherical), None)
         except FilmmineError as e:
             return Rejected(r, None, f"source frame undecodable: {e}")
 
