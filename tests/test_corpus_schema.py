@@ -82,3 +82,31 @@ def test_row_fills_every_column_of_the_table(tmp_path):
     back = pq.read_table(path)
     assert back.schema.equals(SAMPLES_SCHEMA, check_metadata=True)
     assert back.to_pylist() == [row]
+
+
+def test_a_table_written_before_a_column_was_added_reads_with_it_null(tmp_path):
+    """A film mined by an earlier version (its frames table without ``view``) joins the
+    corpus tables, and the one reader reads such a corpus, with the column null."""
+    import pyarrow as pa
+
+    from filmmine.corpus.assemble import write_corpus_tables
+    from filmmine.corpus.reader import read_table
+    from filmmine.corpus.schema import FRAMES_SCHEMA, conform, parquet_bytes
+
+    old = pa.schema([f for f in FRAMES_SCHEMA if f.name != "view"])
+    films = tmp_path / "films"
+    films.mkdir()
+    row = {"film": "a", "frame_index": 3, "pts_s": 0.1, "shot_index": 0, "accepted": False,
+           "stage": "filter", "reason": "dark"}
+    (films / "a.frames.parquet").write_bytes(parquet_bytes(conform(
+        pa.table({k: [row.get(k)] for k in old.names}, schema=old), old)))
+    new = conform(pa.table({k: [dict(row, film="b", view="y000p000").get(k)]
+                            for k in FRAMES_SCHEMA.names}, schema=FRAMES_SCHEMA), FRAMES_SCHEMA)
+    (films / "b.frames.parquet").write_bytes(parquet_bytes(new))
+    write_corpus_tables(tmp_path, ["a", "b"])
+    got = pq.read_table(tmp_path / "frames.parquet")
+    assert got.schema.equals(FRAMES_SCHEMA, check_metadata=True)
+    assert got["view"].to_pylist() == [None, "y000p000"]
+    (tmp_path / "frames.parquet").write_bytes(parquet_bytes(pa.table(
+        {k: [row.get(k)] for k in old.names}, schema=old)))
+    assert read_table(tmp_path, "frames")["view"].to_pylist() == [None]
