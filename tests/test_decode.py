@@ -244,7 +244,7 @@ def test_a_transport_stream_whose_video_starts_after_its_audio(tmp_path: Path) -
     """An MPEG-TS whose video starts 0.12 s after the container (its audio first): ffmpeg's
     filter graph counts from the video's own start, not the index's. Every frame keeps its
     label, from the start and from a seek: each full-resolution grid frame is the film's
-    frame of that index (before, none came from the start and a seek labelled them wrong)."""
+    frame of that index."""
     film = tmp_path / "late_video.ts"
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
                     "sine=frequency=440:duration=6", "-itsoffset", "0.12", "-f", "lavfi", "-i",

@@ -24,6 +24,7 @@ from filmmine.recipe import dump_toml, load_recipe
 from filmmine.run.extract import extract
 from filmmine.stages.projection import (
     PinholeView,
+    directions_to_source,
     directions_to_view,
     rotation_matrix,
     source_to_directions,
@@ -223,7 +224,7 @@ def _roll_right_eye(src: Path, dst: Path, roll_deg: float, seconds: float = 2.0)
     ys, xs = np.mgrid[0:eh, 0:w].astype(np.float64)
     d = source_to_directions(xs, ys, "equirect", (w, eh))
     # each new pixel shows the old eye along the rolled direction
-    mx, my = map_dirs(d @ rotation_matrix(0.0, 0.0, roll_deg), (w, eh))
+    mx, my = directions_to_source(d @ rotation_matrix(0.0, 0.0, roll_deg), "equirect", (w, eh))
     enc = subprocess.Popen(["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
                             "-s", f"{w}x{h}", "-r", "30", "-i", "-", "-c:v", "libx264",
                             "-crf", "16", "-pix_fmt", "yuv420p", str(dst)],
@@ -234,12 +235,6 @@ def _roll_right_eye(src: Path, dst: Path, roll_deg: float, seconds: float = 2.0)
         enc.stdin.write(np.concatenate([f[:eh], right]).tobytes())
     enc.stdin.close()
     assert enc.wait() == 0
-
-
-def map_dirs(d: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    from filmmine.stages.projection import directions_to_source
-
-    return directions_to_source(d, "equirect", size)
 
 
 @needs_shared

@@ -150,28 +150,21 @@ def view_maps(view: PinholeView, projection: str, size: tuple[int, int],
     return directions_to_source(d, projection, size, fisheye_fov_deg)
 
 
-def remap_view(image: np.ndarray, maps: tuple[np.ndarray, np.ndarray], projection: str
-               ) -> np.ndarray:
-    """Cut a view out of ``image`` with its ``view_maps`` (bilinear; a 360° image wraps at its
-    sides, what a half-sphere or fisheye image does not see is black)."""
-    mx, my = maps
+def reproject(image: np.ndarray, view: PinholeView, projection: str,
+              rotation: np.ndarray | None = None, fisheye_fov_deg: float = 180.0
+              ) -> np.ndarray:
+    """The pinhole ``view`` of a spherical ``image`` (bilinear; a 360° image wraps at its
+    sides, what a half-sphere or fisheye image does not see is black), from its exact maps:
+    the reference ``ViewCutter`` is held to."""
+    h, w = image.shape[:2]
+    mx, my = view_maps(view, projection, (w, h), rotation, fisheye_fov_deg)
     if projection == "equirect":   # longitude wraps: the seam is no border
-        w = image.shape[1]
         pad = np.concatenate([image, image[:, :1]], axis=1)
         mx = np.mod(mx + 0.5, w) - 0.5
         mx = np.where(mx < 0, mx + w, mx).astype(np.float32)
         return cv2.remap(pad, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return cv2.remap(image, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                      borderValue=0)
-
-
-def reproject(image: np.ndarray, view: PinholeView, projection: str,
-              rotation: np.ndarray | None = None, fisheye_fov_deg: float = 180.0
-              ) -> np.ndarray:
-    """The pinhole ``view`` of a spherical ``image`` (``remap_view`` of its ``view_maps``)."""
-    h, w = image.shape[:2]
-    return remap_view(image, view_maps(view, projection, (w, h), rotation, fisheye_fov_deg),
-                      projection)
 
 
 def view_tag(view: PinholeView) -> str:
