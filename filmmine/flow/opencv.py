@@ -199,8 +199,8 @@ class DisSgbmFlow(SgbmFlow):
                  margin_frac: float = 0.25,
                  range_percentiles: tuple[float, float] = (0.5, 99.5), v_median: int = 5,
                  v_model: str = "quadratic", v_sigma_px: float = 24.0,
-                 v_deadband_px: float = 0.75, coarse_preset: str = "medium",
-                 **options: Any) -> None:
+                 v_deadband_px: float = 0.75, v_local: bool = False,
+                 coarse_preset: str = "medium", **options: Any) -> None:
         super().__init__(device=device, max_disparity_frac=max_disparity_frac,
                          sgbm_mode=sgbm_mode, **options)
         if coarse_width < 16:
@@ -218,6 +218,7 @@ class DisSgbmFlow(SgbmFlow):
                              f"{sorted(DisFlow.PRESETS)}")
         self.coarse_width, self.v_median = coarse_width, v_median
         self.v_model, self.v_sigma_px, self.v_deadband_px = v_model, v_sigma_px, v_deadband_px
+        self.v_local = bool(v_local)
         self.margin_px, self.margin_frac = float(margin_px), float(margin_frac)
         self.percentiles = (float(range_percentiles[0]), float(range_percentiles[1]))
         self._coarse = cv2.DISOpticalFlow_create(DisFlow.PRESETS[coarse_preset])
@@ -273,8 +274,10 @@ class DisSgbmFlow(SgbmFlow):
 
         A stereo pair's vertical disparity comes from the rig's misalignment (offset,
         rotation, keystone, scale), smooth over the frame: the coarse v gets a robust
-        quadratic fit in x and y plus what stays of its residual smoothed over ``v_sigma_px``
-        beyond a dead band of ``v_deadband_px`` (``_smooth_vertical``). It is fitted where the
+        quadratic fit in x and y; with ``v_local``, plus what stays of its residual smoothed
+        over ``v_sigma_px`` beyond a dead band of ``v_deadband_px`` (``_smooth_vertical``).
+        The residual is off by default: where the views' lighting differs, DIS's v follows
+        the light, not the rig, and local v then fails good labels. It is fitted where the
         coarse match is trustworthy: its u agrees within 1 coarse px with SGBM's disparity
         ``d_left`` (elsewhere, in occlusions and where content leaves the frame, DIS returns
         arbitrary v); with fewer than 5 % such pixels, on all of them (the fit is robust).
@@ -291,7 +294,7 @@ class DisSgbmFlow(SgbmFlow):
         if ok.mean() < 0.05:
             ok = np.isfinite(f[..., 1])
         v = _smooth_vertical(np.ascontiguousarray(f[..., 1]), ok, self.v_sigma_px / sy,
-                             self.v_deadband_px / sy)
+                             self.v_deadband_px / sy, local=self.v_local)
         v_lr = cv2.resize(v, size, interpolation=cv2.INTER_LINEAR)
         v_lr *= np.float32(sy)                           # in place: no full-size copy
         xs = np.broadcast_to(np.arange(cw, dtype=np.float32), (ch, cw))
@@ -391,10 +394,10 @@ def _quadratic_terms(x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
 
 
 def _smooth_vertical(v: np.ndarray, ok: np.ndarray, sigma: float,
-                     deadband: float) -> np.ndarray:
-    """[h, w] vertical flow: a robust quadratic fit of ``v`` over the ``ok`` pixels plus their
-    residual, Gaussian-smoothed (``sigma`` px, normalised over ``ok``) and shrunk by
-    ``deadband`` px towards 0. Coordinates are normalised to [-0.5, 0.5].
+                     deadband: float, local: bool = True) -> np.ndarray:
+    """[h, w] vertical flow: a robust quadratic fit of ``v`` over the ``ok`` pixels plus (with
+    ``local``) their residual, Gaussian-smoothed (``sigma`` px, normalised over ``ok``) and
+    shrunk by ``deadband`` px towards 0. Coordinates are normalised to [-0.5, 0.5].
 
     Cheap at any size: the fit uses at most ~4000 of the pixels (a regular subgrid) and the
     smoothing runs on a grid downscaled to ~sigma / 2 px cells (the result is low-frequency)."""
@@ -421,6 +424,8 @@ def _smooth_vertical(v: np.ndarray, ok: np.ndarray, sigma: float,
     gy = (np.arange(h, dtype=np.float64) / h - 0.5)[:, None]
     model = sum(c * term for c, term in zip(coef, _quadratic_terms(gx, gy), strict=True))
     model = np.broadcast_to(model, (h, w)).astype(np.float32)
+    if not local:
+        return model
     okf = ok.astype(np.float32)
     resid = (v - model) * okf
     k = max(1, int(sigma / 2))                  # cell size of the smoothing grid
