@@ -8,6 +8,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Union
 
 import numpy as np
@@ -24,6 +25,14 @@ DEVICES = ("cpu", "cuda")
 # worker processes sharing this process's GPU (set by `filmmine extract --device cuda` for
 # each worker; census_sgm sizes its chunks by it)
 GPU_SHARE_ENV = "FILMMINE_GPU_SHARE"
+
+
+@lru_cache(maxsize=8)
+def pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """x and y of every pixel of an [h, w] image (float32, read-only; one per size)."""
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    xs.flags.writeable = ys.flags.writeable = False
+    return xs, ys
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import cv2
 import numpy as np
 
-from .base import FlowBackend, StereoFlows
+from .base import FlowBackend, StereoFlows, pixel_grid
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,8 @@ class DisSgbmFlow(SgbmFlow):
                  range_percentiles: tuple[float, float] = (0.5, 99.5), v_median: int = 5,
                  v_model: str = "quadratic", v_sigma_px: float = 24.0,
                  v_deadband_px: float = 0.75, v_local: bool = False,
-                 coarse_preset: str = "medium", **options: Any) -> None:
+                 v_warp_px: float = 0.0, coarse_preset: str = "medium",
+                 **options: Any) -> None:
         super().__init__(device=device, max_disparity_frac=max_disparity_frac,
                          sgbm_mode=sgbm_mode, **options)
         if coarse_width < 16:
@@ -213,12 +214,14 @@ class DisSgbmFlow(SgbmFlow):
             raise ValueError(f"unknown dis_sgbm_v_model {v_model!r}; choose from {self.V_MODELS}")
         if v_sigma_px <= 0 or v_deadband_px < 0:
             raise ValueError("dis_sgbm_v_sigma_px must be > 0 and dis_sgbm_v_deadband_px >= 0")
+        if v_warp_px < 0:
+            raise ValueError(f"dis_sgbm_v_warp_px must be >= 0, got {v_warp_px}")
         if coarse_preset not in DisFlow.PRESETS:
             raise ValueError(f"unknown dis_sgbm_coarse_preset {coarse_preset!r}; choose from "
                              f"{sorted(DisFlow.PRESETS)}")
         self.coarse_width, self.v_median = coarse_width, v_median
         self.v_model, self.v_sigma_px, self.v_deadband_px = v_model, v_sigma_px, v_deadband_px
-        self.v_local = bool(v_local)
+        self.v_local, self.v_warp_px = bool(v_local), float(v_warp_px)
         self.margin_px, self.margin_frac = float(margin_px), float(margin_frac)
         self.percentiles = (float(range_percentiles[0]), float(range_percentiles[1]))
         self._coarse = cv2.DISOpticalFlow_create(DisFlow.PRESETS[coarse_preset])
@@ -257,7 +260,11 @@ class DisSgbmFlow(SgbmFlow):
             bc = cv2.resize(b, cs, interpolation=cv2.INTER_AREA)
             f_lr = self._coarse.calc(ac, bc, None)
             lo, hi = self.search_range(f_lr[..., 0], w)
-            d_left, rl[i, 0] = self.both_ways(a, b, lo, hi)   # (the coarse pass: grey views)
+            rows = self.right_rows(ac, bc, f_lr, (w, h)) if self.v_warp_px > 0 else None
+            if rows is None:
+                d_left, rl[i, 0] = self.both_ways(a, b, lo, hi)   # (the coarse pass: grey views)
+            else:
+                d_left, rl[i, 0] = self._both_ways_on_rows(a, b, rows, lo, hi)
             np.negative(d_left, out=lr[i, 0])
             if self.v_model == "quadratic":
                 lr[i, 1], rl[i, 1] = self._vertical_model(f_lr, d_left, rl[i, 0], (w, h))
@@ -266,6 +273,41 @@ class DisSgbmFlow(SgbmFlow):
                 lr[i, 1] = self._vertical(f_lr, f_rl, (w, h), cs[1])
                 rl[i, 1] = self._vertical(f_rl, f_lr, (w, h), cs[1])
         return StereoFlows(lr, rl)
+
+    def right_rows(self, ac: np.ndarray, bc: np.ndarray, f_lr: np.ndarray,
+                   size: tuple[int, int]) -> np.ndarray | None:
+        """The right view's vertical flow at full size, ``v_rl`` (y_left - y_right), when the
+        rig's misalignment reaches ``v_warp_px`` (95th percentile of |v_rl|), else None.
+
+        SGBM searches along rows only: a fraction of a pixel of vertical disparity already
+        costs it labels (a MiddEval3 pair moved down 0.5 px loses a tenth of them). The rig
+        model (robust quadratic) is fitted to a coarse right->left DIS pass where it agrees
+        with ``f_lr`` both ways, before any SGBM, so that SGBM runs once, on the right view
+        moved onto the left's rows (``_both_ways_on_rows``)."""
+        f_rl = self._coarse.calc(bc, ac, None)
+        ok = _round_trip(f_rl, f_lr)
+        if ok.mean() < 0.05:
+            ok = np.isfinite(f_rl[..., 1])
+        v = rig_model(np.ascontiguousarray(f_rl[..., 1]), ok)
+        scale = np.float32(size[1] / f_rl.shape[0])        # coarse px -> output px
+        if float(np.percentile(np.abs(v), 95)) * scale < self.v_warp_px:
+            return None
+        v_rl = cv2.resize(v, size, interpolation=cv2.INTER_LINEAR)
+        v_rl *= scale
+        return v_rl
+
+    def _both_ways_on_rows(self, left: np.ndarray, right: np.ndarray, v_rl: np.ndarray,
+                           lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """``both_ways`` with the right view moved by ``v_rl`` onto the left's rows; the right
+        view's disparity is put back on its own rows (nearest: NaN stays NaN)."""
+        h, w = left.shape[:2]
+        xs, ys = pixel_grid(h, w)
+        on_left_rows = cv2.remap(right, xs, ys - v_rl, cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_REPLICATE)
+        d_left, d_moved = self.both_ways(left, on_left_rows, lo, hi)
+        d_right = cv2.remap(d_moved, xs, ys + v_rl, cv2.INTER_NEAREST,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=float("nan"))
+        return d_left, d_right
 
     def _vertical_model(self, f: np.ndarray, d_left: np.ndarray, d_right: np.ndarray,
                         size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -293,8 +335,9 @@ class DisSgbmFlow(SgbmFlow):
             ok = np.abs(f[..., 0] + small) <= 1.0        # NaN (unmatched) compares False
         if ok.mean() < 0.05:
             ok = np.isfinite(f[..., 1])
-        v = _smooth_vertical(np.ascontiguousarray(f[..., 1]), ok, self.v_sigma_px / sy,
-                             self.v_deadband_px / sy, local=self.v_local)
+        v = np.ascontiguousarray(f[..., 1])
+        v = _smooth_vertical(v, ok, self.v_sigma_px / sy, self.v_deadband_px / sy) \
+            if self.v_local else rig_model(v, ok)
         v_lr = cv2.resize(v, size, interpolation=cv2.INTER_LINEAR)
         v_lr *= np.float32(sy)                           # in place: no full-size copy
         xs = np.broadcast_to(np.arange(cw, dtype=np.float32), (ch, cw))
@@ -318,11 +361,7 @@ class DisSgbmFlow(SgbmFlow):
         failed vertical checks of the pixels around it (``v_model = "none"``: per-pixel v,
         filled from its consistent neighbours (normalised Gaussian, else their median) where
         inconsistent; then a median filter; see ``_vertical_model`` for the default)."""
-        h, w = f.shape[:2]
-        xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-        b = cv2.remap(back, xs + f[..., 0], ys + f[..., 1], cv2.INTER_LINEAR,
-                      borderMode=cv2.BORDER_CONSTANT, borderValue=(1e6, 1e6))
-        ok = (np.abs(f[..., 0] + b[..., 0]) <= 1.0) & (np.abs(f[..., 1] + b[..., 1]) <= 1.0)
+        ok = _round_trip(f, back)
         v = np.ascontiguousarray(f[..., 1], np.float32)
         scale = size[1] / coarse_h                     # coarse px -> output px
         if not ok.all():
@@ -334,6 +373,16 @@ class DisSgbmFlow(SgbmFlow):
         if self.v_median > 1:
             v = cv2.medianBlur(v, self.v_median)
         return cv2.resize(v, size, interpolation=cv2.INTER_LINEAR) * scale
+
+
+def _round_trip(f: np.ndarray, back: np.ndarray, tol: float = 1.0) -> np.ndarray:
+    """[h, w] bool: where the flow ``back``, found at the end of ``f``, leads back to the pixel
+    within ``tol`` px in both components (a consistent coarse match)."""
+    h, w = f.shape[:2]
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    b = cv2.remap(back, xs + f[..., 0], ys + f[..., 1], cv2.INTER_LINEAR,
+                  borderMode=cv2.BORDER_CONSTANT, borderValue=(1e6, 1e6))
+    return (np.abs(f[..., 0] + b[..., 0]) <= tol) & (np.abs(f[..., 1] + b[..., 1]) <= tol)
 
 
 def photometry_differs(left: np.ndarray, right: np.ndarray,
@@ -393,14 +442,10 @@ def _quadratic_terms(x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
     return [np.ones_like(x), x, y, x * x, x * y, y * y]
 
 
-def _smooth_vertical(v: np.ndarray, ok: np.ndarray, sigma: float,
-                     deadband: float, local: bool = True) -> np.ndarray:
-    """[h, w] vertical flow: a robust quadratic fit of ``v`` over the ``ok`` pixels plus (with
-    ``local``) their residual, Gaussian-smoothed (``sigma`` px, normalised over ``ok``) and
-    shrunk by ``deadband`` px towards 0. Coordinates are normalised to [-0.5, 0.5].
-
-    Cheap at any size: the fit uses at most ~4000 of the pixels (a regular subgrid) and the
-    smoothing runs on a grid downscaled to ~sigma / 2 px cells (the result is low-frequency)."""
+def rig_model(v: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """[h, w] float32: a robust quadratic fit in x and y of the vertical flow ``v`` over the
+    ``ok`` pixels (coordinates normalised to [-0.5, 0.5]). Cheap at any size: the fit uses at
+    most ~4000 of the pixels (a regular subgrid)."""
     h, w = v.shape
     step = max(1, int(np.sqrt(ok.sum() / 4000.0)))
     sub = ok[::step, ::step]
@@ -423,9 +468,17 @@ def _smooth_vertical(v: np.ndarray, ok: np.ndarray, sigma: float,
     gx = (np.arange(w, dtype=np.float64) / w - 0.5)[None, :]
     gy = (np.arange(h, dtype=np.float64) / h - 0.5)[:, None]
     model = sum(c * term for c, term in zip(coef, _quadratic_terms(gx, gy), strict=True))
-    model = np.broadcast_to(model, (h, w)).astype(np.float32)
-    if not local:
-        return model
+    return np.broadcast_to(model, (h, w)).astype(np.float32)
+
+
+def _smooth_vertical(v: np.ndarray, ok: np.ndarray, sigma: float,
+                     deadband: float) -> np.ndarray:
+    """[h, w] vertical flow: ``rig_model`` of ``v`` plus the ``ok`` pixels' residual,
+    Gaussian-smoothed (``sigma`` px, normalised over ``ok``) and shrunk by ``deadband`` px
+    towards 0 (the smoothing runs on a grid downscaled to ~sigma / 2 px cells: the result is
+    low-frequency)."""
+    h, w = v.shape
+    model = rig_model(v, ok)
     okf = ok.astype(np.float32)
     resid = (v - model) * okf
     k = max(1, int(sigma / 2))                  # cell size of the smoothing grid

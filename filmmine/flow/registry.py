@@ -54,6 +54,7 @@ _OPTION_KEYS: dict[str, str] = {
     "dis_sgbm_margin_frac": "margin_frac", "dis_sgbm_v_median": "v_median",
     "dis_sgbm_v_model": "v_model", "dis_sgbm_v_sigma_px": "v_sigma_px",
     "dis_sgbm_v_deadband_px": "v_deadband_px", "dis_sgbm_v_local": "v_local",
+    "dis_sgbm_v_warp_px": "v_warp_px",
     "dis_sgbm_coarse_preset": "coarse_preset",
 }
 _OPTION_PREFIXES = ("sgbm_", "sgm_", "raft_")

@@ -28,13 +28,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from ..flow import Batch, FlowBackend, StereoFlows
+from ..flow.base import pixel_grid
 from .alignment import NO_FIT, VerticalFit, measure_vertical
 
 if TYPE_CHECKING:
@@ -69,14 +69,6 @@ def sample_at(field_hw: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.
     inside = cv2.bitwise_and(cv2.inRange(map_x, 0, w - 1), cv2.inRange(map_y, 0, h - 1))
     out[inside == 0] = np.nan
     return out
-
-
-@lru_cache(maxsize=8)
-def _pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """x and y of every pixel of an [h, w] image (float32, read-only; one per size)."""
-    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    xs.flags.writeable = ys.flags.writeable = False
-    return xs, ys
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,7 +241,7 @@ def _core_numpy(lr: np.ndarray, rl: np.ndarray, lr_max: float,
     """The per-pixel checks of one frame on the CPU (flows [2, H, W]: planes u, v; cv2.remap).
     Planes are used in place: an [H, W, 2] copy would cost time on every frame."""
     h, w = lr.shape[1:]
-    xs, ys = _pixel_grid(h, w)
+    xs, ys = pixel_grid(h, w)
     u, v = lr[0], lr[1]
     # where each left pixel lands in the right view, and the backward flow u found there
     back = sample_at(np.ascontiguousarray(rl[0]), xs + u, ys + v)
