@@ -4,12 +4,14 @@ No learned weights. Per batch of stereo pairs, both directions at once:
 
 1. **Coarse pass** (views downscaled by ``sgm_coarse_scale``) over the full horizontal range
    ``±max_disparity_frac × width`` and ``±sgm_coarse_vertical_px`` rows, then a left-right
-   check: each image's disparity range, and a smooth vertical-offset field (films are
-   imperfectly rectified).
-2. **Fine pass** at the working resolution: the right view is shifted by that field (whole
-   rows); the matching cost (census Hamming distance mixed with the difference of clipped
-   horizontal gradients, the best of ``±sgm_vertical_px`` rows kept per label) is built once
-   over the image's own range for the left view and sheared into the right view's volume;
+   check: each image's disparity range, and the rig's vertical-offset field (films are
+   imperfectly rectified): the best census rows made sub-pixel by Lucas-Kanade, and a robust
+   quadratic in x and y fitted to them.
+2. **Fine pass** at the working resolution: the right view is moved by that field onto the
+   left's rows (linear between rows); the matching cost (census Hamming distance mixed with
+   the difference of clipped horizontal gradients, the best of ``±sgm_vertical_px`` rows
+   kept per label) is built once over the image's own range for the left view and sheared
+   into the right view's volume;
    each volume is filtered by a guided filter (edge-aware aggregation: He et al. 2010,
    Hosni et al. 2013) and aggregated by SGM (Hirschmüller 2008) along 4 or 8 paths with an
    intensity-adaptive P2.
@@ -52,7 +54,7 @@ class CensusSgmFlow(FlowBackend):
                  half_precision: bool = True, sgm_census: Sequence[int] = (5, 5),
                  sgm_filter_radius: int = 3, sgm_filter_eps: float = 1e-4,
                  sgm_p1: float = 0.03, sgm_p2: float = 0.4, sgm_p2_edge: float = 20.0,
-                 sgm_paths: int = 4, sgm_vertical_px: int = 1, sgm_coarse_scale: int = 4,
+                 sgm_paths: int = 4, sgm_vertical_px: int = 0, sgm_coarse_scale: int = 4,
                  sgm_coarse_vertical_px: int = 2, sgm_refine: str = "vertical",
                  sgm_refine_iters: int = 3, sgm_refine_radius: int = 3,
                  sgm_vertical_smooth_px: int = 24, sgm_grad_weight: float = 0.3,
@@ -148,8 +150,8 @@ class CensusSgmFlow(FlowBackend):
     # -- coarse pass: range and vertical offset -------------------------------------------
 
     def _coarse(self, left: torch.Tensor, right: torch.Tensor):
-        """Per-image integer search range [dmin, dmax] at full scale and a smooth vertical
-        offset field [B, 1, H, W] (whole rows, left->right sense)."""
+        """Per-image integer search range [dmin, dmax] at full scale and the rig's vertical
+        offset field [B, 1, H, W] (px, left->right sense; a robust quadratic in x and y)."""
         b, _, h, w = left.shape
         s = self.coarse_scale
         r_full = max(2, math.ceil(self.frac * w))
@@ -172,9 +174,12 @@ class CensusSgmFlow(FlowBackend):
             lo_out.append(max(-r_full, math.floor(q0 * s) - margin) if e else -r_full)
             hi_out.append(min(r_full, math.ceil(q1 * s) + margin) if e else r_full)
         if dy is not None:
-            v = F.interpolate(_smooth_fields(dy, ok, 7)[:, None] * s, size=(h, w),
+            # the best census row is whole coarse rows (4 px at full size): Lucas-Kanade
+            # makes it sub-pixel, and the rig's smooth model is fitted to it
+            _, dy, weight = ops.lk_refine(lc, rc, -dl, dy, 3, 3, "vertical")
+            v = F.interpolate(_rig_fields(dy, ok & (weight > 0))[:, None] * s, size=(h, w),
                               mode="bilinear", align_corners=False)
-            voff = torch.where(enough.view(b, 1, 1, 1), v, 0.0).round()
+            voff = torch.where(enough.view(b, 1, 1, 1), v, 0.0)
         else:
             voff = torch.zeros((b, 1, h, w), device=left.device)
         return (torch.tensor(lo_out, device=left.device), torch.tensor(hi_out, device=left.device),
@@ -234,8 +239,9 @@ class CensusSgmFlow(FlowBackend):
 
     def _fine(self, left, right, dmin, labels, voff):
         b = left.shape[0]
-        # right view with whole rows moved so that it lines up with the left view
-        right_al = ops.shift_rows(right, voff)
+        # the right view moved onto the left's rows (linear between rows: SGM searches along
+        # rows, and a fraction of a pixel of vertical disparity costs it labels)
+        right_al = ops.sample_rows(right, voff)
         d, _, conf = self._match(left, right_al, dmin, labels, self.vertical_px)
         dl, dr = d[:b], d[b:]
         # the vertical flow starts from the smooth offset field (the per-pixel best row of the
@@ -304,12 +310,29 @@ def _lr_ok(dl: torch.Tensor, dr: torch.Tensor, tol: float) -> torch.Tensor:
     return inside & ((dl - back).abs() <= tol)
 
 
-def _smooth_fields(field: torch.Tensor, ok: torch.Tensor, r: int) -> torch.Tensor:
-    """Normalised box smoothing of each field [B, h, w] over its pixels in ok; holes get the
-    image's median (the lower middle value; 0 where no pixel is ok)."""
-    f = field.float()
-    fill = torch.nanmedian(torch.where(ok, f, float("nan")).flatten(1), dim=1).values
-    fill = torch.nan_to_num(fill, nan=0.0).view(-1, 1, 1)
-    num = ops.box_mean(torch.where(ok, f, 0.0), r)
-    den = ops.box_mean(ok.float(), r)
-    return torch.where(den > 0.05, num / den.clamp(min=1e-6), fill)
+def _rig_fields(field: torch.Tensor, ok: torch.Tensor, iters: int = 5) -> torch.Tensor:
+    """A robust quadratic fit in x and y (coordinates in [-0.5, 0.5]) of each field [B, h, w]
+    over its pixels in ok, evaluated everywhere: the vertical disparity of an imperfectly
+    rectified rig is smooth. IRLS with Cauchy weights at twice the residuals' robust spread,
+    every image at once (no per-image synchronisation with the device); 0 where no pixel is
+    ok."""
+    b, h, w = field.shape
+    dev = field.device
+    ys, xs = torch.meshgrid(torch.arange(h, device=dev, dtype=torch.float64) / h - 0.5,
+                            torch.arange(w, device=dev, dtype=torch.float64) / w - 0.5,
+                            indexing="ij")
+    terms = torch.stack([torch.ones_like(xs), xs, ys, xs * xs, xs * ys, ys * ys]).view(6, -1)
+    t = field.reshape(b, -1).double()
+    m = ok.reshape(b, -1).double()
+    wgt = torch.ones_like(t)
+    ridge = 1e-9 * torch.eye(6, dtype=torch.float64, device=dev)
+    coef = torch.zeros((b, 6), dtype=torch.float64, device=dev)
+    for _ in range(iters):
+        ww = m * wgt * wgt
+        normal = torch.einsum("kp,bp,lp->bkl", terms, ww, terms) + ridge
+        coef = torch.linalg.solve(normal, torch.einsum("kp,bp,bp->bk", terms, ww, t))
+        r = t - coef @ terms
+        spread = torch.nanmedian(torch.where(m > 0, r.abs(), float("nan")), dim=1).values
+        spread = 1.4826 * torch.nan_to_num(spread, nan=0.0)[:, None] + 1e-3
+        wgt = 1.0 / (1.0 + (r / (2.0 * spread)) ** 2)
+    return (coef @ terms).float().view(b, h, w)

@@ -87,6 +87,19 @@ def shift_rows(img: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
     return img.gather(2, idx)
 
 
+def sample_rows(img: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """img [N, C, H, W] sampled at rows y + dy (dy [N, 1, H, W], any real value: linear
+    between the two nearest rows), replicated at the edges."""
+    n, c, h, w = img.shape
+    y = torch.arange(h, device=img.device, dtype=torch.float32).view(1, 1, h, 1) + dy
+    y = y.clamp(0, h - 1)
+    y0 = y.floor()
+    t = (y - y0).expand(n, c, h, w)
+    i0 = y0.long().expand(n, c, h, w)
+    i1 = (i0 + 1).clamp(max=h - 1)
+    return img.gather(2, i0) * (1 - t) + img.gather(2, i1) * t
+
+
 def cost_volume(code_l: torch.Tensor, code_r: torch.Tensor, dmin: torch.Tensor, labels: int,
                 bits: int, dtype: torch.dtype, grad_l: torch.Tensor | None = None,
                 grad_r: torch.Tensor | None = None, grad_weight: float = 0.0) -> torch.Tensor:
