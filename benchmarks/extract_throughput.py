@@ -174,7 +174,7 @@ def run_recipe(film: Path, recipe_name: str, workers: int | None, decode_s: floa
                            lead=unit_context(probe.fps, recipe)[0])
         for unit in units if stages_too else ():
             marker = mine_unit(probe, unit, recipe, out / "profile", device)
-            for k, v in marker["timings"].items():
+            for k, v in marker.timings.items():
                 stages[k] = stages.get(k, 0.0) + v
     finally:
         shutil.rmtree(out, ignore_errors=True)
