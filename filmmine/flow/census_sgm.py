@@ -174,8 +174,8 @@ class CensusSgmFlow(FlowBackend):
             lo_out.append(max(-r_full, math.floor(q0 * s) - margin) if e else -r_full)
             hi_out.append(min(r_full, math.ceil(q1 * s) + margin) if e else r_full)
         if dy is not None:
-            # the best census row is whole coarse rows (4 px at full size): Lucas-Kanade
-            # makes it sub-pixel, and the rig's smooth model is fitted to it
+            # the best census row is whole coarse rows (sgm_coarse_scale px at full size):
+            # Lucas-Kanade makes it sub-pixel, and the rig's smooth model is fitted to it
             _, dy, weight = ops.lk_refine(lc, rc, -dl, dy, 3, 3, "vertical")
             v = F.interpolate(_rig_fields(dy, ok & (weight > 0))[:, None] * s, size=(h, w),
                               mode="bilinear", align_corners=False)

@@ -280,10 +280,10 @@ class DisSgbmFlow(SgbmFlow):
         rig's misalignment reaches ``v_warp_px`` (95th percentile of |v_rl|), else None.
 
         SGBM searches along rows only: a fraction of a pixel of vertical disparity already
-        costs it labels (a MiddEval3 pair moved down 0.5 px loses a tenth of them). The rig
-        model (robust quadratic) is fitted to a coarse right->left DIS pass where it agrees
-        with ``f_lr`` both ways, before any SGBM, so that SGBM runs once, on the right view
-        moved onto the left's rows (``_both_ways_on_rows``)."""
+        costs it labels, though the frame checks accept it. The rig model (robust quadratic)
+        is fitted to a coarse right->left DIS pass where it agrees with ``f_lr`` both ways,
+        before any SGBM, so that SGBM runs once, on the right view moved onto the left's rows
+        (``_both_ways_on_rows``)."""
         f_rl = self._coarse.calc(bc, ac, None)
         ok = _round_trip(f_rl, f_lr)
         if ok.mean() < 0.05:
@@ -378,8 +378,7 @@ class DisSgbmFlow(SgbmFlow):
 def _round_trip(f: np.ndarray, back: np.ndarray, tol: float = 1.0) -> np.ndarray:
     """[h, w] bool: where the flow ``back``, found at the end of ``f``, leads back to the pixel
     within ``tol`` px in both components (a consistent coarse match)."""
-    h, w = f.shape[:2]
-    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    xs, ys = pixel_grid(*f.shape[:2])
     b = cv2.remap(back, xs + f[..., 0], ys + f[..., 1], cv2.INTER_LINEAR,
                   borderMode=cv2.BORDER_CONSTANT, borderValue=(1e6, 1e6))
     return (np.abs(f[..., 0] + b[..., 0]) <= tol) & (np.abs(f[..., 1] + b[..., 1]) <= tol)
