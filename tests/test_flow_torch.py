@@ -205,8 +205,7 @@ def test_a_pair_moved_a_pixel_down_is_matched_on_the_left_rows(cfg) -> None:
     """Middlebury 2003's Cones with the right view moved 1 px down, a misalignment the frame
     checks accept: the coarse pass's fitted field moves it back before the fine pass, which
     then labels it nearly as the stored pair (measured bad-2 2.93 % at 85.7 % density, the
-    stored pair 2.67 % / 86.1 %; with whole-row offsets and the best of 3 rows searched per
-    label, as before: 3.85 % / 85.1 %, stored 3.38 % / 85.6 %)."""
+    stored pair 2.67 % / 86.1 %)."""
     from conftest import SHARED
 
     from filmmine.tools.bench_data import load_middlebury2003
